@@ -1,0 +1,38 @@
+# The two set-up commands are `make demo` and `make test`; both bootstrap .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# glibc malloc churn costs about half of the CPU time in torch and ONNX Runtime on this
+# kind of machine (see docs/benchmarks.md); keep freed memory instead of trimming it.
+export MALLOC_MMAP_THRESHOLD_ := 2000000000
+export MALLOC_TRIM_THRESHOLD_ := 2000000000
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[edge,train,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m zerodefect demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python -m zerodefect bench
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

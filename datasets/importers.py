@@ -1,0 +1,284 @@
+"""Importers: turn the layouts plants and public data sets use into one Manifest.
+
+Each importer only reads labels and file names; `validate` later opens every image. Errors
+name the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+from zerodefect.datasets.manifest import SPLITS, Box, DatasetError, Manifest, Sample
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def import_folders(root: str | Path, good_class: str | None = "good") -> Manifest:
+    """Class-per-folder trees: ROOT/<class>/*.png, or ROOT/<split>/<class>/*.png.
+
+    `good_class` names the folder of good parts; it is listed first among the classes.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    top = sorted(p for p in root.iterdir() if p.is_dir())
+    split_layout = bool(top) and all(p.name in SPLITS for p in top)
+    samples: list[Sample] = []
+    for split_dir in top if split_layout else [root]:
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            for image in _images_in(class_dir):
+                samples.append(
+                    Sample(
+                        path=str(image.relative_to(root)),
+                        labels=[class_dir.name],
+                        split=split_dir.name if split_layout else None,
+                    )
+                )
+    if not samples:
+        raise DatasetError(f"{root}: no images found in class folders")
+    classes = sorted({s.labels[0] for s in samples})
+    if good_class in classes:
+        classes = [good_class] + [c for c in classes if c != good_class]
+    else:
+        good_class = None
+    return Manifest("classification", classes, samples, root, good_class, root.name)
+
+
+def elpv_data_dir() -> Path:
+    """Where the `elpv-dataset` package keeps labels.csv and its images."""
+    try:
+        import elpv_dataset
+    except ImportError as exc:
+        raise DatasetError("the ELPV importer needs the `elpv-dataset` package") from exc
+    return Path(elpv_dataset.__file__).parent / "data"
+
+
+def import_elpv(data_dir: str | Path | None = None, threshold: float = 0.5) -> Manifest:
+    """ELPV solar cells: defective when the experts' probability >= threshold.
+
+    The probability and the mono/poly cell type are kept as metadata, for soft-label training,
+    stratified splits and per-type reports.
+    """
+    data_dir = Path(data_dir) if data_dir else elpv_data_dir()
+    labels_csv = data_dir / "labels.csv"
+    if not labels_csv.is_file():
+        raise DatasetError(f"{labels_csv}: ELPV labels not found")
+    samples = []
+    for number, line in enumerate(labels_csv.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            path, prob, cell_type = line.split()
+            probability = float(prob)
+        except ValueError as exc:
+            raise DatasetError(f"{labels_csv}:{number}: bad row {line!r}") from exc
+        label = "defective" if probability >= threshold else "good"
+        meta = {"probability": round(probability, 6), "type": cell_type}
+        samples.append(Sample(path=path, labels=[label], meta=meta))
+    return Manifest("classification", ["good", "defective"], samples, data_dir, "good", "elpv")
+
+
+def _voc_number(node: ET.Element, tag: str, where: str) -> float:
+    text = node.findtext(tag)
+    if text is None:
+        raise DatasetError(f"{where}: <{tag}> missing")
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise DatasetError(f"{where}: <{tag}> is not a number: {text!r}") from exc
+
+
+def import_voc(
+    root: str | Path,
+    images_dir: str | Path | None = None,
+    annotations_dir: str | Path | None = None,
+    classes: list[str] | None = None,
+) -> Manifest:
+    """Pascal VOC: one XML per image. Finds `Annotations/`+`JPEGImages/` or
+    `annotations/`+`images/` under ROOT unless the folders are given.
+
+    VOC boxes are 1-based inclusive pixels; they are stored as 0-based [xmin, xmax) so that a
+    box never reaches past the image edge.
+    """
+    root = Path(root)
+    ann = Path(annotations_dir) if annotations_dir else _first_dir(root, "Annotations", "annotations")
+    img = Path(images_dir) if images_dir else _first_dir(root, "JPEGImages", "images")
+    problems: list[tuple[str, str]] = []
+    samples = []
+    for xml_path in sorted(ann.glob("*.xml")):
+        try:
+            tree = ET.parse(xml_path).getroot()
+        except ET.ParseError as exc:
+            problems.append((str(xml_path), f"not valid XML ({exc})"))
+            continue
+        filename = tree.findtext("filename") or xml_path.stem + ".jpg"
+        image_path = img / filename
+        if not image_path.exists():
+            matches = sorted(img.glob(xml_path.stem + ".*"))
+            image_path = matches[0] if matches else image_path
+        boxes = []
+        try:
+            for obj in tree.iter("object"):
+                name = (obj.findtext("name") or "").strip()
+                bb = obj.find("bndbox")
+                if bb is None or not name:
+                    raise DatasetError(f"{xml_path}: object without name or bndbox")
+                x1, y1, x2, y2 = (_voc_number(bb, t, str(xml_path)) for t in ("xmin", "ymin", "xmax", "ymax"))
+                boxes.append(Box(name, x1 - 1, y1 - 1, x2, y2))
+        except DatasetError as exc:
+            problems.append((str(xml_path), str(exc).split(": ", 1)[-1]))
+            continue
+        labels = sorted({b.label for b in boxes})
+        samples.append(
+            Sample(
+                path=str(image_path.relative_to(root))
+                if image_path.is_relative_to(root)
+                else str(image_path),
+                labels=labels,
+                boxes=boxes,
+            )
+        )
+    if problems:
+        raise DatasetError(f"{ann}: {len(problems)} bad annotation files", problems)
+    if not samples:
+        raise DatasetError(f"{ann}: no VOC annotations found")
+    found = sorted({b.label for s in samples for b in s.boxes})
+    return Manifest("detection", _class_list(classes, found, ann), samples, root, None, root.name)
+
+
+def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -> Manifest:
+    """COCO detection JSON: bbox [x, y, w, h] becomes [x, y, x+w, y+h]. Images without
+    annotations are kept as clean parts."""
+    annotations = Path(annotations)
+    try:
+        data = json.loads(annotations.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{annotations}: cannot read COCO JSON ({exc})") from exc
+    images_dir = Path(images_dir) if images_dir else annotations.parent
+    try:
+        categories = {c["id"]: c["name"] for c in data["categories"]}
+        images = {im["id"]: im for im in data["images"]}
+        boxes: dict[int, list[Box]] = {i: [] for i in images}
+        problems = []
+        for a in data.get("annotations", []):
+            if a["category_id"] not in categories or a["image_id"] not in images:
+                problems.append(
+                    (
+                        str(annotations),
+                        f"annotation {a.get('id')} refers to unknown image or category",
+                    )
+                )
+                continue
+            x, y, w, h = (float(v) for v in a["bbox"])
+            boxes[a["image_id"]].append(Box(categories[a["category_id"]], x, y, x + w, y + h))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{annotations}: not COCO detection JSON ({exc!r})") from exc
+    if problems:
+        raise DatasetError(f"{annotations}: bad annotations", problems)
+    samples = [
+        Sample(
+            path=str(im["file_name"]),
+            labels=sorted({b.label for b in boxes[i]}),
+            boxes=boxes[i],
+        )
+        for i, im in sorted(images.items())
+    ]
+    classes = [categories[k] for k in sorted(categories)]
+    return Manifest("detection", classes, samples, images_dir, None, annotations.stem)
+
+
+def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
+    """YOLO: ROOT/images/**/x.jpg with ROOT/labels/**/x.txt (`class cx cy w h`, normalised).
+
+    Class names come from `classes`, ROOT/classes.txt or the `names:` list of ROOT/data.yaml.
+    A `train`/`val`/`test` folder under images/ sets the split.
+    """
+    root = Path(root)
+    images_root, labels_root = root / "images", root / "labels"
+    if not images_root.is_dir():
+        raise DatasetError(f"{root}: no images/ folder")
+    names = classes or _yolo_names(root)
+    problems: list[tuple[str, str]] = []
+    samples = []
+    for image_path in _images_in(images_root):
+        rel = image_path.relative_to(images_root)
+        label_path = (labels_root / rel).with_suffix(".txt")
+        split = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in SPLITS else None
+        boxes: list[Box] = []
+        if label_path.exists():
+            image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                problems.append((str(image_path), "unreadable image"))
+                continue
+            height, width = image.shape[:2]
+            for number, line in enumerate(label_path.read_text().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    cls, cx, cy, w, h = line.split()[:5]
+                    cid = int(cls)
+                    name = names[cid]
+                    cx, cy, w, h = (
+                        float(cx) * width,
+                        float(cy) * height,
+                        float(w) * width,
+                        float(h) * height,
+                    )
+                except (ValueError, IndexError):
+                    problems.append((f"{label_path}:{number}", f"bad YOLO row {line!r}"))
+                    continue
+                boxes.append(Box(name, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+        samples.append(
+            Sample(str(image_path.relative_to(root)), sorted({b.label for b in boxes}), split, boxes)
+        )
+    if problems:
+        raise DatasetError(f"{root}: bad YOLO labels", problems)
+    if not samples:
+        raise DatasetError(f"{images_root}: no images found")
+    return Manifest("detection", list(names), samples, root, None, root.name)
+
+
+def _yolo_names(root: Path) -> list[str]:
+    if (root / "classes.txt").is_file():
+        return [n.strip() for n in (root / "classes.txt").read_text().splitlines() if n.strip()]
+    if (root / "data.yaml").is_file():
+        import yaml
+
+        names = yaml.safe_load((root / "data.yaml").read_text()).get("names")
+        if isinstance(names, dict):
+            return [names[k] for k in sorted(names)]
+        if isinstance(names, list):
+            return [str(n) for n in names]
+    raise DatasetError(f"{root}: class names not found (classes.txt or data.yaml `names:`)")
+
+
+def _first_dir(root: Path, *names: str) -> Path:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise DatasetError(f"{root}: none of the folders {names} exist")
+
+
+def _class_list(given: list[str] | None, found: list[str], where: Path) -> list[str]:
+    if given is None:
+        return found
+    unknown = sorted(set(found) - set(given))
+    if unknown:
+        raise DatasetError(f"{where}: labels {unknown} are not among the given classes {given}")
+    return list(given)
+
+
+IMPORTERS = {
+    "folders": import_folders,
+    "elpv": import_elpv,
+    "voc": import_voc,
+    "coco": import_coco,
+    "yolo": import_yolo,
+}

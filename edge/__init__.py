@@ -1,0 +1,1 @@
+"""Placeholder for the edge side; built by its own issue."""

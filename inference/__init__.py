@@ -1,0 +1,1 @@
+"""ONNX Runtime inference: the runtime half of the product. Never imports torch."""

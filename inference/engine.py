@@ -1,0 +1,103 @@
+"""The ONNX Runtime engine: a verified bundle in, verdicts out.
+
+Preprocessing and the operating threshold come from the bundle alone. Sessions run with full
+graph optimisation (2-3x faster than BASIC on CPU) and an explicit thread count, so that a
+station can pin inference to the cores it owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from zerodefect.inference.preprocess import read_image, resize
+from zerodefect.inference.result import InspectionResult
+from zerodefect.models.bundle import BundleMeta, load_bundle
+
+log = logging.getLogger(__name__)
+
+
+def make_session(onnx_path: Path, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU (or CUDA, when present) session with graph optimisation ALL."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+
+
+class Engine:
+    """Scores images with a bundle's model. Thread-safe: ORT sessions allow concurrent runs."""
+
+    def __init__(self, meta: BundleMeta, onnx_path: Path, threads: int | None = None):
+        self.meta = meta
+        self.onnx_path = onnx_path
+        self.session = make_session(onnx_path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.size = (meta.input.height, meta.input.width)
+        self.good_index = meta.classes.index(meta.good_class) if meta.good_class else None
+
+    @classmethod
+    def from_bundle(cls, folder: str | Path, threads: int | None = None) -> Engine:
+        """Load and verify (sha256) a bundle folder."""
+        meta, onnx_path = load_bundle(folder)
+        return cls(meta, onnx_path, threads)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 HxWx3 -> the bundle's input size."""
+        return resize(image, self.size, self.meta.input.interpolation)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Run a prepared uint8 [N, H, W, 3] batch; returns class probabilities [N, C]."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0]
+
+    def defect_scores(self, probabilities: np.ndarray) -> np.ndarray:
+        """Defect score per image: 1 - P(good), or the top class probability without a good class."""
+        if self.good_index is not None:
+            return 1.0 - probabilities[:, self.good_index]
+        return probabilities.max(axis=1)
+
+    def judge(self, probabilities: np.ndarray) -> list[InspectionResult]:
+        scores = self.defect_scores(probabilities)
+        classes = self.meta.classes
+        defect_idx = [i for i, c in enumerate(classes) if c != self.meta.good_class]
+        results = []
+        for probs, score in zip(probabilities, scores, strict=True):
+            reject = bool(score >= self.meta.threshold)
+            top = max(defect_idx, key=lambda i: probs[i]) if defect_idx else None
+            results.append(
+                InspectionResult(
+                    verdict="reject" if reject else "pass",
+                    score=float(score),
+                    threshold=self.meta.threshold,
+                    defect_class=classes[top] if reject and top is not None else None,
+                    class_scores={c: float(p) for c, p in zip(classes, probs, strict=True)},
+                )
+            )
+        return results
+
+    def predict(self, images: Sequence[np.ndarray], batch_size: int = 16) -> list[InspectionResult]:
+        """Judge RGB uint8 images of any size."""
+        results: list[InspectionResult] = []
+        for start in range(0, len(images), batch_size):
+            batch = np.stack([self.prepare(im) for im in images[start : start + batch_size]])
+            results.extend(self.judge(self.probabilities(batch)))
+        return results
+
+    def score_files(self, paths: Sequence[Path], batch_size: int = 32, progress=None) -> np.ndarray:
+        """Class probabilities [N, C] for image files, read with the shared decoder."""
+        out = []
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            batch = np.stack([self.prepare(read_image(p)) for p in chunk])
+            out.append(self.probabilities(batch))
+            if progress:
+                progress(len(chunk))
+        return np.concatenate(out) if out else np.zeros((0, len(self.meta.classes)), np.float32)

@@ -1,0 +1,126 @@
+"""The model bundle: an ONNX file plus the metadata that makes it self-describing.
+
+A bundle is a folder with `model.onnx` and `bundle.json`. The JSON says what task the model does,
+its classes, how to prepare pixels, the operating threshold chosen at calibration, and where it
+came from (training run, dataset hash). Inference reads all of it from here, so the edge cannot
+disagree with training. The ONNX file's sha256 is checked on every load: a swapped or corrupted
+model is refused. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+BUNDLE_JSON = "bundle.json"
+ONNX_FILE = "model.onnx"
+FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, malformed, or whose model file does not match its hash."""
+
+
+class InputSpec(BaseModel):
+    """How raw pixels become the graph's input. Normalisation runs inside the graph."""
+
+    height: int
+    width: int
+    color: Literal["RGB"] = "RGB"
+    layout: Literal["NHWC"] = "NHWC"
+    dtype: Literal["uint8"] = "uint8"
+    interpolation: Literal["area", "linear", "cubic", "nearest"] = "area"
+    resize: Literal["stretch"] = "stretch"
+    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+    normalize: Literal["in_graph"] = "in_graph"
+
+
+class BundleMeta(BaseModel):
+    """Everything the edge and the record need to know about a model, and nothing it must guess."""
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    task: Literal["classification", "detection", "anomaly"]
+    classes: list[str]
+    good_class: str | None = None
+    input: InputSpec
+    # Graph outputs by name; classification: "probabilities" [N, C].
+    outputs: dict[str, str]
+    # Operating point: a part is rejected when its defect score >= threshold.
+    threshold: float
+    class_thresholds: dict[str, float] = Field(default_factory=dict)
+    target_escape_rate: float | None = None
+    tta: Literal["none", "flips", "dihedral"] = "none"
+    quantization: Literal["none", "int8-qdq"] = "none"
+    run_id: str | None = None
+    dataset_hash: str | None = None
+    onnx_sha256: str = ""
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    def defect_classes(self) -> list[str]:
+        return [c for c in self.classes if c != self.good_class]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_bundle(folder: str | Path, onnx_bytes: bytes, meta: BundleMeta) -> Path:
+    """Write model.onnx and bundle.json (with the ONNX file's sha256) into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ONNX_FILE).write_bytes(onnx_bytes)
+    meta = meta.model_copy(update={"onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest()})
+    (folder / BUNDLE_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
+    return folder
+
+
+def update_meta(folder: str | Path, **changes: Any) -> BundleMeta:
+    """Change metadata fields of an existing bundle (e.g. metrics after evaluation)."""
+    folder = Path(folder)
+    meta = read_meta(folder).model_copy(update=changes)
+    (folder / BUNDLE_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
+    return meta
+
+
+def read_meta(folder: str | Path) -> BundleMeta:
+    folder = Path(folder)
+    meta_path = folder / BUNDLE_JSON
+    if not meta_path.is_file():
+        raise BundleError(f"{folder}: not a model bundle ({BUNDLE_JSON} missing)")
+    try:
+        return BundleMeta.model_validate(json.loads(meta_path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise BundleError(f"{meta_path}: invalid bundle metadata: {exc}") from exc
+
+
+def load_bundle(folder: str | Path) -> tuple[BundleMeta, Path]:
+    """Read a bundle's metadata and verify its ONNX file; returns (meta, onnx path).
+
+    Raises BundleError when the ONNX file is missing or its sha256 differs from the one the
+    bundle was written with.
+    """
+    folder = Path(folder)
+    meta = read_meta(folder)
+    onnx_path = folder / ONNX_FILE
+    if not onnx_path.is_file():
+        raise BundleError(f"{folder}: {ONNX_FILE} missing")
+    actual = sha256_file(onnx_path)
+    if actual != meta.onnx_sha256:
+        raise BundleError(
+            f"{onnx_path}: sha256 {actual[:16]}... does not match the bundle's "
+            f"{meta.onnx_sha256[:16]}...; refusing a tampered or corrupted model"
+        )
+    return meta, onnx_path

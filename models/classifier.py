@@ -1,0 +1,145 @@
+"""Defect classifiers: a backbone wrapped so that its input is raw pixels and its output is
+class probabilities.
+
+The wrapper takes uint8 NHWC RGB batches, exactly what OpenCV decoding gives, and does the
+normalisation itself. Training, evaluation and the exported ONNX graph therefore share one
+definition of preprocessing, and the edge only decodes and resizes. Permuting NHWC to NCHW
+yields a channels_last tensor for free, the fast layout for CPU convolutions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from zerodefect.models.pretrained import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LITE_MEAN,
+    LITE_STD,
+    LoadReport,
+    WeightsError,
+    load_lite0_imagenet,
+    load_local_weights,
+)
+
+log = logging.getLogger(__name__)
+
+TIMM_LITE = "tf_efficientnet_lite0"
+TORCHVISION_ARCHS = (
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "resnet18",
+    "resnet34",
+    "mobilenet_v2",
+)
+
+
+def build_backbone(
+    arch: str, num_outputs: int, pretrained: str | None, drop_rate: float = 0.2
+) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...], LoadReport | None]:
+    """Create a backbone with `num_outputs` logits; returns (net, mean, std, load report).
+
+    `pretrained` is "imagenet" (the shipped Lite0 weights), a path to a local state dict,
+    or None for random initialisation.
+    """
+    report = None
+    if arch == TIMM_LITE:
+        import timm
+
+        net = timm.create_model(arch, pretrained=False, num_classes=1000, drop_rate=drop_rate)
+        if pretrained == "imagenet":
+            report = load_lite0_imagenet(net)
+        elif pretrained:
+            report = load_local_weights(net, Path(pretrained))
+        if num_outputs != 1000:
+            net.reset_classifier(num_outputs)
+        return net, LITE_MEAN, LITE_STD, report
+    if arch in TORCHVISION_ARCHS:
+        import torchvision
+
+        net = torchvision.models.get_model(arch, weights=None, num_classes=num_outputs)
+        if pretrained == "imagenet":
+            raise WeightsError(f"no offline ImageNet weights ship for {arch}; give a local file")
+        if pretrained:
+            report = load_local_weights(net, Path(pretrained))
+        return net, IMAGENET_MEAN, IMAGENET_STD, report
+    raise ValueError(f"unknown architecture {arch!r}; known: {(TIMM_LITE, *TORCHVISION_ARCHS)}")
+
+
+class InspectionClassifier(nn.Module):
+    """Raw pixels in, class probabilities out.
+
+    With `single_logit` (binary defect/good), the net has one output: the defect logit, so that
+    soft labels (an expert's defect probability) can be regressed with BCE. Probabilities are
+    always returned as [N, C] with C = number of classes, good class first in that case.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        single_logit: bool,
+        tta: str = "none",
+    ):
+        super().__init__()
+        self.net = net
+        self.single_logit = single_logit
+        self.tta = tta
+        scale = torch.tensor(std, dtype=torch.float32) * 255.0
+        self.register_buffer("offset", (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1))
+        self.register_buffer("scale", scale.view(1, 3, 1, 1))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> normalised float [N, 3, H, W] (channels_last in memory)."""
+        x = images.permute(0, 3, 1, 2).to(torch.float32)
+        return (x - self.offset) / self.scale
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(images))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.single_logit:
+            p = torch.sigmoid(logits[:, :1])
+            return torch.cat([1.0 - p, p], dim=1)
+        return torch.softmax(logits, dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.tta == "none":
+            return self.probabilities(self.logits(images))
+        views = tta_views(images, self.tta)
+        n = images.shape[0]
+        probs = self.probabilities(self.logits(torch.cat(views, dim=0)))
+        return probs.view(len(views), n, -1).mean(dim=0)
+
+
+def tta_views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """Label-preserving views of an NHWC batch: 4 flips, or all 8 dihedral symmetries."""
+    h_flip = images.flip(2)
+    v_flip = images.flip(1)
+    views = [images, h_flip, v_flip, h_flip.flip(1)]
+    if mode == "dihedral":
+        t = images.transpose(1, 2)
+        views += [t, t.flip(2), t.flip(1), t.flip(1).flip(2)]
+    return views
+
+
+def build_classifier(
+    arch: str,
+    classes: list[str],
+    good_class: str | None,
+    pretrained: str | None,
+    soft_labels: bool = False,
+    drop_rate: float = 0.2,
+) -> tuple[InspectionClassifier, LoadReport | None]:
+    """A classifier for the given classes. Binary good/defect with soft labels uses one logit."""
+    single_logit = soft_labels and len(classes) == 2 and good_class == classes[0]
+    if soft_labels and not single_logit:
+        raise ValueError("soft labels need exactly two classes with the good class first")
+    net, mean, std, report = build_backbone(arch, 1 if single_logit else len(classes), pretrained, drop_rate)
+    if report:
+        log.info("loaded %d pretrained tensors (skipped %s)", report.matched, report.skipped or "none")
+    return InspectionClassifier(net, mean, std, single_logit), report

@@ -1,0 +1,1 @@
+"""Placeholder for the quality side; built by its own issue."""

@@ -1,0 +1,50 @@
+"""Shared fixtures: a private data dir and MLflow store per test module, and generated data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from zerodefect.settings import get_settings, prepare_process_environment
+
+from .synthetic import make_folder_dataset
+
+
+def _isolate(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ZD_DATA_DIR", str(tmp / "var"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'var' / 'mlflow.db'}")
+    get_settings.cache_clear()
+    prepare_process_environment()
+    return tmp / "var"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh data dir and embedded MLflow store for one test."""
+    yield _isolate(tmp_path, monkeypatch)
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory: pytest.TempPathFactory):
+    """A data dir and MLflow store shared by one module's tests (training is the slow part)."""
+    monkeypatch = pytest.MonkeyPatch()
+    tmp = tmp_path_factory.mktemp("store")
+    yield _isolate(tmp, monkeypatch)
+    import mlflow
+
+    if mlflow.active_run():
+        mlflow.end_run()
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def folder_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """good/ and scratch/ folders of 64x64 generated parts."""
+    return make_folder_dataset(tmp_path_factory.mktemp("parts") / "images")
+
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

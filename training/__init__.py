@@ -1,0 +1,1 @@
+"""Training: config, data, loop, calibration, export, evaluation and MLflow registry (torch)."""

@@ -1,0 +1,128 @@
+"""Training configuration: YAML, validated by pydantic, with `key.path=value` overrides.
+
+A typo in a config is an error naming the key, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSpec(Strict):
+    test: float = 0.2
+    val: float = 0.1
+    seed: int = 0
+    stratify_on: list[str] = Field(default_factory=list)
+
+
+class ImportSpec(Strict):
+    """How to build the manifest when it does not exist yet."""
+
+    format: Literal["folders", "elpv", "voc", "coco", "yolo"]
+    args: dict[str, Any] = Field(default_factory=dict)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+
+
+class DataConfig(Strict):
+    manifest: Path
+    source: ImportSpec | None = None
+    # Metadata key holding an expert's defect probability, for soft-label training.
+    soft_label_key: str | None = None
+    # Metadata keys to break evaluation down by (e.g. ELPV's cell type).
+    group_by: list[str] = Field(default_factory=list)
+
+
+class ModelConfig(Strict):
+    arch: str = "tf_efficientnet_lite0"
+    pretrained: str | None = "imagenet"
+    input_size: int = 224
+    interpolation: Literal["area", "linear", "cubic", "nearest"] = "area"
+    drop_rate: float = 0.2
+
+
+class TrainConfig(Strict):
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.02
+    warmup_pct: float = 0.15
+    ema_decay: float | None = None
+    class_weighting: Literal["none", "balanced", "sqrt"] = "none"
+    label_smoothing: float = 0.0
+    early_stopping_patience: int = 5
+    seed: int = 0
+    threads: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class CalibrationConfig(Strict):
+    # The largest share of defective parts the line may pass, measured on the val split.
+    target_escape_rate: float = 0.05
+
+
+class ExportConfig(Strict):
+    tta: Literal["none", "flips", "dihedral"] = "none"
+    opset: int = 17
+    parity_atol: float = 1e-4
+
+
+class MlflowConfig(Strict):
+    experiment: str = "zerodefect"
+    registered_model: str | None = None
+    alias: str = "challenger"
+
+
+class Config(Strict):
+    name: str
+    task: Literal["classification"] = "classification"
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: list[dict[str, Any]] = Field(default_factory=list)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML) to a nested dict."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not KEY=VALUE")
+    key, value = override.split("=", 1)
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply overrides, validate."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    for override in overrides or []:
+        apply_override(data, override)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc

@@ -1,0 +1,249 @@
+"""The training loop, in the style of torchvision's reference scripts: plain functions.
+
+`fit` runs epochs of `train_one_epoch`, scores the validation split after each, keeps the best
+weights by validation AUROC, stops early when it stalls, and writes a checkpoint every epoch
+so that `--resume` continues where a run was interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from zerodefect.models.classifier import InspectionClassifier
+from zerodefect.training.config import Config
+from zerodefect.training.data import ImageDataset
+from zerodefect.training.metrics import binary_report
+
+log = logging.getLogger(__name__)
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def make_loss(cfg: Config, targets: np.ndarray, single_logit: bool, num_classes: int) -> nn.Module:
+    """BCE on the defect logit (soft or hard targets) or cross-entropy, with optional class
+    weights so that the rarer defective class is not drowned out."""
+    if single_logit:
+        defective = float(np.sum(targets >= 0.5))
+        ratio = (len(targets) - defective) / max(defective, 1.0)
+        weight = {"none": 1.0, "balanced": ratio, "sqrt": ratio**0.5}[cfg.train.class_weighting]
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor([weight]))
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    ratio = counts.sum() / np.maximum(counts, 1.0) / num_classes
+    weights = {"none": np.ones(num_classes), "balanced": ratio, "sqrt": ratio**0.5}[cfg.train.class_weighting]
+    return nn.CrossEntropyLoss(
+        weight=torch.tensor(weights, dtype=torch.float32), label_smoothing=cfg.train.label_smoothing
+    )
+
+
+def compute_loss(loss_fn: nn.Module, logits: torch.Tensor, targets: torch.Tensor, single_logit: bool):
+    if single_logit:
+        return loss_fn(logits[:, 0], targets.float())
+    return loss_fn(logits, targets)
+
+
+def train_one_epoch(
+    model: InspectionClassifier,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    ema: AveragedModel | None = None,
+    on_batch: Callable[[float], None] | None = None,
+) -> float:
+    """One pass over the training data; returns the mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device)
+        logits = model.logits(images)
+        loss = compute_loss(loss_fn, logits, targets, model.single_logit)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        total += loss.item() * len(images)
+        count += len(images)
+        if on_batch:
+            on_batch(loss.item())
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(
+    model: InspectionClassifier, images: np.ndarray, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
+    """Class probabilities [N, C] for cached uint8 images, with the model's TTA setting."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+        out.append(model(batch).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def defect_scores(probabilities: np.ndarray, good_index: int | None) -> np.ndarray:
+    """1 - P(good): the score the engine thresholds (see zerodefect.inference.engine)."""
+    if good_index is None:
+        return probabilities.max(axis=1)
+    return 1.0 - probabilities[:, good_index]
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _eval_model(model: InspectionClassifier, ema: AveragedModel | None) -> InspectionClassifier:
+    return ema.module if ema is not None else model  # type: ignore[return-value]
+
+
+def fit(
+    cfg: Config,
+    model: InspectionClassifier,
+    train_images: np.ndarray,
+    train_targets: np.ndarray,
+    val_images: np.ndarray,
+    val_defective: np.ndarray,
+    good_index: int | None,
+    num_classes: int,
+    run_dir: Path,
+    augment=None,
+    resume: bool = False,
+    extra_state: dict[str, Any] | None = None,
+    on_batch: Callable[[float], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train with early stopping on validation AUROC; checkpoints go to run_dir/last.pt."""
+    device = select_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    generator = seed_everything(cfg.train.seed)
+    model.to(device).to(memory_format=torch.channels_last)
+    dataset = ImageDataset(train_images, train_targets, augment)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        drop_last=len(dataset) > cfg.train.batch_size,
+        generator=generator,
+        num_workers=0,
+    )
+    loss_fn = make_loss(cfg, train_targets, model.single_logit, num_classes).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=cfg.train.lr,
+        epochs=cfg.train.epochs,
+        steps_per_epoch=max(len(loader), 1),
+        pct_start=cfg.train.warmup_pct,
+    )
+    ema = None
+    if cfg.train.ema_decay:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+
+    start_epoch, best_score, best_epoch, stale, history = 0, -1.0, -1, 0, []
+    best_state: dict[str, torch.Tensor] = {}
+    checkpoint = run_dir / "last.pt"
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        start_epoch, best_score, best_epoch = (
+            state["epoch"] + 1,
+            state["best_score"],
+            state["best_epoch"],
+        )
+        stale, history, best_state = state["stale"], state["history"], state["best_state"]
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info(
+            "resuming %s at epoch %d (best AUROC %.4f at epoch %d)",
+            run_dir,
+            start_epoch + 1,
+            best_score,
+            best_epoch + 1,
+        )
+
+    started = time.perf_counter()
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.train.epochs):
+        tick = time.perf_counter()
+        loss = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, ema, on_batch)
+        evaluated = _eval_model(model, ema)
+        val_scores = defect_scores(predict(evaluated, val_images, device), good_index)
+        val = binary_report(val_defective, val_scores, 0.5)
+        score = val["auroc"] if val["auroc"] is not None else val["accuracy"]
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss,
+            "val_auroc": val["auroc"],
+            "val_accuracy": val["accuracy"],
+            "val_f1": val["f1"],
+            "seconds": time.perf_counter() - tick,
+            "lr": scheduler.get_last_lr()[0],
+        }
+        history.append(row)
+        if score > best_score:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}
+        else:
+            stale += 1
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "epoch": epoch,
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "stale": stale,
+                "history": history,
+                "best_state": best_state,
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                **(extra_state or {}),
+            },
+            checkpoint,
+        )
+        if on_epoch:
+            on_epoch(row)
+        if stale >= cfg.train.early_stopping_patience:
+            log.info("early stop: val AUROC has not improved for %d epochs", stale)
+            break
+    torch.save({"model": best_state, "epoch": best_epoch, "val_auroc": best_score}, run_dir / "best.pt")
+    return FitResult(best_state, best_epoch, best_score, epoch + 1, time.perf_counter() - started, history)

@@ -1,0 +1,3 @@
+from zerodefect.cli import app
+
+app()

@@ -1,0 +1,315 @@
+"""The `zerodefect` command line: datasets, train, evaluate, export, models, demo.
+
+Heavy libraries (torch, mlflow) are imported inside the commands that need them, so `--help`
+is instant and an edge install without torch can still run the commands it has.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.table import Table
+
+from zerodefect.settings import get_settings, prepare_process_environment
+
+app = typer.Typer(
+    help="zerodefect: train defect models, export verified ONNX bundles, and version them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(
+    help="Import labeled images into a manifest, split and validate them.", no_args_is_help=True
+)
+models_app = typer.Typer(help="Registered model versions and their aliases (MLflow).", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+console = Console()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    prepare_process_environment()
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a user error unwrapped (paths stay whole, brackets stay literal); exit code 2."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's input, reported as a message rather than a traceback."""
+    from zerodefect.datasets.augment import AugmentationError
+    from zerodefect.datasets.manifest import DatasetError
+    from zerodefect.inference.preprocess import ImageDecodeError
+    from zerodefect.models.bundle import BundleError
+
+    errors: list[type[Exception]] = [DatasetError, BundleError, ImageDecodeError, AugmentationError]
+    try:
+        from zerodefect.training.config import ConfigError
+
+        errors.append(ConfigError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+@datasets_app.command("import")
+def datasets_import(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="folders | elpv | voc | coco | yolo")],
+    source: Annotated[
+        Path | None, typer.Argument(help="Folder, or COCO JSON file. Not needed for elpv.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Manifest file to write (.jsonl).")] = Path("manifest.jsonl"),
+    images: Annotated[Path | None, typer.Option(help="Images folder (COCO, or VOC when not found).")] = None,
+    test: Annotated[float, typer.Option(help="Share of each stratum for the test split.")] = 0.2,
+    val: Annotated[float, typer.Option(help="Share of each stratum for the val split.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    stratify_on: Annotated[
+        list[str] | None, typer.Option(help="Metadata keys to stratify on, besides labels.")
+    ] = None,
+    keep_splits: Annotated[bool, typer.Option(help="Keep splits the source already defines.")] = True,
+) -> None:
+    """Import a labeled image set into a manifest, with deterministic stratified splits."""
+    from zerodefect.datasets.importers import IMPORTERS
+    from zerodefect.datasets.splits import assign_splits
+    from zerodefect.datasets.validate import validate
+
+    if fmt not in IMPORTERS:
+        raise fail(f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
+    if fmt != "elpv" and source is None:
+        raise fail(f"format {fmt} needs a SOURCE folder or file")
+    try:
+        if fmt == "elpv":
+            manifest = IMPORTERS[fmt](source) if source else IMPORTERS[fmt]()
+        elif fmt in ("coco", "voc"):
+            manifest = IMPORTERS[fmt](source, images) if images else IMPORTERS[fmt](source)
+        else:
+            manifest = IMPORTERS[fmt](source)
+        assign_splits(manifest, test, val, seed, stratify_on or [], keep_existing=keep_splits)
+        report = validate(manifest)
+    except user_errors() as exc:
+        raise fail(str(exc)) from None
+    manifest.write(out)
+    console.print(f"wrote {out}: {report.images} images, dataset hash {report.dataset_hash[:16]}")
+    _print_counts(report.counts)
+
+
+@datasets_app.command("validate")
+def datasets_validate(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file (.jsonl).")],
+) -> None:
+    """Open every image of a manifest and list every problem (missing, corrupt, bad label or box)."""
+    from zerodefect.datasets.manifest import Manifest
+    from zerodefect.datasets.validate import validate
+
+    try:
+        report = validate(Manifest.read(manifest))
+    except user_errors() as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{manifest}: OK, {report.images} images, dataset hash {report.dataset_hash}")
+    _print_counts(report.counts)
+
+
+def _print_counts(counts: dict[str, dict[str, int]]) -> None:
+    table = Table("split", "label", "images")
+    for split, labels in counts.items():
+        for label, n in labels.items():
+            table.add_row(split, label, str(n))
+    console.print(table)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML training config, e.g. configs/elpv-classifier.yaml.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: train.epochs=3.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the newest unfinished run of this config.")] = False,
+    resume_dir: Annotated[Path | None, typer.Option(help="Continue this run folder.")] = None,
+    extra_data: Annotated[
+        Path | None, typer.Option(help="Another manifest to add (e.g. from reviews).")
+    ] = None,
+) -> None:
+    """Train, calibrate the threshold on val, export a verified bundle, evaluate on test, register."""
+    from zerodefect.training.config import load_config
+    from zerodefect.training.export import ExportParityError
+    from zerodefect.training.pipeline import run_training
+
+    try:
+        cfg = load_config(config, set_)
+        outcome = run_training(cfg, config, resume_dir or resume, extra_data, console=console)
+    except (*user_errors(), ExportParityError) as exc:
+        raise fail(str(exc)) from None
+    _print_report(outcome.report)
+    console.print(
+        f"bundle:  {outcome.bundle_dir}\nreport:  {outcome.report_path}\nMLflow run: {outcome.run_id}"
+    )
+
+
+def _print_report(report: dict) -> None:
+    table = Table(
+        "metric",
+        "test",
+        title=f"{report.get('model')} on {report.get('manifest')}/{report.get('split')}",
+    )
+    for key in (
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "auroc",
+        "escape_rate",
+        "false_reject_rate",
+        "threshold",
+    ):
+        value = report.get(key)
+        table.add_row(key, "-" if value is None else f"{value:.4f}")
+    ref = report.get("at_threshold_0.5", {})
+    table.add_row("accuracy at 0.5", f"{ref.get('accuracy', 0):.4f}")
+    console.print(table)
+    for key, groups in report.get("groups", {}).items():
+        gt = Table(key, "n", "accuracy", "acc at 0.5", "AUROC", "escape", "false reject", title=f"by {key}")
+        for name, g in groups.items():
+            gt.add_row(
+                name,
+                str(g["n"]),
+                f"{g['accuracy']:.4f}",
+                f"{g['accuracy_at_0.5']:.4f}",
+                "-" if g["auroc"] is None else f"{g['auroc']:.4f}",
+                f"{g['escape_rate']:.4f}",
+                f"{g['false_reject_rate']:.4f}",
+            )
+        console.print(gt)
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder, or models:/NAME@ALIAS.")],
+    manifest: Annotated[Path, typer.Option(help="Manifest with the labeled images.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the machine-readable report here.")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for roc.png, pr.png, confusion.png.")] = None,
+    group_by: Annotated[list[str] | None, typer.Option(help="Metadata keys to break down by.")] = None,
+) -> None:
+    """Evaluate a bundle through ONNX Runtime at its calibrated threshold: escapes and false rejects."""
+    from zerodefect.datasets.manifest import Manifest
+    from zerodefect.inference.source import fetch_bundle
+    from zerodefect.training.evaluate import evaluate_bundle, write_report
+
+    try:
+        if bundle.startswith("models:/"):
+            from zerodefect.training.registry import configure_mlflow
+
+            configure_mlflow()
+        folder = fetch_bundle(bundle, get_settings().data_dir / "registry-cache")
+        report = evaluate_bundle(folder, Manifest.read(manifest), split, group_by or None, plots)
+    except user_errors() as exc:
+        raise fail(str(exc)) from None
+    _print_report(report)
+    if json_path:
+        console.print(f"report: {write_report(report, json_path)}")
+
+
+@models_app.command("list")
+def models_list(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
+    """List versions with their aliases and test metrics."""
+    import mlflow
+
+    from zerodefect.training.registry import configure_mlflow
+
+    configure_mlflow()
+    client = mlflow.MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        raise fail(f"no registered model {name!r}") from None
+    aliases: dict[str, list[str]] = {}
+    for alias, version in model.aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    table = Table("version", "aliases", "test AUROC", "test escape", "run", title=name)
+    for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+        table.add_row(
+            str(v.version),
+            ", ".join(aliases.get(str(v.version), [])),
+            v.tags.get("test_auroc", "-"),
+            v.tags.get("test_escape_rate", "-"),
+            v.run_id or "-",
+        )
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: @challenger).")] = None,
+    force: Annotated[bool, typer.Option(help="Promote even if the gate fails (logged).")] = False,
+    tolerance: Annotated[float, typer.Option(help="Allowed worsening per gate metric.")] = 0.005,
+    manifest: Annotated[
+        Path | None, typer.Option(help="Manifest for the gate (default: the challenger's).")
+    ] = None,
+) -> None:
+    """Move @champion to the challenger if it is no worse than the champion on the same test split."""
+    from zerodefect.training.registry import configure_mlflow, promote
+
+    configure_mlflow()
+    try:
+        result = promote(name, version, force, tolerance, manifest)
+    except (*user_errors(), ValueError) as exc:
+        raise fail(str(exc)) from None
+    _print_gate(name, result)
+    if not result.promoted:
+        raise typer.Exit(code=1)
+
+
+def _print_gate(name: str, result) -> None:
+    table = Table(
+        "metric",
+        f"challenger v{result.challenger}",
+        f"champion v{result.champion or '-'}",
+        "ok",
+        title=f"promotion gate ({result.split} split of {result.manifest})",
+    )
+    for metric, new, old, ok in result.rows:
+        table.add_row(
+            metric,
+            f"{new:.4f}",
+            "-" if old is None else f"{old:.4f}",
+            "yes" if ok else "[red]no[/]",
+        )
+    console.print(table)
+    if result.promoted:
+        how = "[yellow]FORCED over a failed gate[/]" if result.forced else "gate passed"
+        console.print(f"{name} v{result.challenger} is now @champion ({how})")
+    else:
+        console.print(f"[red]{name} v{result.challenger} not promoted: worse than the champion[/]")
+
+
+@app.command()
+def demo(
+    config: Annotated[Path, typer.Option(help="Demo training config.")] = Path("configs/elpv-demo.yaml"),
+) -> None:
+    """The main job on ELPV: import, train a short schedule, evaluate, export, register, promote."""
+    from zerodefect.demo import run_demo
+
+    try:
+        run_demo(config, console)
+    except user_errors() as exc:
+        raise fail(str(exc)) from None
