@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
+
 from zerodefect.datasets.manifest import SPLITS, Box, DatasetError, Manifest, Sample
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from zerodefect.inference.preprocess import read_image, resize
 from zerodefect.inference.result import InspectionResult
 from zerodefect.models.bundle import BundleMeta, load_bundle

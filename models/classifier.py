@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from zerodefect.models.pretrained import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from zerodefect.datasets.importers import (
     import_coco,
     import_elpv,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from zerodefect.training.metrics import binary_report, calibrate_threshold, plant_report
 
 

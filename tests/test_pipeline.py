@@ -12,6 +12,8 @@ import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
+
+from zerodefect.cli import app
 from zerodefect.datasets.manifest import Manifest
 from zerodefect.inference.engine import Engine
 from zerodefect.inference.source import fetch_bundle
@@ -23,8 +25,6 @@ from zerodefect.training.export import ExportParityError, export_bundle
 from zerodefect.training.pipeline import run_training
 from zerodefect.training.registry import CHALLENGER, CHAMPION, alias_version, promote
 from zerodefect.training.train import fit, predict
-
-from zerodefect.cli import app
 
 MODEL = "synthetic-parts"
 
@@ -269,3 +269,24 @@ def test_cli_names_the_bad_file(tmp_path: Path, folder_dataset: Path) -> None:
     result = runner.invoke(app, ["datasets", "validate", str(out)])
     assert result.exit_code == 2
     assert "scratch_004.png" in result.output and "empty image data" in result.output
+
+
+def test_export_command_recalibrates_a_run(first_run, tmp_path: Path) -> None:
+    outcome, _ = first_run
+    out = tmp_path / "strict"
+    args = [
+        "export",
+        str(outcome.run_dir),
+        "--out",
+        str(out),
+        "--set",
+        "export.tta=none",
+        "--set",
+        "calibration.target_escape_rate=0.0",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = Engine.from_bundle(out).meta
+    assert meta.tta == "none" and meta.target_escape_rate == 0.0 and meta.run_id == outcome.run_id
+    result = CliRunner().invoke(app, ["export", str(tmp_path)])
+    assert result.exit_code == 2 and "no best.pt" in result.output

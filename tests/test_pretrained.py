@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
+
 from zerodefect.inference.preprocess import read_image, resize
 from zerodefect.models.classifier import build_classifier
 
@@ -30,3 +31,30 @@ def test_new_head_keeps_the_pretrained_backbone() -> None:
     assert model.net.classifier.out_features == 2
     assert torch.equal(model.net.conv_stem.weight, reference.net.conv_stem.weight)
     assert torch.equal(model.net.blocks[-1][0].conv_pwl.weight, reference.net.blocks[-1][0].conv_pwl.weight)
+
+
+def test_torchvision_backbone_from_a_local_weights_file(tmp_path: Path) -> None:
+    import torchvision
+
+    source = torchvision.models.resnet18(weights=None, num_classes=1000)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    model, report = build_classifier("resnet18", ["good", "dent", "scratch"], "good", str(path))
+    assert report is not None and report.skipped == ["fc.bias", "fc.weight"]
+    assert report.matched == len(source.state_dict()) - 2
+    assert torch.equal(model.net.conv1.weight, source.conv1.weight)
+    probs = model.eval()(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
+    assert probs.shape == (2, 3) and torch.allclose(probs.sum(1), torch.ones(2))
+
+
+def test_unknown_architecture_and_missing_weights_are_clear(tmp_path: Path) -> None:
+    import pytest
+
+    from zerodefect.models.pretrained import WeightsError
+
+    with pytest.raises(ValueError, match="unknown architecture 'vgg99'"):
+        build_classifier("vgg99", ["good", "bad"], "good", None)
+    with pytest.raises(WeightsError, match="no offline ImageNet weights ship for mobilenet_v3_small"):
+        build_classifier("mobilenet_v3_small", ["good", "bad"], "good", "imagenet")
+    with pytest.raises(WeightsError, match="weights file not found"):
+        build_classifier("mobilenet_v3_small", ["good", "bad"], "good", str(tmp_path / "none.pth"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
 from zerodefect.datasets.manifest import Manifest, Sample
 from zerodefect.inference.preprocess import read_image, resize
 

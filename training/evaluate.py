@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from zerodefect.datasets.manifest import DatasetError, Manifest
 from zerodefect.inference.engine import Engine
 from zerodefect.training.metrics import curves, plant_report

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from zerodefect.inference.engine import Engine
 from zerodefect.models.bundle import BundleMeta, write_bundle
 from zerodefect.models.classifier import InspectionClassifier

@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from zerodefect.datasets.importers import IMPORTERS
 from zerodefect.datasets.manifest import DatasetError, Manifest
 from zerodefect.datasets.splits import assign_splits
 from zerodefect.datasets.validate import validate
 from zerodefect.models.bundle import BundleMeta, InputSpec, update_meta
-from zerodefect.training.config import Config
-
 from zerodefect.settings import Settings, get_settings
+from zerodefect.training.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,133 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def calibrate_and_export(
+    cfg: Config,
+    model,
+    manifest: Manifest,
+    val_images: np.ndarray,
+    val_defective: np.ndarray,
+    bundle_dir: Path,
+    run_id: str | None,
+    dataset_hash: str,
+    training_info: dict[str, Any],
+    console: Console,
+):
+    """Calibrate the threshold on val with the exact model that ships (TTA as exported), then
+    export it, refusing the bundle unless ONNX Runtime reproduces PyTorch on those images.
+
+    Returns (threshold, val report at that threshold, parity report).
+    """
+    import torch
+
+    from zerodefect.training.export import export_bundle
+    from zerodefect.training.metrics import binary_report, calibrate_threshold
+    from zerodefect.training.train import defect_scores, predict
+
+    good_index = manifest.classes.index(manifest.good_class) if manifest.good_class else None
+    model.tta = cfg.export.tta
+    model.cpu().eval()
+    with console.status("calibrating the operating threshold on the val split"):
+        val_probs = predict(model, val_images, torch.device("cpu"))
+        val_scores = defect_scores(val_probs, good_index)
+        threshold = calibrate_threshold(val_defective, val_scores, cfg.calibration.target_escape_rate)
+    val_report = binary_report(val_defective, val_scores, threshold)
+    console.print(
+        f"threshold {threshold:.4f}: val escape rate {val_report['escape_rate']:.3f}, "
+        f"false-reject rate {val_report['false_reject_rate']:.3f}"
+    )
+    size = cfg.model.input_size
+    meta = BundleMeta(
+        name=cfg.mlflow.registered_model or cfg.name,
+        task=cfg.task,
+        classes=manifest.classes,
+        good_class=manifest.good_class,
+        input=InputSpec(
+            height=size,
+            width=size,
+            interpolation=cfg.model.interpolation,
+            mean=list(model.offset.flatten().div(255).tolist()),
+            std=list(model.scale.flatten().div(255).tolist()),
+        ),
+        outputs={"probabilities": "[N, C] class probabilities, classes in bundle order"},
+        threshold=threshold,
+        target_escape_rate=cfg.calibration.target_escape_rate,
+        tta=cfg.export.tta,
+        run_id=run_id,
+        dataset_hash=dataset_hash,
+        training={
+            "arch": cfg.model.arch,
+            "group_by": cfg.data.group_by,
+            **training_info,
+            "config": cfg.model_dump(mode="json"),
+        },
+    )
+    with console.status("exporting to ONNX and checking parity on the val split"):
+        parity = export_bundle(
+            model, meta, bundle_dir, val_images, val_probs, cfg.export.opset, cfg.export.parity_atol
+        )
+    console.print(
+        f"export parity on {parity.images} val images: max |dp| {parity.max_abs_diff:.2e}, "
+        f"decisions identical: {parity.decisions_equal}"
+    )
+    return threshold, val_report, parity
+
+
+def export_run(
+    run_dir: Path,
+    out: Path | None = None,
+    overrides: list[str] | None = None,
+    console: Console | None = None,
+) -> Path:
+    """`zerodefect export`: re-export a finished or interrupted run's best weights.
+
+    Uses the run's saved config (with overrides such as export.tta=dihedral or
+    calibration.target_escape_rate=0.02), recalibrates on val and checks parity again.
+    """
+    import torch
+
+    from zerodefect.models.classifier import build_classifier
+    from zerodefect.training.config import load_config
+    from zerodefect.training.data import load_images
+
+    console = console or Console()
+    best = run_dir / "best.pt"
+    if not best.is_file():
+        raise DatasetError(f"{run_dir}: no best.pt; is this a training run folder?")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    manifest = Manifest.read(run_dir / "manifest.jsonl")
+    check = validate(manifest)
+    model, _ = build_classifier(
+        cfg.model.arch,
+        manifest.classes,
+        manifest.good_class,
+        None,
+        soft_labels=cfg.data.soft_label_key is not None,
+        drop_rate=cfg.model.drop_rate,
+    )
+    state = torch.load(best, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    val_s = manifest.split("val")
+    val_images = load_images(manifest, val_s, cfg.model.input_size, cfg.model.interpolation)
+    val_defective = np.array([manifest.is_defective(s) for s in val_s])
+    run_id_file = run_dir / "mlflow_run_id"
+    run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
+    bundle_dir = out or run_dir / "bundle"
+    calibrate_and_export(
+        cfg,
+        model,
+        manifest,
+        val_images,
+        val_defective,
+        bundle_dir,
+        run_id,
+        check.dataset_hash,
+        {"best_epoch": state["epoch"] + 1, "exported_from": str(run_dir)},
+        console,
+    )
+    return bundle_dir
+
+
 def run_training(
     cfg: Config,
     config_path: Path | None = None,
@@ -99,19 +227,17 @@ def run_training(
 ) -> TrainOutcome:
     """Train, calibrate on val, export with parity, evaluate on test, log and register."""
     import mlflow
-    import torch
+
     from zerodefect.datasets.augment import build_augmentations
     from zerodefect.models.classifier import build_classifier
     from zerodefect.training.evaluate import evaluate_bundle, write_report
-    from zerodefect.training.export import export_bundle
-    from zerodefect.training.metrics import binary_report, calibrate_threshold
     from zerodefect.training.registry import (
         configure_mlflow,
         experiment_id,
         flatten,
         register_bundle,
     )
-    from zerodefect.training.train import defect_scores, fit, predict, select_device
+    from zerodefect.training.train import fit, select_device
 
     settings = settings or get_settings()
     console = console or Console()
@@ -126,6 +252,9 @@ def run_training(
         raise DatasetError(f"{cfg.data.manifest}: needs non-empty train and val splits")
 
     run_dir = new_run_dir(settings, cfg.name, resume)
+    # The run folder keeps what it was trained from, so `zerodefect export` can redo its bundle.
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    manifest.write(run_dir / "manifest.jsonl")
     augment = build_augmentations(cfg.augment, cfg.task)
     model, weights = build_classifier(
         cfg.model.arch,
@@ -172,7 +301,7 @@ def run_training(
                 }
             )
             mlflow.log_text(json.dumps(check.counts, indent=2), "dataset/counts.json")
-            mlflow.log_artifact(str(cfg.data.manifest), "dataset")
+            mlflow.log_artifact(str(run_dir / "manifest.jsonl"), "dataset")
 
         steps_per_epoch = max(len(train_s) // cfg.train.batch_size, 1)
         with _progress(console) as progress:
@@ -214,61 +343,19 @@ def run_training(
             f"{result.epochs_run} epochs in {result.seconds / 60:.1f} min"
         )
 
-        # Calibrate on val with the exact model that ships (best weights, TTA as exported).
         model.load_state_dict(result.best_state)
-        model.tta = cfg.export.tta
-        model.cpu().eval()
-        cpu = torch.device("cpu")
-        with console.status("calibrating the operating threshold on the val split"):
-            val_probs = predict(model, val_images, cpu)
-            val_scores = defect_scores(val_probs, good_index)
-            threshold = calibrate_threshold(val_defective, val_scores, cfg.calibration.target_escape_rate)
-        val_report = binary_report(val_defective, val_scores, threshold)
-        console.print(
-            f"threshold {threshold:.4f}: val escape rate {val_report['escape_rate']:.3f}, "
-            f"false-reject rate {val_report['false_reject_rate']:.3f}"
-        )
-
-        meta = BundleMeta(
-            name=cfg.mlflow.registered_model or cfg.name,
-            task=cfg.task,
-            classes=manifest.classes,
-            good_class=manifest.good_class,
-            input=InputSpec(
-                height=size,
-                width=size,
-                interpolation=cfg.model.interpolation,
-                mean=list(model.offset.flatten().div(255).tolist()),
-                std=list(model.scale.flatten().div(255).tolist()),
-            ),
-            outputs={"probabilities": "[N, C] class probabilities, classes in bundle order"},
-            threshold=threshold,
-            target_escape_rate=cfg.calibration.target_escape_rate,
-            tta=cfg.export.tta,
-            run_id=run.info.run_id,
-            dataset_hash=check.dataset_hash,
-            training={
-                "arch": cfg.model.arch,
-                "epochs_run": result.epochs_run,
-                "best_epoch": result.best_epoch + 1,
-                "group_by": cfg.data.group_by,
-                "config": cfg.model_dump(mode="json"),
-            },
-        )
         bundle_dir = run_dir / "bundle"
-        with console.status("exporting to ONNX and checking parity on the val split"):
-            parity = export_bundle(
-                model,
-                meta,
-                bundle_dir,
-                val_images,
-                val_probs,
-                cfg.export.opset,
-                cfg.export.parity_atol,
-            )
-        console.print(
-            f"export parity on {parity.images} val images: max |dp| {parity.max_abs_diff:.2e}, "
-            f"decisions identical: {parity.decisions_equal}"
+        threshold, val_report, parity = calibrate_and_export(
+            cfg,
+            model,
+            manifest,
+            val_images,
+            val_defective,
+            bundle_dir,
+            run.info.run_id,
+            check.dataset_hash,
+            {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1},
+            console,
         )
 
         eval_dir = run_dir / "eval"

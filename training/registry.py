@@ -136,6 +136,7 @@ def promote(
     manifest (or `manifest_path`), so the comparison never mixes test sets.
     """
     import mlflow
+
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.source import fetch_bundle
     from zerodefect.training.evaluate import evaluate_bundle

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
+
 from zerodefect.models.classifier import InspectionClassifier
 from zerodefect.training.config import Config
 from zerodefect.training.data import ImageDataset

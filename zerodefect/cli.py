@@ -162,6 +162,28 @@ def train(
     )
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A training run folder (var/runs/NAME/STAMP).")],
+    out: Annotated[Path | None, typer.Option(help="Bundle folder (default: RUN_DIR/bundle).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override the run's config: export.tta=dihedral.")
+    ] = None,
+) -> None:
+    """Export a run's best weights as a verified ONNX bundle, recalibrating the threshold on val.
+
+    The bundle is written only if ONNX Runtime reproduces PyTorch on the validation images.
+    """
+    from zerodefect.training.export import ExportParityError
+    from zerodefect.training.pipeline import export_run
+
+    try:
+        bundle = export_run(run_dir, out, set_, console)
+    except (*user_errors(), ExportParityError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"bundle: {bundle}")
+
+
 def _print_report(report: dict) -> None:
     table = Table(
         "metric",

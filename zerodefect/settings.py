@@ -21,6 +21,16 @@ class Settings(BaseSettings):
     # MLFLOW_TRACKING_URI (MLflow's own variable) wins over this default, so a real server
     # is selected exactly the way MLflow users expect.
     mlflow_tracking_uri: str | None = None
+    # The quality record: SQLite (WAL) in the data dir by default, PostgreSQL by URL.
+    record_url: str | None = None
+
+    @property
+    def record_database_url(self) -> str:
+        return self.record_url or f"sqlite:///{(self.data_dir / 'record.db').resolve()}"
+
+    @property
+    def image_dir(self) -> Path:
+        return (self.data_dir / "images").resolve()
 
     @property
     def tracking_uri(self) -> str:

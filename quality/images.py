@@ -1,0 +1,38 @@
+"""Content-addressed image storage: a file's name is its sha256, so a stored image cannot be
+silently replaced, the same image is stored once, and a record's hash finds its pixels."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
+
+
+class ImageStore:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path_for(self, sha256: str, ext: str) -> Path:
+        return self.root / sha256[:2] / f"{sha256}.{ext}"
+
+    def put(self, data: bytes, ext: str) -> tuple[str, Path]:
+        """Store bytes under their sha256 (atomically: write, fsync, rename); returns (sha, path)."""
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.path_for(sha, ext)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with tmp.open("wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(path)
+        return sha, path
+
+    def find(self, sha256: str) -> Path | None:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            return None
+        matches = sorted((self.root / sha256[:2]).glob(f"{sha256}.*"))
+        return matches[0] if matches else None

@@ -1,0 +1,89 @@
+"""The quality record's tables: lines, stations, one inspection row per part, its defects.
+
+Each inspection names the model version and threshold that judged it and the sha256 of the
+image it saw, so any verdict can be traced and replayed. `key` is the edge's idempotency key:
+a result forwarded twice is stored once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Line(Base):
+    __tablename__ = "lines"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class Station(Base):
+    __tablename__ = "stations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    line_id: Mapped[int | None] = mapped_column(ForeignKey("lines.id"))
+    # sha256 of the station's API key; the key itself is shown once, at creation.
+    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    line: Mapped[Line | None] = relationship()
+
+
+class Inspection(Base):
+    __tablename__ = "inspections"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    station_id: Mapped[int] = mapped_column(ForeignKey("stations.id"))
+    serial: Mapped[str] = mapped_column(String(100))
+    batch: Mapped[str | None] = mapped_column(String(100))
+    camera: Mapped[str | None] = mapped_column(String(100))
+    frame_id: Mapped[str | None] = mapped_column(String(100))
+    captured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(100))
+    threshold: Mapped[float] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float)
+    verdict: Mapped[str] = mapped_column(String(16))
+    # True when the part was not judged within its budget and got the fail-safe verdict.
+    failsafe: Mapped[bool] = mapped_column(Boolean, default=False)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_path: Mapped[str | None] = mapped_column(String(300))
+    review_status: Mapped[str | None] = mapped_column(String(32))
+    review_label: Mapped[str | None] = mapped_column(String(100))
+    reviewed_by: Mapped[str | None] = mapped_column(String(100))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    station: Mapped[Station] = relationship()
+    defects: Mapped[list[Defect]] = relationship(
+        back_populates="inspection", cascade="all, delete-orphan", order_by="Defect.id"
+    )
+
+    __table_args__ = (
+        Index("ix_inspections_station_time", "station_id", "captured_at"),
+        Index("ix_inspections_serial", "serial"),
+        Index("ix_inspections_verdict_time", "verdict", "captured_at"),
+    )
+
+
+class Defect(Base):
+    __tablename__ = "defects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    inspection_id: Mapped[int] = mapped_column(ForeignKey("inspections.id", ondelete="CASCADE"), index=True)
+    class_name: Mapped[str] = mapped_column(String(100))
+    score: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float | None] = mapped_column(Float)
+    y1: Mapped[float | None] = mapped_column(Float)
+    x2: Mapped[float | None] = mapped_column(Float)
+    y2: Mapped[float | None] = mapped_column(Float)
+    inspection: Mapped[Inspection] = relationship(back_populates="defects")

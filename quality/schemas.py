@@ -1,0 +1,85 @@
+"""The quality record's HTTP contract (pydantic): what stations post and what MES/QMS read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
+
+
+class DefectIn(BaseModel):
+    class_name: str = Field(min_length=1, max_length=100)
+    score: float = Field(ge=0, le=1)
+    box: list[float] | None = Field(default=None, description="[x1, y1, x2, y2] in image pixels")
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, box: list[float] | None) -> list[float] | None:
+        if box is not None and (len(box) != 4 or box[0] >= box[2] or box[1] >= box[3]):
+            raise ValueError("box must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2")
+        return box
+
+
+class InspectionIn(BaseModel):
+    """One judged part, posted by a station (its identity comes from its API key)."""
+
+    key: str = Field(
+        min_length=8,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Idempotency key: the same key is stored once",
+    )
+    serial: str = Field(min_length=1, max_length=100)
+    batch: str | None = Field(default=None, max_length=100)
+    camera: str | None = Field(default=None, max_length=100)
+    frame_id: str | None = Field(default=None, max_length=100)
+    captured_at: AwareDatetime
+    model_name: str = Field(min_length=1, max_length=200)
+    model_version: str = Field(min_length=1, max_length=100)
+    threshold: float
+    score: float | None = None
+    verdict: Literal["pass", "reject"]
+    failsafe: bool = False
+    latency_ms: float | None = Field(default=None, ge=0)
+    image_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    image_b64: str | None = Field(default=None, description="The image, for flagged and sampled parts")
+    image_type: Literal["image/jpeg", "image/png"] | None = None
+    defects: list[DefectIn] = Field(default_factory=list, max_length=200)
+
+
+class DefectOut(BaseModel):
+    class_name: str
+    score: float
+    box: list[float] | None
+
+
+class InspectionOut(BaseModel):
+    id: int
+    key: str
+    station: str
+    line: str | None
+    serial: str
+    batch: str | None
+    camera: str | None
+    frame_id: str | None
+    captured_at: datetime
+    received_at: datetime
+    model_name: str
+    model_version: str
+    threshold: float
+    score: float | None
+    verdict: str
+    failsafe: bool
+    latency_ms: float | None
+    image_sha256: str | None
+    image_url: str | None
+    review_status: str | None
+    defects: list[DefectOut]
+
+
+class InspectionPage(BaseModel):
+    items: list[InspectionOut]
+    total: int
+    limit: int
+    offset: int

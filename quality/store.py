@@ -1,0 +1,184 @@
+"""Writing and reading the record: idempotent inserts and filtered, paged queries."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from zerodefect.quality.images import EXTENSIONS, ImageStore
+from zerodefect.quality.models import Defect, Inspection, Line, Station, utcnow
+from zerodefect.quality.schemas import DefectOut, InspectionIn, InspectionOut
+
+
+class RecordError(ValueError):
+    """A request the record refuses, with the reason (HTTP 4xx)."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def add_station(session: Session, name: str, line: str | None = None) -> tuple[Station, str]:
+    """Create a station and return it with its new API key (stored only as a hash)."""
+    if session.scalar(select(Station).where(Station.name == name)) is not None:
+        raise RecordError(f"station {name!r} exists", 409)
+    line_row = None
+    if line:
+        line_row = session.scalar(select(Line).where(Line.name == line)) or Line(name=line)
+    api_key = "zd_" + secrets.token_urlsafe(32)
+    station = Station(name=name, line=line_row, api_key_hash=hash_key(api_key))
+    session.add(station)
+    session.commit()
+    return station, api_key
+
+
+def station_for_key(session: Session, api_key: str | None) -> Station | None:
+    if not api_key:
+        return None
+    return session.scalar(select(Station).where(Station.api_key_hash == hash_key(api_key)))
+
+
+@dataclass
+class Stored:
+    inspection: Inspection
+    created: bool
+
+
+def record_inspection(session: Session, station: Station, data: InspectionIn, images: ImageStore) -> Stored:
+    """Store one result exactly once per idempotency key; its image under its sha256."""
+    existing = session.scalar(select(Inspection).where(Inspection.key == data.key))
+    if existing is not None:
+        return Stored(existing, False)
+    image_sha, image_path = data.image_sha256, None
+    if data.image_b64 is not None:
+        if data.image_type is None:
+            raise RecordError("image_type is required with image_b64")
+        try:
+            raw = base64.b64decode(data.image_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RecordError("image_b64 is not valid base64") from exc
+        sha, path = images.put(raw, EXTENSIONS[data.image_type])
+        if image_sha and image_sha != sha:
+            raise RecordError("image_sha256 does not match the image bytes")
+        image_sha, image_path = sha, str(path.relative_to(images.root))
+    row = Inspection(
+        key=data.key,
+        station=station,
+        serial=data.serial,
+        batch=data.batch,
+        camera=data.camera,
+        frame_id=data.frame_id,
+        captured_at=as_utc(data.captured_at),
+        model_name=data.model_name,
+        model_version=data.model_version,
+        threshold=data.threshold,
+        score=data.score,
+        verdict=data.verdict,
+        failsafe=data.failsafe,
+        latency_ms=data.latency_ms,
+        image_sha256=image_sha,
+        image_path=image_path,
+        defects=[
+            Defect(
+                class_name=d.class_name,
+                score=d.score,
+                **dict(zip(("x1", "y1", "x2", "y2"), d.box or [None] * 4, strict=True)),
+            )
+            for d in data.defects
+        ],
+    )
+    station.last_seen_at = utcnow()
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two deliveries of one key raced; the other one won, which is the same record.
+        session.rollback()
+        return Stored(session.scalar(select(Inspection).where(Inspection.key == data.key)), False)
+    return Stored(row, True)
+
+
+def query_inspections(
+    session: Session,
+    station: str | None = None,
+    verdict: str | None = None,
+    serial: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Inspection], int]:
+    """Newest first, filtered; returns (page, total matching)."""
+    query = select(Inspection).join(Station)
+    if station:
+        query = query.where(Station.name == station)
+    if verdict:
+        query = query.where(Inspection.verdict == verdict)
+    if serial:
+        query = query.where(Inspection.serial == serial)
+    if since:
+        query = query.where(Inspection.captured_at >= as_utc(since))
+    if until:
+        query = query.where(Inspection.captured_at < as_utc(until))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.options(
+            selectinload(Inspection.defects), selectinload(Inspection.station).selectinload(Station.line)
+        )
+        .order_by(Inspection.captured_at.desc(), Inspection.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), total
+
+
+def to_out(row: Inspection) -> InspectionOut:
+    return InspectionOut(
+        id=row.id,
+        key=row.key,
+        station=row.station.name,
+        line=row.station.line.name if row.station.line else None,
+        serial=row.serial,
+        batch=row.batch,
+        camera=row.camera,
+        frame_id=row.frame_id,
+        captured_at=as_utc(row.captured_at),
+        received_at=as_utc(row.received_at),
+        model_name=row.model_name,
+        model_version=row.model_version,
+        threshold=row.threshold,
+        score=row.score,
+        verdict=row.verdict,
+        failsafe=row.failsafe,
+        latency_ms=row.latency_ms,
+        image_sha256=row.image_sha256,
+        image_url=f"/v1/images/{row.image_sha256}" if row.image_path else None,
+        review_status=row.review_status,
+        defects=[
+            DefectOut(
+                class_name=d.class_name,
+                score=d.score,
+                box=[d.x1, d.y1, d.x2, d.y2] if d.x1 is not None else None,
+            )
+            for d in row.defects
+        ],
+    )

@@ -1,0 +1,133 @@
+"""The quality record service over real HTTP: keys, idempotency, images, filters, bad input."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from zerodefect.quality.app import create_app
+from zerodefect.quality.store import add_station
+from zerodefect.settings import get_settings
+
+from .servers import serve
+
+
+@pytest.fixture
+def record(data_dir: Path):
+    app = create_app(get_settings())
+    with app.state.sessions() as session:
+        _, key_a = add_station(session, "st-01", line="line-1")
+        _, key_b = add_station(session, "st-02", line="line-1")
+    with serve(app) as url:
+        yield url, key_a, key_b, app
+
+
+def part(key: str, serial: str, verdict: str = "pass", minutes: int = 0, **extra) -> dict:
+    body = {
+        "key": key,
+        "serial": serial,
+        "batch": "B7",
+        "camera": "cam0",
+        "frame_id": "f1",
+        "captured_at": (datetime(2026, 11, 24, 8, 0, tzinfo=UTC) + timedelta(minutes=minutes)).isoformat(),
+        "model_name": "elpv",
+        "model_version": "3",
+        "threshold": 0.31,
+        "score": 0.9 if verdict == "reject" else 0.1,
+        "verdict": verdict,
+        "latency_ms": 6.5,
+    }
+    body.update(extra)
+    return body
+
+
+def test_keys_are_required_and_station_comes_from_the_key(record) -> None:
+    url, key_a, key_b, _ = record
+    assert httpx.post(f"{url}/v1/inspections", json=part("k-00000001", "S1")).status_code == 401
+    r = httpx.post(f"{url}/v1/inspections", json=part("k-00000001", "S1"), headers={"X-API-Key": "zd_wrong"})
+    assert r.status_code == 403 and r.json()["detail"] == "unknown API key"
+    r = httpx.post(f"{url}/v1/inspections", json=part("k-00000001", "S1"), headers={"X-API-Key": key_b})
+    assert r.status_code == 201 and r.json()["station"] == "st-02" and r.json()["line"] == "line-1"
+
+
+def test_idempotent_posts_images_and_filters(record) -> None:
+    url, key_a, key_b, app = record
+    image = np.full((32, 48, 3), 90, np.uint8)
+    png = cv2.imencode(".png", image)[1].tobytes()
+    sha = hashlib.sha256(png).hexdigest()
+    flagged = part(
+        "k-reject-01",
+        "S2",
+        "reject",
+        minutes=5,
+        image_b64=base64.b64encode(png).decode(),
+        image_type="image/png",
+        image_sha256=sha,
+        defects=[{"class_name": "crack", "score": 0.9, "box": [1, 2, 30, 20]}],
+    )
+    first = httpx.post(f"{url}/v1/inspections", json=flagged, headers={"X-API-Key": key_a})
+    again = httpx.post(f"{url}/v1/inspections", json=flagged, headers={"X-API-Key": key_a})
+    assert first.status_code == 201 and again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert first.json()["defects"] == [{"class_name": "crack", "score": 0.9, "box": [1.0, 2.0, 30.0, 20.0]}]
+    stored = httpx.get(url + first.json()["image_url"])
+    assert stored.status_code == 200 and hashlib.sha256(stored.content).hexdigest() == sha
+    for i in range(4):
+        httpx.post(
+            f"{url}/v1/inspections",
+            json=part(f"k-pass-{i:04d}", f"P{i}", minutes=i),
+            headers={"X-API-Key": key_b},
+        )
+    page = httpx.get(f"{url}/v1/inspections", params={"limit": 2}).json()
+    assert page["total"] == 5 and [p["serial"] for p in page["items"]] == ["S2", "P3"]
+    page2 = httpx.get(f"{url}/v1/inspections", params={"limit": 2, "offset": 2}).json()
+    assert [p["serial"] for p in page2["items"]] == ["P2", "P1"]
+    assert httpx.get(f"{url}/v1/inspections", params={"verdict": "reject"}).json()["total"] == 1
+    assert httpx.get(f"{url}/v1/inspections", params={"station": "st-02"}).json()["total"] == 4
+    assert (
+        httpx.get(f"{url}/v1/inspections", params={"serial": "P1"}).json()["items"][0]["station"] == "st-02"
+    )
+    window = {"since": "2026-11-24T08:01:00+00:00", "until": "2026-11-24T08:03:00+00:00"}
+    assert [p["serial"] for p in httpx.get(f"{url}/v1/inspections", params=window).json()["items"]] == [
+        "P2",
+        "P1",
+    ]
+
+
+def test_bad_input_is_a_4xx_with_a_reason(record) -> None:
+    url, key_a, _, _ = record
+    headers = {"X-API-Key": key_a}
+    cases = [
+        part("short", "S"),  # key too short
+        part("k-00000002", "S", verdict="maybe"),
+        part("k-00000003", "S", captured_at="2026-11-24T08:00:00"),  # no time zone
+        part("k-00000004", "S", image_b64="***", image_type="image/png"),
+        part("k-00000005", "S", image_b64=base64.b64encode(b"x").decode()),  # no type
+        part(
+            "k-00000006",
+            "S",
+            image_b64=base64.b64encode(b"x").decode(),
+            image_type="image/png",
+            image_sha256="0" * 64,
+        ),
+        part("k-00000007", "S", defects=[{"class_name": "crack", "score": 0.5, "box": [5, 5, 1, 1]}]),
+    ]
+    for body in cases:
+        r = httpx.post(f"{url}/v1/inspections", json=body, headers=headers)
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["detail"]
+    r = httpx.post(
+        f"{url}/v1/inspections", content=b"{not json", headers={**headers, "content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    assert httpx.get(f"{url}/v1/inspections", params={"limit": 0}).status_code == 422
+    assert httpx.get(f"{url}/v1/inspections/999").status_code == 404
+    assert httpx.get(f"{url}/v1/images/../../etc/passwd").status_code == 404
+    assert httpx.get(f"{url}/v1/inspections").json()["total"] == 0
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
