@@ -1,1 +1,1 @@
-"""Placeholder for the edge side; built by its own issue."""
+"""The edge station service: score camera frames at line speed and record every part."""

@@ -1,0 +1,151 @@
+"""The station service (FastAPI): POST /v1/inspect, health, readiness, metrics, hot swap."""
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AwareDatetime, BaseModel
+
+from zerodefect.edge.batcher import MicroBatcher
+from zerodefect.edge.config import StationConfig
+from zerodefect.edge.forwarder import Forwarder
+from zerodefect.edge.imagecheck import InputError
+from zerodefect.edge.metrics import EdgeMetrics
+from zerodefect.edge.model import ModelHolder
+from zerodefect.edge.outbox import Outbox
+from zerodefect.edge.station import Inspector, PartMeta
+from zerodefect.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(BaseModel):
+    key: str
+    serial: str
+    verdict: str
+    score: float | None
+    threshold: float
+    defect_class: str | None
+    failsafe: bool
+    model_name: str
+    model_version: str
+    latency_ms: float
+
+
+def create_app(config: StationConfig, source: str | None = None, serial_prefix: str = "PART") -> FastAPI:
+    """Build the service; the model loads and the threads start with the app's lifespan.
+
+    With `source`, frames are also pulled from it (see zerodefect.edge.sources).
+    """
+    settings = get_settings()
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        holder = ModelHolder(config.model, settings.data_dir / "registry-cache", config.threads)
+        outbox = Outbox(config.outbox)
+        batcher = MicroBatcher(holder, config.max_batch, config.batch_wait_ms)
+        metrics = EdgeMetrics(lambda: batcher.depth, lambda: outbox.counts()["pending"])
+        metrics.set_model(holder.current.name, holder.current.version)
+        batcher.start()
+        forwarder = None
+        if config.record_url:
+            forwarder = Forwarder(outbox, config.record_url, config.record_api_key())
+            forwarder.start()
+        state.update(
+            holder=holder,
+            outbox=outbox,
+            batcher=batcher,
+            metrics=metrics,
+            forwarder=forwarder,
+            inspector=Inspector(config, holder, batcher, outbox, metrics),
+        )
+        log.info("station %s serving %s v%s", config.station, holder.current.name, holder.current.version)
+        puller = None
+        if source:
+            from zerodefect.edge.sources import pull_loop
+
+            puller = asyncio.create_task(pull_loop(state["inspector"], source, serial_prefix))
+            state["puller"] = puller
+        yield
+        if puller and not puller.done():
+            puller.cancel()
+        if forwarder:
+            forwarder.stop()
+        batcher.stop()
+        outbox.close()
+
+    app = FastAPI(title=f"zerodefect edge: {config.station}", version="1", lifespan=lifespan)
+    app.state.station = state
+
+    def require_key(x_api_key: Annotated[str | None, Header(description="Station API key")] = None) -> None:
+        if not x_api_key:
+            raise HTTPException(401, "missing API key (header X-API-Key)")
+        digest = hashlib.sha256(x_api_key.encode()).hexdigest()
+        if not any(hmac.compare_digest(digest, h) for h in config.api_key_hashes):
+            raise HTTPException(403, "unknown API key")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > config.max_request_bytes + 64 * 1024:
+            return JSONResponse({"detail": f"request over {config.max_request_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(InputError)
+    async def input_error(_request: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+
+    @app.post("/v1/inspect", response_model=Verdict, dependencies=[Depends(require_key)])
+    async def inspect(
+        image: Annotated[UploadFile, File(description="The part's image, JPEG or PNG")],
+        serial: Annotated[str, Form(min_length=1, max_length=100)],
+        station: Annotated[str, Form(min_length=1, max_length=100)],
+        batch: Annotated[str | None, Form(max_length=100)] = None,
+        camera: Annotated[str | None, Form(max_length=100)] = None,
+        frame_id: Annotated[str | None, Form(max_length=100)] = None,
+        captured_at: Annotated[AwareDatetime | None, Form()] = None,
+    ) -> dict:
+        """Judge one part and record it durably before answering."""
+        started = time.perf_counter()
+        data = await image.read(config.max_request_bytes + 1)
+        meta = PartMeta(serial, station, batch, camera, frame_id, captured_at)
+        return await state["inspector"].inspect(data, image.content_type, meta, started)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        holder, forwarder = state.get("holder"), state.get("forwarder")
+        ready = holder is not None
+        body = {
+            "ready": ready,
+            "model": holder.current.uri if holder else None,
+            "model_version": holder.current.version if holder else None,
+            "outbox": state["outbox"].counts() if ready else None,
+            "record_reachable": forwarder.record_up if forwarder else None,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(state["metrics"].registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/model/reload", dependencies=[Depends(require_key)])
+    async def reload() -> dict:
+        """Reload the model from its URI (an alias may have moved) without dropping requests."""
+        old, new = await run_in_threadpool(state["holder"].reload)
+        state["metrics"].set_model(state["holder"].current.name, new)
+        return {"previous_version": old, "version": new}
+
+    return app

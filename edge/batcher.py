@@ -1,0 +1,87 @@
+"""Micro-batching: concurrent requests share one ONNX Runtime call.
+
+A worker thread takes the first waiting image, gathers whatever else arrives within a short
+window (up to max_batch), and scores them together: batches of 4-8 run several times the
+throughput of single images on CPU, for a wait of a few milliseconds at most.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from zerodefect.edge.model import LoadedModel, ModelHolder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scored:
+    probabilities: np.ndarray
+    model: LoadedModel
+    batch_size: int
+
+
+class MicroBatcher:
+    def __init__(self, holder: ModelHolder, max_batch: int = 8, wait_ms: float = 2.0):
+        self.holder = holder
+        self.max_batch = max_batch
+        self.wait = wait_ms / 1000.0
+        self._queue: queue.Queue[tuple[np.ndarray, Future] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(10)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, image: np.ndarray) -> Future:
+        """Queue a decoded RGB image; the future resolves to a Scored."""
+        future: Future = Future()
+        self._queue.put((image, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            until = time.perf_counter() + self.wait
+            while len(batch) < self.max_batch:
+                remaining = until - time.perf_counter()
+                try:
+                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            live = [(img, fut) for img, fut in batch if fut.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            # One snapshot per batch: a hot swap never splits a batch between two models.
+            model = self.holder.current
+            try:
+                stacked = np.stack([model.engine.prepare(img) for img, _ in live])
+                probs = model.engine.probabilities(stacked)
+            except Exception as exc:  # a model failure must fail these requests, not the worker
+                log.exception("batch of %d failed", len(live))
+                for _, fut in live:
+                    fut.set_exception(exc)
+                continue
+            for i, (_, fut) in enumerate(live):
+                fut.set_result(Scored(probs[i], model, len(live)))

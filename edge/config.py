@@ -1,0 +1,58 @@
+"""A station's configuration (YAML): which model, which record, what budget, what limits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class StationConfigError(ValueError):
+    """A station config that cannot be used; names the file and the key."""
+
+
+class StationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    station: str = Field(min_length=1, max_length=100)
+    line: str | None = None
+    # A bundle folder, or models:/NAME@ALIAS to follow an alias (hot-swapped on reload).
+    model: str
+    # Base URL of the quality record service; None keeps results in the outbox only.
+    record_url: str | None = None
+    # The record API key is a secret: read from this environment variable, never from YAML.
+    record_api_key_env: str = "ZD_RECORD_API_KEY"
+    # sha256 hashes of the keys that cameras and operators use on this service's write endpoints.
+    api_key_hashes: list[str] = Field(default_factory=list)
+    budget_ms: float = Field(default=250.0, gt=0)
+    failsafe_verdict: Literal["reject", "pass"] = "reject"
+    max_batch: int = Field(default=8, ge=1, le=64)
+    batch_wait_ms: float = Field(default=2.0, ge=0)
+    threads: int | None = None
+    outbox: Path = Path("var/edge/outbox.db")
+    store_images: Literal["flagged", "all", "none"] = "flagged"
+    pass_sample_rate: float = Field(default=0.02, ge=0, le=1)
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 25_000_000
+
+    def record_api_key(self) -> str | None:
+        return os.environ.get(self.record_api_key_env)
+
+
+def load_station_config(path: str | Path, overrides: dict | None = None) -> StationConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise StationConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise StationConfigError(f"{path}: not valid YAML ({exc})") from exc
+    data.update(overrides or {})
+    try:
+        return StationConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise StationConfigError(f"{path}: {problems}") from exc

@@ -1,0 +1,49 @@
+"""Prometheus metrics of one station service (its own registry, so apps never collide)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class EdgeMetrics:
+    def __init__(self, queue_depth: Callable[[], float], outbox_pending: Callable[[], float]):
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "zd_inspection_latency_seconds",
+            "Time from request to verdict",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.verdicts = Counter(
+            "zd_verdicts", "Verdicts given", ["verdict", "failsafe"], registry=self.registry
+        )
+        self.batch = Histogram(
+            "zd_batch_size",
+            "Images per ONNX Runtime call",
+            buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.model = Gauge(
+            "zd_model_info", "The served model (value 1)", ["name", "version"], registry=self.registry
+        )
+        Gauge("zd_queue_depth", "Images waiting for a batch", registry=self.registry).set_function(
+            queue_depth
+        )
+        Gauge(
+            "zd_outbox_pending", "Results not yet in the quality record", registry=self.registry
+        ).set_function(outbox_pending)
+
+    def observe(self, response: dict[str, Any], latency_ms: float, batch_size: int | None) -> None:
+        self.latency.observe(latency_ms / 1000.0)
+        self.verdicts.labels(response["verdict"], str(response["failsafe"]).lower()).inc()
+        if batch_size:
+            self.batch.observe(batch_size)
+
+    def set_model(self, name: str, version: str) -> None:
+        self.model.clear()
+        self.model.labels(name, version).set(1)

@@ -1,0 +1,101 @@
+"""The durable outbox: every accepted result is on disk before the camera gets its answer.
+
+A local SQLite file (WAL, synchronous=FULL) holds results until the quality record confirms
+them. Keys are idempotency keys, so a result is written once however often a camera retries,
+and the record stores it once however often the forwarder delivers it. Killing the process at
+any moment loses nothing that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY,
+    payload TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0,
+    delivered REAL,
+    dead TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, dead, next_try);
+"""
+
+
+class Outbox:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self.wakeup = threading.Event()
+
+    def put(self, key: str, payload: dict[str, Any], response: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """Persist a result; returns (created, the response stored under this key).
+
+        A repeated key (a camera retrying a frame) returns the first answer unchanged.
+        """
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO outbox (key, payload, response, created) VALUES (?, ?, ?, ?)",
+                (key, json.dumps(payload), json.dumps(response), time.time()),
+            )
+            created = cursor.rowcount == 1
+            if not created:
+                stored = self._db.execute("SELECT response FROM outbox WHERE key = ?", (key,)).fetchone()
+                response = json.loads(stored[0])
+        if created:
+            self.wakeup.set()
+        return created, response
+
+    def due(self, limit: int = 32) -> list[tuple[str, dict[str, Any], int]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, payload, attempts FROM outbox WHERE delivered IS NULL AND dead IS NULL "
+                "AND next_try <= ? ORDER BY created LIMIT ?",
+                (time.time(), limit),
+            ).fetchall()
+        return [(k, json.loads(p), a) for k, p, a in rows]
+
+    def delivered(self, key: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE outbox SET delivered = ?, attempts = attempts + 1 WHERE key = ?", (time.time(), key)
+            )
+
+    def retry(self, key: str, delay: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_try = ? WHERE key = ?",
+                (time.time() + delay, key),
+            )
+
+    def dead(self, key: str, reason: str) -> None:
+        """Park a result the record refuses (a 4xx): kept, counted, never silently dropped."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE outbox SET dead = ?, attempts = attempts + 1 WHERE key = ?", (reason[:500], key)
+            )
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*), SUM(delivered IS NOT NULL), SUM(dead IS NOT NULL) FROM outbox"
+            ).fetchone()
+        total, delivered, dead = (int(v or 0) for v in row)
+        return {"total": total, "delivered": delivered, "dead": dead, "pending": total - delivered - dead}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

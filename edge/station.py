@@ -1,0 +1,159 @@
+"""Judging one part: decode, score within the budget, record durably, answer.
+
+Push mode (HTTP) and pull mode (a camera or folder source) both call `Inspector.inspect`, so a
+part is judged and recorded the same way whichever way it arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from zerodefect.edge.batcher import MicroBatcher, Scored
+from zerodefect.edge.config import StationConfig
+from zerodefect.edge.imagecheck import InputError, check_image
+from zerodefect.edge.metrics import EdgeMetrics
+from zerodefect.edge.model import ModelHolder
+from zerodefect.edge.outbox import Outbox
+from zerodefect.inference.preprocess import ImageDecodeError, decode_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PartMeta:
+    serial: str
+    station: str
+    batch: str | None = None
+    camera: str | None = None
+    frame_id: str | None = None
+    captured_at: datetime | None = None
+
+
+def idempotency_key(meta: PartMeta) -> str:
+    """The same camera frame always maps to the same key; without a frame id, a fresh one."""
+    if meta.frame_id:
+        raw = f"{meta.station}|{meta.camera}|{meta.frame_id}|{meta.serial}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:40]
+    return uuid.uuid4().hex
+
+
+class Inspector:
+    def __init__(
+        self,
+        config: StationConfig,
+        holder: ModelHolder,
+        batcher: MicroBatcher,
+        outbox: Outbox,
+        metrics: EdgeMetrics,
+    ):
+        self.config = config
+        self.holder = holder
+        self.batcher = batcher
+        self.outbox = outbox
+        self.metrics = metrics
+
+    def decode(self, data: bytes, content_type: str | None) -> tuple[np.ndarray, str]:
+        kind = check_image(data, content_type, self.config.max_request_bytes, self.config.max_pixels)
+        try:
+            return decode_image(data), kind
+        except ImageDecodeError as exc:
+            raise InputError(400, f"corrupt image ({exc})") from exc
+
+    async def inspect(
+        self, data: bytes, content_type: str | None, meta: PartMeta, started: float
+    ) -> dict[str, Any]:
+        """Judge one part; raises InputError for bad input. The result is in the outbox before
+        this returns. A part not judged within the budget gets the fail-safe verdict."""
+        if meta.station != self.config.station:
+            raise InputError(
+                422, f"unknown station {meta.station!r}; this edge serves {self.config.station!r}"
+            )
+        loop = asyncio.get_running_loop()
+        image, kind = await loop.run_in_executor(None, self.decode, data, content_type)
+        budget = self.config.budget_ms / 1000.0
+        remaining = budget - (time.perf_counter() - started)
+        scored: Scored | None = None
+        if remaining > 0:
+            future = self.batcher.submit(image)
+            try:
+                scored = await asyncio.wait_for(asyncio.wrap_future(future), timeout=remaining)
+            except TimeoutError:
+                future.cancel()
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        key = idempotency_key(meta)
+        payload, response = self._result(key, meta, data, kind, scored, latency_ms)
+        _, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
+        self.metrics.observe(response, latency_ms, scored.batch_size if scored else None)
+        return response
+
+    def _result(
+        self, key: str, meta: PartMeta, data: bytes, kind: str, scored: Scored | None, latency_ms: float
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        model = scored.model if scored else self.holder.current
+        meta_b = model.engine.meta
+        if scored is not None:
+            result = model.engine.judge(scored.probabilities[None])[0]
+            verdict, score, defect_class, failsafe = result.verdict, result.score, result.defect_class, False
+            class_scores = result.class_scores
+        else:
+            verdict, score, defect_class, failsafe, class_scores = (
+                self.config.failsafe_verdict,
+                None,
+                None,
+                True,
+                {},
+            )
+            log.warning(
+                "part %s not judged within %.0f ms: fail-safe %s", meta.serial, self.config.budget_ms, verdict
+            )
+        image_sha = hashlib.sha256(data).hexdigest()
+        keep = self.config.store_images == "all" or (
+            self.config.store_images == "flagged"
+            and (verdict == "reject" or int(image_sha[:8], 16) / 0xFFFFFFFF < self.config.pass_sample_rate)
+        )
+        captured = meta.captured_at or datetime.now(UTC)
+        payload: dict[str, Any] = {
+            "key": key,
+            "serial": meta.serial,
+            "batch": meta.batch,
+            "camera": meta.camera,
+            "frame_id": meta.frame_id,
+            "captured_at": captured.isoformat(),
+            "model_name": model.name,
+            "model_version": model.version,
+            "threshold": meta_b.threshold,
+            "score": score,
+            "verdict": verdict,
+            "failsafe": failsafe,
+            "latency_ms": round(latency_ms, 3),
+            "image_sha256": image_sha,
+            "defects": [{"class_name": defect_class, "score": round(float(class_scores[defect_class]), 6)}]
+            if defect_class
+            else [],
+        }
+        if keep:
+            payload["image_b64"] = base64.b64encode(data).decode()
+            payload["image_type"] = kind
+        response = {
+            "key": key,
+            "serial": meta.serial,
+            "verdict": verdict,
+            "score": score,
+            "threshold": meta_b.threshold,
+            "defect_class": defect_class,
+            "failsafe": failsafe,
+            "model_name": model.name,
+            "model_version": model.version,
+            "latency_ms": round(latency_ms, 3),
+        }
+        return payload, response

@@ -1,0 +1,51 @@
+"""Small verified bundles for service tests: a random-init Lite0 at 64 px, exported with parity.
+
+Their threshold fixes their behaviour: 0.0 rejects every part, 1.01 passes every part.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zerodefect.models.bundle import BundleMeta, InputSpec
+from zerodefect.models.classifier import build_classifier
+from zerodefect.training.export import export_bundle
+from zerodefect.training.train import predict
+
+REJECT_ALL = 0.0
+PASS_ALL = 1.01
+
+
+def make_bundle(
+    folder: Path, threshold: float, name: str = "test-model", size: int = 64, seed: int = 0
+) -> Path:
+    torch.manual_seed(seed)
+    model, _ = build_classifier("tf_efficientnet_lite0", ["good", "crack"], "good", None)
+    images = np.random.default_rng(seed).integers(0, 255, (4, size, size, 3), dtype=np.uint8)
+    probs = predict(model, images, torch.device("cpu"))
+    meta = BundleMeta(
+        name=name,
+        task="classification",
+        classes=["good", "crack"],
+        good_class="good",
+        input=InputSpec(height=size, width=size, mean=[0.5] * 3, std=[0.5] * 3),
+        outputs={"probabilities": "[N, C]"},
+        threshold=threshold,
+    )
+    export_bundle(model, meta, folder, images, probs)
+    return folder
+
+
+def register(folder: Path, name: str, alias: str) -> str:
+    """Log a bundle to a run of the current MLflow store and point `alias` at the new version."""
+    import mlflow
+
+    from zerodefect.training.registry import configure_mlflow, experiment_id, register_bundle
+
+    configure_mlflow()
+    with mlflow.start_run(experiment_id=experiment_id("tests")) as run:
+        mlflow.log_artifacts(str(folder), "bundle")
+    return register_bundle(run.info.run_id, name, alias, {})
