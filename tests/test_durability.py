@@ -1,0 +1,137 @@
+"""Kill the edge with SIGKILL under load while the record is down: no accepted part is lost,
+none is recorded twice."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import yaml
+
+from zerodefect.quality.db import make_engine, migrate, session_factory
+from zerodefect.quality.store import add_station
+
+from .bundles import REJECT_ALL, make_bundle
+from .test_edge import png
+
+CAMERA_KEY = "zd_durability_camera"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "zerodefect", *args], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not become healthy")
+
+
+def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    env = {
+        **os.environ,
+        "ZD_DATA_DIR": str(data_dir),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+    }
+    record_db = f"sqlite:///{data_dir / 'record.db'}"
+    migrate(record_db)
+    with session_factory(make_engine(record_db))() as session:
+        _, record_key = add_station(session, "st-01")
+    env["ZD_RECORD_API_KEY"] = record_key
+    record_port, edge_port = free_port(), free_port()
+    record_url, edge_url = f"http://127.0.0.1:{record_port}", f"http://127.0.0.1:{edge_port}"
+    config = tmp_path / "station.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "station": "st-01",
+                "model": str(make_bundle(tmp_path / "bundle", REJECT_ALL)),
+                "record_url": record_url,
+                "api_key_hashes": [hashlib.sha256(CAMERA_KEY.encode()).hexdigest()],
+                "outbox": str(tmp_path / "outbox.db"),
+                "store_images": "none",
+            }
+        )
+    )
+    log = tmp_path / "services.log"
+    edge_args = ["serve", "edge", "--config", str(config), "--port", str(edge_port)]
+    edge = start(edge_args, env, log)
+    wait_healthy(edge_url, edge)
+
+    accepted: list[str] = []
+    lock = threading.Lock()
+    killed = threading.Event()
+    image = png(100)
+
+    def camera(i: int) -> None:
+        if killed.is_set():
+            return
+        try:
+            r = httpx.post(
+                f"{edge_url}/v1/inspect",
+                files={"image": ("p.png", image, "image/png")},
+                data={"serial": f"K-{i}", "station": "st-01", "frame_id": f"k{i}"},
+                headers={"X-API-Key": CAMERA_KEY},
+                timeout=10,
+            )
+        except httpx.HTTPError:
+            return  # the edge died under this request: not accepted
+        if r.status_code == 200:
+            with lock:
+                accepted.append(r.json()["key"])
+                if len(accepted) == 40:
+                    edge.send_signal(signal.SIGKILL)
+                    killed.set()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(camera, range(400)))
+    edge.wait(10)
+    assert edge.returncode == -signal.SIGKILL and killed.is_set()
+    assert len(accepted) >= 40
+
+    edge = start(edge_args, env, log)
+    record = start(["serve", "record", "--port", str(record_port)], env, log)
+    try:
+        wait_healthy(edge_url, edge)
+        wait_healthy(record_url, record)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{edge_url}/readyz").json()["outbox"]["pending"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        outbox = httpx.get(f"{edge_url}/readyz").json()["outbox"]
+        assert outbox["pending"] == 0 and outbox["dead"] == 0
+        items = httpx.get(f"{record_url}/v1/inspections", params={"limit": 500}).json()["items"]
+    finally:
+        for proc in (edge, record):
+            proc.terminate()
+            proc.wait(10)
+    keys = [item["key"] for item in items]
+    assert len(keys) == len(set(keys)), "a part was recorded twice"
+    assert set(accepted) <= set(keys), f"lost {len(set(accepted) - set(keys))} accepted parts"
+    # Parts written to the outbox whose answer the kill swallowed are recorded too, once.
+    assert len(keys) == outbox["total"]
