@@ -290,3 +290,36 @@ def test_export_command_recalibrates_a_run(first_run, tmp_path: Path) -> None:
     assert meta.tta == "none" and meta.target_escape_rate == 0.0 and meta.run_id == outcome.run_id
     result = CliRunner().invoke(app, ["export", str(tmp_path)])
     assert result.exit_code == 2 and "no best.pt" in result.output
+
+
+def test_int8_bundle_and_its_reported_cost(first_run, tmp_path: Path) -> None:
+    import onnx
+
+    outcome, folder = first_run
+    manifest = str(folder / "manifest.jsonl")
+    out = tmp_path / "int8"
+    result = CliRunner().invoke(
+        app, ["quantize", str(outcome.bundle_dir), "--manifest", manifest, "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    meta = Engine.from_bundle(out).meta
+    assert meta.quantization == "int8-qdq" and meta.run_id == outcome.run_id
+    ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    report_path = tmp_path / "int8.json"
+    args = [
+        "evaluate",
+        str(out),
+        "--manifest",
+        manifest,
+        "--json",
+        str(report_path),
+        "--baseline",
+        str(outcome.bundle_dir),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["quantization"] == "int8-qdq"
+    cost = report["versus_baseline"]["metrics"]["accuracy"]
+    assert cost["delta"] == pytest.approx(report["accuracy"] - outcome.report["accuracy"])

@@ -71,6 +71,23 @@ def evaluate_bundle(
     return report
 
 
+COMPARED = ("accuracy", "auroc", "f1", "escape_rate", "false_reject_rate")
+
+
+def compare_reports(report: dict[str, Any], baseline: dict[str, Any], name: str) -> dict[str, Any]:
+    """Each metric's change against a baseline bundle evaluated on the same images."""
+    rows = {
+        m: {"this": report[m], "baseline": baseline[m], "delta": report[m] - baseline[m]} for m in COMPARED
+    }
+    ref = "accuracy"
+    rows["accuracy_at_0.5"] = {
+        "this": report["at_threshold_0.5"][ref],
+        "baseline": baseline["at_threshold_0.5"][ref],
+        "delta": report["at_threshold_0.5"][ref] - baseline["at_threshold_0.5"][ref],
+    }
+    return {"bundle": name, "onnx_sha256": baseline["onnx_sha256"], "metrics": rows}
+
+
 def write_report(report: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

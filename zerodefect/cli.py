@@ -238,11 +238,17 @@ def evaluate(
     ] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for roc.png, pr.png, confusion.png.")] = None,
     group_by: Annotated[list[str] | None, typer.Option(help="Metadata keys to break down by.")] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Another bundle to compare with (e.g. the fp32 one of an INT8 bundle).")
+    ] = None,
 ) -> None:
-    """Evaluate a bundle through ONNX Runtime at its calibrated threshold: escapes and false rejects."""
+    """Evaluate a bundle through ONNX Runtime at its calibrated threshold: escapes and false rejects.
+
+    With --baseline, the report also gives each metric's change against that bundle on the same images.
+    """
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.source import fetch_bundle
-    from zerodefect.training.evaluate import evaluate_bundle, write_report
+    from zerodefect.training.evaluate import compare_reports, evaluate_bundle, write_report
 
     try:
         if bundle.startswith("models:/"):
@@ -250,10 +256,18 @@ def evaluate(
 
             configure_mlflow()
         folder = fetch_bundle(bundle, get_settings().data_dir / "registry-cache")
-        report = evaluate_bundle(folder, Manifest.read(manifest), split, group_by or None, plots)
+        data = Manifest.read(manifest)
+        report = evaluate_bundle(folder, data, split, group_by or None, plots)
+        if baseline:
+            base = evaluate_bundle(
+                fetch_bundle(baseline, get_settings().data_dir / "registry-cache"), data, split, []
+            )
+            report["versus_baseline"] = compare_reports(report, base, baseline)
     except user_errors() as exc:
         raise fail(str(exc)) from None
     _print_report(report)
+    for metric, row in report.get("versus_baseline", {}).get("metrics", {}).items():
+        console.print(f"{metric}: {row['this']:.4f} vs baseline {row['baseline']:.4f} ({row['delta']:+.4f})")
     if json_path:
         console.print(f"report: {write_report(report, json_path)}")
 
@@ -466,3 +480,25 @@ def _print_tally(tally) -> None:
         )
     if tally.errors:
         console.print(f"[red]refused: {dict(tally.errors)}[/]")
+
+
+@app.command()
+def quantize(
+    bundle: Annotated[Path, typer.Argument(help="An fp32 bundle folder.")],
+    manifest: Annotated[
+        Path, typer.Option(help="Manifest: train images calibrate, val recalibrates the threshold.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the INT8 bundle.")],
+    calibration_images: Annotated[int, typer.Option(help="Train images used for activation ranges.")] = 256,
+) -> None:
+    """Make a static INT8 (QDQ, per-channel) copy of a bundle; check its cost with `evaluate --baseline`."""
+    from zerodefect.datasets.manifest import Manifest
+    from zerodefect.training.quantize import quantize_bundle
+
+    try:
+        folder = quantize_bundle(bundle, Manifest.read(manifest), out, calibration_images)
+    except user_errors() as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"INT8 bundle: {folder}\ncheck its accuracy cost: zerodefect evaluate {folder} --manifest {manifest} --baseline {bundle}"
+    )
