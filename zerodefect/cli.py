@@ -502,3 +502,48 @@ def quantize(
     console.print(
         f"INT8 bundle: {folder}\ncheck its accuracy cost: zerodefect evaluate {folder} --manifest {manifest} --baseline {bundle}"
     )
+
+
+def _reference_run(name: str) -> Path:
+    runs = sorted((get_settings().data_dir / "runs" / name).glob("*/summary.json"))
+    if not runs:
+        raise fail(f"no finished run of {name!r} under {get_settings().data_dir / 'runs'}; train it first")
+    return runs[-1].parent
+
+
+@app.command()
+def bench(
+    run: Annotated[
+        str, typer.Option(help="Training run name whose newest finished run is measured.")
+    ] = "elpv-classifier",
+    seconds: Annotated[float, typer.Option(help="Seconds per load level.")] = 10.0,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime / torch threads (the station's cores).")] = 2,
+    docs: Annotated[Path, typer.Option(help="Where benchmarks.md and results/edge-bench.json go.")] = Path(
+        "docs"
+    ),
+) -> None:
+    """Measure the station service against raw ONNX Runtime and an eager-PyTorch handler, in one run."""
+    from zerodefect.bench import run_bench, write_reports
+    from zerodefect.datasets.manifest import Manifest
+    from zerodefect.inference.preprocess import read_image
+
+    run_dir = _reference_run(run)
+    manifest = Manifest.read(run_dir / "manifest.jsonl")
+    images = [read_image(manifest.resolve(s)) for s in manifest.split("test")[:64]]
+    command = f"make bench  # zerodefect bench --run {run} --seconds {seconds:g} --threads {threads}"
+    result = run_bench(
+        run_dir / "bundle", run_dir, images, get_settings().data_dir, threads, seconds, command=command
+    )
+    md, js = write_reports(result, docs)
+    console.print(md.read_text())
+    console.print(f"written: {md}, {js}")
+
+
+@app.command("bench-eager-server", hidden=True)
+def bench_eager_server(run_dir: Path, port: int = 8300, threads: int = 2) -> None:
+    """Serve the eager-PyTorch baseline of `zerodefect bench` (C)."""
+    import uvicorn
+
+    from zerodefect.bench import eager_app
+
+    uvicorn.run(eager_app(run_dir, threads), host="127.0.0.1", port=port, log_level="warning")

@@ -1,0 +1,314 @@
+"""`make bench`: the station service against raw ONNX Runtime and an eager-PyTorch handler.
+
+All three run in one invocation on the same cores, so their ratios mean something even on a
+noisy shared machine:
+- A: the bundle's model alone in ONNX Runtime (prepared tensors, no decoding, no HTTP);
+- B: the edge service end to end over HTTP: JPEG decode, micro-batched inference, the
+  durable outbox write, with 1, 2 and 4 concurrent cameras;
+- C: the obvious baseline: a FastAPI handler that decodes and calls the PyTorch model eagerly.
+Servers run in their own processes (uvicorn), the load from this one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import yaml
+
+BENCH_KEY = "zd_bench_camera_key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q)) if values else float("nan")
+
+
+def model_only(
+    bundle: Path, images: list[np.ndarray], threads: int, seconds: float = 8.0
+) -> dict[str, float]:
+    """A: batch-1 latency and batch-8 throughput of the bare ONNX Runtime session."""
+    from zerodefect.inference.engine import Engine
+
+    engine = Engine.from_bundle(bundle, threads=threads)
+    prepared = np.stack([engine.prepare(im) for im in images])
+    for _ in range(5):
+        engine.probabilities(prepared[:8])
+    latencies = []
+    until = time.perf_counter() + seconds / 2
+    i = 0
+    while time.perf_counter() < until:
+        tick = time.perf_counter()
+        engine.probabilities(prepared[i % len(prepared)][None])
+        latencies.append((time.perf_counter() - tick) * 1000)
+        i += 1
+    done, tick = 0, time.perf_counter()
+    until = tick + seconds / 2
+    while time.perf_counter() < until:
+        start = (done // 8 * 8) % (len(prepared) - 8)
+        engine.probabilities(prepared[start : start + 8])
+        done += 8
+    return {
+        "model_median_ms": statistics.median(latencies),
+        "model_p99_ms": _percentile(latencies, 99),
+        "model_only_ips": done / (time.perf_counter() - tick),
+    }
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerodefect", *args],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+
+
+def load(
+    url: str,
+    jpegs: list[bytes],
+    cameras: int,
+    seconds: float,
+    fps: float | None = None,
+    station: str = "bench",
+) -> dict[str, float]:
+    """Post JPEGs from `cameras` concurrent clients; paced at `fps` per camera when given."""
+    latencies: list[float] = []
+    errors = 0
+
+    def camera(cam: int) -> None:
+        nonlocal errors
+        with httpx.Client(timeout=30) as client:
+            start = time.perf_counter()
+            n = 0
+            while time.perf_counter() - start < seconds:
+                if fps:
+                    due = start + n / fps
+                    pause = due - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)  # the camera's frame clock
+                data = jpegs[(cam * 7919 + n) % len(jpegs)]
+                tick = time.perf_counter()
+                r = client.post(
+                    f"{url}/v1/inspect",
+                    files={"image": ("f.jpg", data, "image/jpeg")},
+                    data={"serial": f"B{cam}-{n}", "station": station, "camera": f"c{cam}"},
+                    headers={"X-API-Key": BENCH_KEY},
+                )
+                if r.status_code == 200:
+                    latencies.append((time.perf_counter() - tick) * 1000)
+                else:
+                    errors += 1
+                n += 1
+
+    tick = time.perf_counter()
+    with ThreadPoolExecutor(cameras) as pool:
+        list(pool.map(camera, range(cameras)))
+    elapsed = time.perf_counter() - tick
+    return {
+        "ips": len(latencies) / elapsed,
+        "p50_ms": _percentile(latencies, 50),
+        "p99_ms": _percentile(latencies, 99),
+        "requests": len(latencies),
+        "errors": errors,
+    }
+
+
+def run_bench(
+    bundle: Path,
+    run_dir: Path | None,
+    images: list[np.ndarray],
+    out_dir: Path,
+    threads: int = 2,
+    seconds: float = 10.0,
+    cameras: tuple[int, ...] = (1, 2, 4),
+    command: str = "make bench",
+) -> dict[str, Any]:
+    """Measure A, B and C; write docs/benchmarks.md and docs/results/edge-bench.json."""
+    work = out_dir / "bench-work"
+    work.mkdir(parents=True, exist_ok=True)
+    jpegs = [
+        cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+        for im in images
+    ]
+    result: dict[str, Any] = {
+        "bundle": str(bundle),
+        "threads": threads,
+        "cores": os.cpu_count(),
+        "command": command,
+        "cameras": list(cameras),
+    }
+    result.update(model_only(bundle, images, threads))
+
+    env = {**os.environ, "ZD_DATA_DIR": str(work / "var")}
+    log = work / "servers.log"
+    edge_port = _free_port()
+    config = work / "station.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "station": "bench",
+                "model": str(bundle),
+                "api_key_hashes": [hashlib.sha256(BENCH_KEY.encode()).hexdigest()],
+                "outbox": str(work / "outbox.db"),
+                "threads": threads,
+                "budget_ms": 2000,
+                "store_images": "flagged",
+            }
+        )
+    )
+    edge = _start(["serve", "edge", "--config", str(config), "--port", str(edge_port)], env, log)
+    url = f"http://127.0.0.1:{edge_port}"
+    try:
+        _wait_healthy(url, edge)
+        load(url, jpegs, 1, 2.0)  # warm-up
+        result["e2e"] = {str(c): load(url, jpegs, c, seconds) for c in cameras}
+        result["paced_2x15fps"] = load(url, jpegs, 2, seconds, fps=15.0)
+    finally:
+        _stop(edge)
+
+    if run_dir is not None and (run_dir / "best.pt").exists():
+        eager_port = _free_port()
+        eager = _start(
+            ["bench-eager-server", str(run_dir), "--port", str(eager_port), "--threads", str(threads)],
+            env,
+            log,
+        )
+        url = f"http://127.0.0.1:{eager_port}"
+        try:
+            _wait_healthy(url, eager)
+            load(url, jpegs, 1, 2.0)
+            result["eager"] = {str(c): load(url, jpegs, c, seconds) for c in cameras}
+        finally:
+            _stop(eager)
+
+    best = max(result["e2e"].values(), key=lambda r: r["ips"])
+    result["e2e_ips"] = best["ips"]
+    result["e2e_over_model"] = best["ips"] / result["model_only_ips"]
+    if "eager" in result:
+        result["eager_ips"] = max(r["ips"] for r in result["eager"].values())
+        result["e2e_over_eager"] = result["e2e_ips"] / result["eager_ips"]
+    result["p99_ms"] = result["paced_2x15fps"]["p99_ms"]
+    result["p99_over_model_median"] = result["p99_ms"] / result["model_median_ms"]
+    return result
+
+
+def write_reports(result: dict[str, Any], docs: Path) -> tuple[Path, Path]:
+    (docs / "results").mkdir(parents=True, exist_ok=True)
+    json_path = docs / "results" / "edge-bench.json"
+    json_path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Made by `{result['command']}` on {result['cores']} cores, {result['threads']} ONNX Runtime threads, "
+        f"bundle `{result['bundle']}`. All rows come from one run; compare ratios, not absolute times.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| A: model only, batch 1 median | {result['model_median_ms']:.2f} ms |",
+        f"| A: model only, batch 8 throughput | {result['model_only_ips']:.1f} img/s |",
+    ]
+    for c, r in result["e2e"].items():
+        lines.append(
+            f"| B: edge over HTTP, {c} camera(s) | {r['ips']:.1f} img/s, p50 {r['p50_ms']:.1f} ms, "
+            f"p99 {r['p99_ms']:.1f} ms |"
+        )
+    for c, r in result.get("eager", {}).items():
+        lines.append(
+            f"| C: eager PyTorch handler, {c} camera(s) | {r['ips']:.1f} img/s, p50 {r['p50_ms']:.1f} ms, "
+            f"p99 {r['p99_ms']:.1f} ms |"
+        )
+    paced = result["paced_2x15fps"]
+    lines += [
+        f"| B at 2 cameras x 15 fps | p50 {paced['p50_ms']:.1f} ms, p99 {paced['p99_ms']:.1f} ms |",
+        "",
+        "| ratio | measured | target |",
+        "|---|---|---|",
+        f"| B / A throughput | {result['e2e_over_model']:.2f} | >= 0.80 |",
+    ]
+    if "e2e_over_eager" in result:
+        lines.append(f"| B / C throughput | {result['e2e_over_eager']:.2f} | >= 3 |")
+    lines.append(f"| p99 at 2x15 fps / model median | {result['p99_over_model_median']:.2f} | <= 2 |")
+    md_path = docs / "benchmarks.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return md_path, json_path
+
+
+def eager_app(run_dir: Path, threads: int):
+    """C: what a user might write first: decode, then call the PyTorch model per request."""
+    import torch
+    from fastapi import FastAPI, File, Form, UploadFile
+
+    from zerodefect.inference.preprocess import decode_image, resize
+    from zerodefect.models.classifier import build_classifier
+    from zerodefect.training.config import load_config
+
+    torch.set_num_threads(threads)
+    cfg = load_config(run_dir / "config.yaml")
+    from zerodefect.datasets.manifest import Manifest
+
+    manifest = Manifest.read(run_dir / "manifest.jsonl")
+    model, _ = build_classifier(
+        cfg.model.arch,
+        manifest.classes,
+        manifest.good_class,
+        None,
+        soft_labels=cfg.data.soft_label_key is not None,
+    )
+    model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["model"])
+    model.tta = cfg.export.tta
+    model = model.eval().to(memory_format=torch.channels_last)
+    size = cfg.model.input_size
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/v1/inspect")
+    def inspect(image: UploadFile = File(...), serial: str = Form(...)) -> dict:
+        pixels = resize(decode_image(image.file.read()), (size, size))
+        with torch.no_grad():
+            probs = model(torch.from_numpy(pixels[None]))[0]
+        return {"serial": serial, "score": float(1 - probs[0])}
+
+    return app
