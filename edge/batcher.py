@@ -60,7 +60,8 @@ class MicroBatcher:
                 return
             batch = [item]
             until = time.perf_counter() + self.wait
-            while len(batch) < self.max_batch:
+            limit = min(self.max_batch, self.holder.current.engine.batch_size)
+            while len(batch) < limit:
                 remaining = until - time.perf_counter()
                 try:
                     nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()

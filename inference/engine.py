@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from zerodefect.inference.preprocess import read_image, resize
 from zerodefect.inference.result import InspectionResult
-from zerodefect.models.bundle import BundleMeta, load_bundle
+from zerodefect.models.bundle import TTA_VIEWS, BundleMeta, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class Engine:
         self.input_name = self.session.get_inputs()[0].name
         self.size = (meta.input.height, meta.input.width)
         self.good_index = meta.classes.index(meta.good_class) if meta.good_class else None
+        # Images per call that keep memory bounded: TTA bundles run several views per image.
+        self.batch_size = max(1, 32 // TTA_VIEWS[meta.tta])
 
     @classmethod
     def from_bundle(cls, folder: str | Path, threads: int | None = None) -> Engine:
@@ -84,16 +86,18 @@ class Engine:
             )
         return results
 
-    def predict(self, images: Sequence[np.ndarray], batch_size: int = 16) -> list[InspectionResult]:
+    def predict(self, images: Sequence[np.ndarray]) -> list[InspectionResult]:
         """Judge RGB uint8 images of any size."""
+        batch_size = self.batch_size
         results: list[InspectionResult] = []
         for start in range(0, len(images), batch_size):
             batch = np.stack([self.prepare(im) for im in images[start : start + batch_size]])
             results.extend(self.judge(self.probabilities(batch)))
         return results
 
-    def score_files(self, paths: Sequence[Path], batch_size: int = 32, progress=None) -> np.ndarray:
+    def score_files(self, paths: Sequence[Path], progress=None) -> np.ndarray:
         """Class probabilities [N, C] for image files, read with the shared decoder."""
+        batch_size = self.batch_size
         out = []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]

@@ -20,6 +20,8 @@ from pydantic import BaseModel, Field, ValidationError
 BUNDLE_JSON = "bundle.json"
 ONNX_FILE = "model.onnx"
 FORMAT_VERSION = 1
+# Forward passes per image for each test-time augmentation mode.
+TTA_VIEWS = {"none": 1, "flips": 4, "dihedral": 8}
 
 
 class BundleError(ValueError):

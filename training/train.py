@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
+from zerodefect.models.bundle import TTA_VIEWS
 from zerodefect.models.classifier import InspectionClassifier
 from zerodefect.training.config import Config
 from zerodefect.training.data import ImageDataset
@@ -99,8 +100,13 @@ def train_one_epoch(
 def predict(
     model: InspectionClassifier, images: np.ndarray, device: torch.device, batch_size: int = 64
 ) -> np.ndarray:
-    """Class probabilities [N, C] for cached uint8 images, with the model's TTA setting."""
+    """Class probabilities [N, C] for cached uint8 images, with the model's TTA setting.
+
+    `batch_size` counts forward-pass images: with TTA each image is several views, so fewer
+    images go per call (8 dihedral views of 64 images at 300 px would need ~24 GB).
+    """
     model.eval()
+    batch_size = max(1, batch_size // TTA_VIEWS[model.tta])
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device)
@@ -173,7 +179,7 @@ def fit(
     if cfg.train.ema_decay:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
 
-    start_epoch, best_score, best_epoch, stale, history = 0, -1.0, -1, 0, []
+    start_epoch, best_score, best_epoch, stale, history, spent = 0, -1.0, -1, 0, [], 0.0
     best_state: dict[str, torch.Tensor] = {}
     checkpoint = run_dir / "last.pt"
     if resume and checkpoint.is_file():
@@ -189,6 +195,7 @@ def fit(
             state["best_epoch"],
         )
         stale, history, best_state = state["stale"], state["history"], state["best_state"]
+        spent = state.get("seconds", 0.0)
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         log.info(
@@ -201,7 +208,9 @@ def fit(
 
     started = time.perf_counter()
     epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.train.epochs):
+    # A resumed run that had already stopped early goes straight to its results.
+    last_epoch = start_epoch if stale >= cfg.train.early_stopping_patience else cfg.train.epochs
+    for epoch in range(start_epoch, last_epoch):
         tick = time.perf_counter()
         loss = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, ema, on_batch)
         evaluated = _eval_model(model, ema)
@@ -237,6 +246,7 @@ def fit(
                 "best_state": best_state,
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
+                "seconds": spent + time.perf_counter() - started,
                 **(extra_state or {}),
             },
             checkpoint,
@@ -247,4 +257,5 @@ def fit(
             log.info("early stop: val AUROC has not improved for %d epochs", stale)
             break
     torch.save({"model": best_state, "epoch": best_epoch, "val_auroc": best_score}, run_dir / "best.pt")
-    return FitResult(best_state, best_epoch, best_score, epoch + 1, time.perf_counter() - started, history)
+    seconds = spent + time.perf_counter() - started
+    return FitResult(best_state, best_epoch, best_score, len(history), seconds, history)
