@@ -32,6 +32,9 @@ def resolve_and_load(uri: str, cache_dir: Path, threads: int | None) -> LoadedMo
     if uri.startswith("models:/") and "@" in uri:
         import mlflow
 
+        from zerodefect.settings import configure_mlflow
+
+        configure_mlflow()
         name, alias = uri.removeprefix("models:/").split("@", 1)
         version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
         folder = fetch_bundle(f"models:/{name}/{version}", cache_dir)

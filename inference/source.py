@@ -21,6 +21,9 @@ def fetch_bundle(uri: str | Path, cache_dir: Path | None = None) -> Path:
         return folder
     import mlflow
 
+    from zerodefect.settings import configure_mlflow
+
+    configure_mlflow()
     dst = None
     if cache_dir is not None:
         dst = cache_dir / text.removeprefix("models:/").replace("@", "_at_").replace("/", "_")

@@ -90,9 +90,36 @@ class InspectionClassifier(nn.Module):
         self.net = net
         self.single_logit = single_logit
         self.tta = tta
+        # Leading stages kept at their pretrained weights (see freeze_leading_stages).
+        self.frozen: list[nn.Module] = []
         scale = torch.tensor(std, dtype=torch.float32) * 255.0
         self.register_buffer("offset", (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1))
         self.register_buffer("scale", scale.view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> InspectionClassifier:
+        """Frozen stages stay in eval mode: their batch-norm statistics are pretrained too."""
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
+
+    def freeze_leading_stages(self, stages: int) -> int:
+        """Stop training the stem and the first `stages - 1` stages; returns the tensors frozen.
+
+        Early, high-resolution stages hold generic edge and texture filters and cost most of the
+        backward pass; keeping ImageNet's makes epochs cheaper with little loss of fit.
+        """
+        order = leading_stages(self.net)
+        if stages > len(order):
+            raise ValueError(f"cannot freeze {stages} stages: the backbone has {len(order)}")
+        self.frozen = order[:stages]
+        count = 0
+        for module in self.frozen:
+            for param in module.parameters():
+                param.requires_grad_(False)
+                count += 1
+        self.train(self.training)
+        return count
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> normalised float [N, 3, H, W] (channels_last in memory)."""
@@ -115,6 +142,17 @@ class InspectionClassifier(nn.Module):
         n = images.shape[0]
         probs = self.probabilities(self.logits(torch.cat(views, dim=0)))
         return probs.view(len(views), n, -1).mean(dim=0)
+
+
+def leading_stages(net: nn.Module) -> list[nn.Module]:
+    """The backbone's stages from the input on, the stem first (timm EfficientNet, torchvision)."""
+    if hasattr(net, "conv_stem") and hasattr(net, "blocks"):  # timm EfficientNet family
+        return [nn.ModuleList([net.conv_stem, net.bn1]), *net.blocks]
+    if hasattr(net, "features"):  # torchvision MobileNet / EfficientNet
+        return list(net.features)
+    if hasattr(net, "layer1"):  # torchvision ResNet
+        return [nn.ModuleList([net.conv1, net.bn1]), net.layer1, net.layer2, net.layer3, net.layer4]
+    raise ValueError(f"do not know the stages of {type(net).__name__}")
 
 
 def tta_views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:

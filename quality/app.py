@@ -74,12 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         station: str | None = None,
         verdict: Literal["pass", "reject"] | None = None,
         serial: str | None = None,
+        batch: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> InspectionPage:
-        rows, total = query_inspections(session, station, verdict, serial, since, until, limit, offset)
+        rows, total = query_inspections(session, station, verdict, serial, since, until, limit, offset, batch)
         return InspectionPage(items=[to_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
     @app.get("/v1/inspections/{inspection_id}", response_model=InspectionOut)

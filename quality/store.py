@@ -51,6 +51,17 @@ def add_station(session: Session, name: str, line: str | None = None) -> tuple[S
     return station, api_key
 
 
+def rotate_station_key(session: Session, name: str) -> str:
+    """Give an existing station a new API key (the old one stops working at once)."""
+    station = session.scalar(select(Station).where(Station.name == name))
+    if station is None:
+        raise RecordError(f"unknown station {name!r}", 404)
+    api_key = "zd_" + secrets.token_urlsafe(32)
+    station.api_key_hash = hash_key(api_key)
+    session.commit()
+    return api_key
+
+
 def station_for_key(session: Session, api_key: str | None) -> Station | None:
     if not api_key:
         return None
@@ -126,6 +137,7 @@ def query_inspections(
     until: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
+    batch: str | None = None,
 ) -> tuple[list[Inspection], int]:
     """Newest first, filtered; returns (page, total matching)."""
     query = select(Inspection).join(Station)
@@ -135,6 +147,8 @@ def query_inspections(
         query = query.where(Inspection.verdict == verdict)
     if serial:
         query = query.where(Inspection.serial == serial)
+    if batch:
+        query = query.where(Inspection.batch == batch)
     if since:
         query = query.where(Inspection.captured_at >= as_utc(since))
     if until:

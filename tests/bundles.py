@@ -43,7 +43,8 @@ def register(folder: Path, name: str, alias: str) -> str:
     """Log a bundle to a run of the current MLflow store and point `alias` at the new version."""
     import mlflow
 
-    from zerodefect.training.registry import configure_mlflow, experiment_id, register_bundle
+    from zerodefect.settings import configure_mlflow
+    from zerodefect.training.registry import experiment_id, register_bundle
 
     configure_mlflow()
     with mlflow.start_run(experiment_id=experiment_id("tests")) as run:

@@ -58,3 +58,23 @@ def test_unknown_architecture_and_missing_weights_are_clear(tmp_path: Path) -> N
         build_classifier("mobilenet_v3_small", ["good", "bad"], "good", "imagenet")
     with pytest.raises(WeightsError, match="weights file not found"):
         build_classifier("mobilenet_v3_small", ["good", "bad"], "good", str(tmp_path / "none.pth"))
+
+
+def test_frozen_stages_keep_their_pretrained_weights_and_statistics() -> None:
+    model, _ = build_classifier("tf_efficientnet_lite0", ["good", "defective"], "good", "imagenet")
+    assert model.freeze_leading_stages(3) > 0
+    stem_before = model.net.conv_stem.weight.clone()
+    stats_before = model.net.blocks[1][0].bn1.running_mean.clone()
+    head_before = model.net.classifier.weight.clone()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    model.train()
+    assert not model.net.bn1.training and model.net.blocks[3].training
+    images = torch.randint(0, 255, (4, 64, 64, 3), dtype=torch.uint8)
+    loss = model.logits(images).square().mean()
+    loss.backward()
+    optimizer.step()
+    assert model.net.conv_stem.weight.grad is None
+    assert torch.equal(model.net.conv_stem.weight, stem_before)
+    assert torch.equal(model.net.blocks[1][0].bn1.running_mean, stats_before)
+    assert not torch.equal(model.net.classifier.weight, head_before)

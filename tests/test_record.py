@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from zerodefect.quality.app import create_app
-from zerodefect.quality.store import add_station
+from zerodefect.quality.store import RecordError, add_station, rotate_station_key
 from zerodefect.settings import get_settings
 
 from .servers import serve
@@ -57,6 +57,18 @@ def test_keys_are_required_and_station_comes_from_the_key(record) -> None:
     assert r.status_code == 201 and r.json()["station"] == "st-02" and r.json()["line"] == "line-1"
 
 
+def test_a_rotated_key_replaces_the_old_one(record) -> None:
+    url, key_a, _, app = record
+    with app.state.sessions() as session:
+        new_key = rotate_station_key(session, "st-01")
+    r = httpx.post(f"{url}/v1/inspections", json=part("k-rotated-1", "R1"), headers={"X-API-Key": key_a})
+    assert r.status_code == 403
+    r = httpx.post(f"{url}/v1/inspections", json=part("k-rotated-1", "R1"), headers={"X-API-Key": new_key})
+    assert r.status_code == 201 and r.json()["station"] == "st-01"
+    with app.state.sessions() as session, pytest.raises(RecordError, match="unknown station 'st-09'"):
+        rotate_station_key(session, "st-09")
+
+
 def test_idempotent_posts_images_and_filters(record) -> None:
     url, key_a, key_b, app = record
     image = np.full((32, 48, 3), 90, np.uint8)
@@ -90,6 +102,11 @@ def test_idempotent_posts_images_and_filters(record) -> None:
     assert [p["serial"] for p in page2["items"]] == ["P2", "P1"]
     assert httpx.get(f"{url}/v1/inspections", params={"verdict": "reject"}).json()["total"] == 1
     assert httpx.get(f"{url}/v1/inspections", params={"station": "st-02"}).json()["total"] == 4
+    httpx.post(
+        f"{url}/v1/inspections", json=part("k-other-batch", "Q1", batch="B8"), headers={"X-API-Key": key_b}
+    )
+    assert httpx.get(f"{url}/v1/inspections", params={"batch": "B8"}).json()["total"] == 1
+    assert httpx.get(f"{url}/v1/inspections", params={"batch": "B7"}).json()["total"] == 5
     assert (
         httpx.get(f"{url}/v1/inspections", params={"serial": "P1"}).json()["items"][0]["station"] == "st-02"
     )

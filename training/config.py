@@ -62,6 +62,8 @@ class TrainConfig(Strict):
     class_weighting: Literal["none", "balanced", "sqrt"] = "none"
     label_smoothing: float = 0.0
     early_stopping_patience: int = 5
+    # Leading backbone stages (stem first) kept at their pretrained weights; 0 trains everything.
+    freeze_stages: int = Field(default=0, ge=0)
     seed: int = 0
     threads: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"

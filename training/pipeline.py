@@ -230,13 +230,9 @@ def run_training(
 
     from zerodefect.datasets.augment import build_augmentations
     from zerodefect.models.classifier import build_classifier
+    from zerodefect.settings import configure_mlflow
     from zerodefect.training.evaluate import evaluate_bundle, write_report
-    from zerodefect.training.registry import (
-        configure_mlflow,
-        experiment_id,
-        flatten,
-        register_bundle,
-    )
+    from zerodefect.training.registry import experiment_id, flatten, register_bundle
     from zerodefect.training.train import fit, select_device
 
     settings = settings or get_settings()

@@ -23,19 +23,6 @@ CHALLENGER = "challenger"
 GATE_METRICS = {"escape_rate": False, "false_reject_rate": False, "auroc": True}
 
 
-def configure_mlflow(settings: Settings | None = None) -> str:
-    """Point MLflow at the configured store; returns the tracking URI."""
-    import mlflow
-
-    settings = settings or get_settings()
-    uri = settings.tracking_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
-
-
 def experiment_id(name: str, settings: Settings | None = None) -> str:
     """Get or create an experiment; with the embedded store, artifacts live in the data dir."""
     import mlflow

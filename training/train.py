@@ -156,6 +156,9 @@ def fit(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     generator = seed_everything(cfg.train.seed)
+    if cfg.train.freeze_stages:
+        frozen = model.freeze_leading_stages(cfg.train.freeze_stages)
+        log.info("froze %d tensors in the first %d stages", frozen, cfg.train.freeze_stages)
     model.to(device).to(memory_format=torch.channels_last)
     dataset = ImageDataset(train_images, train_targets, augment)
     loader = DataLoader(
@@ -167,7 +170,8 @@ def fit(
         num_workers=0,
     )
     loss_fn = make_loss(cfg, train_targets, model.single_logit, num_classes).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=cfg.train.lr,

@@ -177,6 +177,10 @@ def run_bench(
         "command": command,
         "cameras": list(cameras),
     }
+    from zerodefect.models.bundle import read_meta
+
+    meta = read_meta(bundle)
+    result.update(input_size=meta.input.height, tta=meta.tta)
     result.update(model_only(bundle, images, threads))
 
     env = {**os.environ, "ZD_DATA_DIR": str(work / "var")}
@@ -209,7 +213,16 @@ def run_bench(
     if run_dir is not None and (run_dir / "best.pt").exists():
         eager_port = _free_port()
         eager = _start(
-            ["bench-eager-server", str(run_dir), "--port", str(eager_port), "--threads", str(threads)],
+            [
+                "bench-eager-server",
+                str(run_dir),
+                "--port",
+                str(eager_port),
+                "--threads",
+                str(threads),
+                "--tta",
+                result["tta"],
+            ],
             env,
             log,
         )
@@ -240,7 +253,8 @@ def write_reports(result: dict[str, Any], docs: Path) -> tuple[Path, Path]:
         "# Benchmarks",
         "",
         f"Made by `{result['command']}` on {result['cores']} cores, {result['threads']} ONNX Runtime threads, "
-        f"bundle `{result['bundle']}`. All rows come from one run; compare ratios, not absolute times.",
+        f"bundle `{result['bundle']}` ({result['input_size']} px, test-time augmentation: {result['tta']}). "
+        "All rows come from one run; compare ratios, not absolute times.",
         "",
         "| measure | value |",
         "|---|---|",
@@ -273,8 +287,11 @@ def write_reports(result: dict[str, Any], docs: Path) -> tuple[Path, Path]:
     return md_path, json_path
 
 
-def eager_app(run_dir: Path, threads: int):
-    """C: what a user might write first: decode, then call the PyTorch model per request."""
+def eager_app(run_dir: Path, threads: int, tta: str = "none"):
+    """C: what a user might write first: decode, then call the PyTorch model per request.
+
+    It runs the same weights with the same test-time augmentation as the bundle under test.
+    """
     import torch
     from fastapi import FastAPI, File, Form, UploadFile
 
@@ -295,7 +312,7 @@ def eager_app(run_dir: Path, threads: int):
         soft_labels=cfg.data.soft_label_key is not None,
     )
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["model"])
-    model.tta = cfg.export.tta
+    model.tta = tta
     model = model.eval().to(memory_format=torch.channels_last)
     size = cfg.model.input_size
     app = FastAPI()

@@ -252,7 +252,7 @@ def evaluate(
 
     try:
         if bundle.startswith("models:/"):
-            from zerodefect.training.registry import configure_mlflow
+            from zerodefect.settings import configure_mlflow
 
             configure_mlflow()
         folder = fetch_bundle(bundle, get_settings().data_dir / "registry-cache")
@@ -277,7 +277,7 @@ def models_list(name: Annotated[str, typer.Argument(help="Registered model name.
     """List versions with their aliases and test metrics."""
     import mlflow
 
-    from zerodefect.training.registry import configure_mlflow
+    from zerodefect.settings import configure_mlflow
 
     configure_mlflow()
     client = mlflow.MlflowClient()
@@ -311,7 +311,8 @@ def models_promote(
     ] = None,
 ) -> None:
     """Move @champion to the challenger if it is no worse than the champion on the same test split."""
-    from zerodefect.training.registry import configure_mlflow, promote
+    from zerodefect.settings import configure_mlflow
+    from zerodefect.training.registry import promote
 
     configure_mlflow()
     try:
@@ -349,12 +350,23 @@ def _print_gate(name: str, result) -> None:
 @app.command()
 def demo(
     config: Annotated[Path, typer.Option(help="Demo training config.")] = Path("configs/elpv-demo.yaml"),
+    station: Annotated[Path, typer.Option(help="Station config the line runs.")] = Path(
+        "configs/station.yaml"
+    ),
+    rate: Annotated[float, typer.Option(help="Line speed of the simulator, parts per minute.")] = 1200.0,
+    cameras: Annotated[int, typer.Option(help="Concurrent cameras in the simulator.")] = 2,
 ) -> None:
-    """The main job on ELPV: import, train a short schedule, evaluate, export, register, promote."""
+    """The main job on ELPV, end to end.
+
+    Import, train a short schedule, evaluate, export, register and promote; then start the quality
+    record (left running), serve the champion at an edge station and play the test split through
+    it with the line simulator, printing verdicts, observed escape and false-reject rates, and the
+    record API's URL.
+    """
     from zerodefect.demo import run_demo
 
     try:
-        run_demo(config, console)
+        run_demo(config, console, station, rate, cameras)
     except user_errors() as exc:
         raise fail(str(exc)) from None
 
@@ -424,6 +436,23 @@ def record_add_station(
         except RecordError as exc:
             raise fail(str(exc)) from None
     console.print(f"station {station.name} created; API key (store it now, it is not shown again):")
+    print(key)
+
+
+@record_app.command("rotate-key")
+def record_rotate_key(name: Annotated[str, typer.Argument(help="Existing station name.")]) -> None:
+    """Give a station a new API key (printed once); its old key is refused from now on."""
+    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.store import RecordError, rotate_station_key
+
+    url = get_settings().record_database_url
+    migrate(url)
+    with session_factory(make_engine(url))() as session:
+        try:
+            key = rotate_station_key(session, name)
+        except RecordError as exc:
+            raise fail(str(exc)) from None
+    console.print(f"station {name}: new API key (store it now, it is not shown again):")
     print(key)
 
 
@@ -516,6 +545,10 @@ def bench(
     run: Annotated[
         str, typer.Option(help="Training run name whose newest finished run is measured.")
     ] = "elpv-classifier",
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="Bundle to serve (default: the run's own); e.g. an INT8 or no-TTA export of it."),
+    ] = None,
     seconds: Annotated[float, typer.Option(help="Seconds per load level.")] = 10.0,
     threads: Annotated[int, typer.Option(help="ONNX Runtime / torch threads (the station's cores).")] = 2,
     docs: Annotated[Path, typer.Option(help="Where benchmarks.md and results/edge-bench.json go.")] = Path(
@@ -530,20 +563,19 @@ def bench(
     run_dir = _reference_run(run)
     manifest = Manifest.read(run_dir / "manifest.jsonl")
     images = [read_image(manifest.resolve(s)) for s in manifest.split("test")[:64]]
-    command = f"make bench  # zerodefect bench --run {run} --seconds {seconds:g} --threads {threads}"
-    result = run_bench(
-        run_dir / "bundle", run_dir, images, get_settings().data_dir, threads, seconds, command=command
-    )
+    bundle = bundle or run_dir / "bundle"
+    command = f"zerodefect bench --run {run} --bundle {bundle} --seconds {seconds:g} --threads {threads}"
+    result = run_bench(bundle, run_dir, images, get_settings().data_dir, threads, seconds, command=command)
     md, js = write_reports(result, docs)
     console.print(md.read_text())
     console.print(f"written: {md}, {js}")
 
 
 @app.command("bench-eager-server", hidden=True)
-def bench_eager_server(run_dir: Path, port: int = 8300, threads: int = 2) -> None:
+def bench_eager_server(run_dir: Path, port: int = 8300, threads: int = 2, tta: str = "none") -> None:
     """Serve the eager-PyTorch baseline of `zerodefect bench` (C)."""
     import uvicorn
 
     from zerodefect.bench import eager_app
 
-    uvicorn.run(eager_app(run_dir, threads), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(eager_app(run_dir, threads, tta), host="127.0.0.1", port=port, log_level="warning")

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import secrets
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from zerodefect.settings import get_settings
 
+RECORD_PORT = 8100
+RECORD_TITLE = "zerodefect quality record"
 
-def run_demo(config: Path, console: Console) -> None:
-    """Import ELPV, train a short schedule, evaluate the bundle, register and promote it."""
+
+def run_demo(
+    config: Path,
+    console: Console,
+    station_config: Path = Path("configs/station.yaml"),
+    rate: float = 1200.0,
+    cameras: int = 2,
+) -> None:
+    """Import ELPV, train a short schedule, evaluate, register and promote; then run the line.
+
+    The line: the record service (left running for reviewers), an edge station following the
+    champion alias, and the simulator playing the test split through it.
+    """
     from zerodefect.training.config import load_config
     from zerodefect.training.evaluate import write_report
     from zerodefect.training.pipeline import run_training
@@ -47,4 +69,137 @@ def run_demo(config: Path, console: Console) -> None:
         f"MLflow:      {settings.tracking_uri}  run {outcome.run_id}\n"
         f"model:       models:/{outcome.model_name}@challenger = version {outcome.version}, {status}\n"
         f"browse runs: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}"
+    )
+    if outcome.model_name:
+        run_line(
+            outcome.model_name,
+            outcome.run_dir / "manifest.jsonl",
+            report,
+            station_config,
+            rate,
+            cameras,
+            console,
+        )
+
+
+def _record_answers(url: str) -> bool:
+    try:
+        response = httpx.get(f"{url}/openapi.json", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and response.json().get("info", {}).get("title") == RECORD_TITLE
+
+
+def start_record_service(port: int, console: Console) -> tuple[str, int | None]:
+    """Start the record API in a background process that outlives the demo, or reuse a running one.
+
+    Returns its URL and the new process id (None when one was already serving).
+    """
+    settings = get_settings()
+    url = f"http://127.0.0.1:{port}"
+    if _record_answers(url):
+        console.print(f"record service already running at {url}")
+        return url, None
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "zerodefect", "serve", "record", "--port", str(port)]
+    with open(logs / "record.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not _record_answers(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"record service did not start on port {port}; see {logs / 'record.log'}")
+        time.sleep(0.2)  # polling a starting process, not a timing assumption
+    (settings.data_dir / "record.pid").write_text(str(process.pid))
+    return url, process.pid
+
+
+def station_key(name: str, line: str | None) -> str:
+    """A fresh record API key for the demo's station (created on first use)."""
+    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.store import RecordError, add_station, rotate_station_key
+
+    url = get_settings().record_database_url
+    migrate(url)
+    with session_factory(make_engine(url))() as session:
+        try:
+            return add_station(session, name, line)[1]
+        except RecordError:
+            session.rollback()
+            return rotate_station_key(session, name)
+
+
+def run_line(
+    model_name: str,
+    manifest_path: Path,
+    report: dict,
+    station_config: Path,
+    rate: float,
+    cameras: int,
+    console: Console,
+) -> None:
+    """Serve the champion at a station and play the test split through it at `rate` parts/minute."""
+    from zerodefect.edge.app import create_app as create_edge
+    from zerodefect.edge.config import load_station_config
+    from zerodefect.edge.simulator import parts_from_manifest, play
+    from zerodefect.services import serve_in_thread
+
+    settings = get_settings()
+    console.rule("the line: record service, edge station, simulator")
+    record_url, pid = start_record_service(RECORD_PORT, console)
+    camera_key = "zd_" + secrets.token_urlsafe(24)
+    cfg = load_station_config(
+        station_config,
+        {
+            "model": f"models:/{model_name}@champion",
+            "record_url": record_url,
+            "api_key_hashes": [hashlib.sha256(camera_key.encode()).hexdigest()],
+            "outbox": settings.data_dir / "edge" / "demo-outbox.db",
+        },
+    )
+    os.environ[cfg.record_api_key_env] = station_key(cfg.station, cfg.line)
+    parts = parts_from_manifest(manifest_path, "test")
+    batch = "DEMO-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with serve_in_thread(create_edge(cfg)) as edge_url, Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"line at {rate:g} parts/min, {cameras} cameras", total=len(parts))
+        tally = play(
+            parts,
+            edge_url,
+            camera_key,
+            cfg.station,
+            rate,
+            cameras,
+            batch,
+            on_part=lambda _part, _body: bar.advance(task),
+        )
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{edge_url}/readyz").json()["outbox"]["pending"] and time.monotonic() < deadline:
+            time.sleep(0.2)  # the forwarder drains the outbox in the background
+        served = httpx.get(f"{edge_url}/readyz").json()
+    recorded = {
+        verdict: httpx.get(
+            f"{record_url}/v1/inspections",
+            params={"station": cfg.station, "batch": batch, "verdict": verdict, "limit": 1},
+        ).json()["total"]
+        for verdict in ("pass", "reject")
+    }
+    console.rule("line results (test split played through the station)")
+    console.print(
+        f"station {cfg.station} served {model_name} v{served['model_version']} "
+        f"(threshold from the bundle), batch {batch}\n"
+        f"verdicts: {dict(tally.verdicts)}  fail-safe: {tally.failsafe}  refused: {dict(tally.errors) or 0}\n"
+        f"observed escape rate {tally.escape_rate:.4f} ({tally.escapes}/{tally.defective} defective passed); "
+        f"offline evaluation {report['escape_rate']:.4f}\n"
+        f"observed false-reject rate {tally.false_reject_rate:.4f} "
+        f"({tally.false_rejects}/{tally.good} good rejected); offline evaluation {report['false_reject_rate']:.4f}\n"
+        f"quality record: {recorded['pass']} pass + {recorded['reject']} reject rows for this batch; "
+        f"outbox {served['outbox']}"
+    )
+    running = f"pid {pid}, stop with: kill {pid}" if pid else "already running before the demo"
+    console.print(
+        f"\nrecord API:  {record_url}/v1/inspections?batch={batch}  ({running})\n"
+        f"OpenAPI:     {record_url}/docs\n"
+        f"serve the station yourself: zerodefect serve edge --config {station_config}"
     )

@@ -90,3 +90,19 @@ def tune_malloc() -> bool:
     ok_mmap = libc.mallopt(m_mmap_threshold, 2_000_000_000)
     ok_trim = libc.mallopt(m_trim_threshold, 2_000_000_000)
     return bool(ok_mmap and ok_trim)
+
+
+def configure_mlflow(settings: Settings | None = None) -> str:
+    """Point MLflow (full or skinny) at the configured store; returns the tracking URI.
+
+    Lives here, not in training, because the edge follows registry aliases without torch.
+    """
+    import mlflow
+
+    settings = settings or get_settings()
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
