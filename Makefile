@@ -11,7 +11,7 @@ export MALLOC_TRIM_THRESHOLD_ := 2000000000
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench stop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,5 +34,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m zerodefect bench
 
-clean:
+# Stop the record service that `make demo` leaves running.
+stop:
+	-test -f var/record.json && kill $$($(PYTHON) -c 'import json; print(json.load(open("var/record.json"))["pid"])')
+	rm -f var/record.json
+
+clean: stop
 	rm -rf var .pytest_cache .ruff_cache

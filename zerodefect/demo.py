@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -90,16 +92,31 @@ def _record_answers(url: str) -> bool:
     return response.status_code == 200 and response.json().get("info", {}).get("title") == RECORD_TITLE
 
 
-def start_record_service(port: int, console: Console) -> tuple[str, int | None]:
-    """Start the record API in a background process that outlives the demo, or reuse a running one.
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
 
-    Returns its URL and the new process id (None when one was already serving).
+
+def start_record_service(port: int, console: Console) -> tuple[str, int | None]:
+    """Start the record API in a background process that outlives the demo, or reuse ours.
+
+    A record service this data directory started before (var/record.json) is reused; if the
+    port is taken by anything else, a free port is used. Returns the URL and the new process id
+    (None when an earlier one was reused).
     """
     settings = get_settings()
+    state_file = settings.data_dir / "record.json"
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        url = f"http://127.0.0.1:{state['port']}"
+        if _pid_alive(state["pid"]) and _record_answers(url):
+            console.print(f"reusing the record service at {url} (pid {state['pid']})")
+            return url, None
+    if not _port_free(port):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    if _record_answers(url):
-        console.print(f"record service already running at {url}")
-        return url, None
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "zerodefect", "serve", "record", "--port", str(port)]
@@ -111,8 +128,16 @@ def start_record_service(port: int, console: Console) -> tuple[str, int | None]:
             process.kill()
             raise RuntimeError(f"record service did not start on port {port}; see {logs / 'record.log'}")
         time.sleep(0.2)  # polling a starting process, not a timing assumption
-    (settings.data_dir / "record.pid").write_text(str(process.pid))
+    state_file.write_text(json.dumps({"pid": process.pid, "port": port}))
     return url, process.pid
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def station_key(name: str, line: str | None) -> str:
@@ -197,7 +222,7 @@ def run_line(
         f"quality record: {recorded['pass']} pass + {recorded['reject']} reject rows for this batch; "
         f"outbox {served['outbox']}"
     )
-    running = f"pid {pid}, stop with: kill {pid}" if pid else "already running before the demo"
+    running = f"pid {pid}, stop with: kill {pid}" if pid else "started by an earlier demo"
     console.print(
         f"\nrecord API:  {record_url}/v1/inspections?batch={batch}  ({running})\n"
         f"OpenAPI:     {record_url}/docs\n"
