@@ -144,6 +144,45 @@ class InspectionClassifier(nn.Module):
         return probs.view(len(views), n, -1).mean(dim=0)
 
 
+def static_same_padding(model: InspectionClassifier, height: int, width: int) -> int:
+    """Turn TF-style 'same' padding, computed from the input's shape at run time, into constants.
+
+    timm's tf_* models pad stride-2 convolutions asymmetrically from the tensor's size; traced to
+    ONNX that is Shape/Ceil/Pad arithmetic that ONNX Runtime cannot fold into the convolution,
+    and each Pad also forces layout reorders (measured: a third of the model's time at 300 px).
+    A bundle's input size is fixed, so the padding is too. Returns the convolutions changed.
+    """
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    sizes: dict[nn.Module, tuple[int, int]] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        sizes[module] = tuple(args[0].shape[-2:])
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Conv2dSame)]
+    tta, model.tta = model.tta, "none"
+    try:
+        with torch.no_grad():
+            model.logits(torch.zeros(1, height, width, 3, dtype=torch.uint8))
+    finally:
+        model.tta = tta
+        for hook in hooks:
+            hook.remove()
+    for module, size in sizes.items():
+        pads = pad_same_arg(list(size), list(module.kernel_size), list(module.stride), list(module.dilation))
+        module.forward = _padded_conv(module, tuple(int(p) for p in pads))
+    return len(sizes)
+
+
+def _padded_conv(conv: nn.Conv2d, pads: tuple[int, ...]):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, pads)
+        return nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+    return forward
+
+
 def leading_stages(net: nn.Module) -> list[nn.Module]:
     """The backbone's stages from the input on, the stem first (timm EfficientNet, torchvision)."""
     if hasattr(net, "conv_stem") and hasattr(net, "blocks"):  # timm EfficientNet family

@@ -78,3 +78,21 @@ def test_frozen_stages_keep_their_pretrained_weights_and_statistics() -> None:
     assert torch.equal(model.net.conv_stem.weight, stem_before)
     assert torch.equal(model.net.blocks[1][0].bn1.running_mean, stats_before)
     assert not torch.equal(model.net.classifier.weight, head_before)
+
+
+def test_static_same_padding_keeps_the_outputs_and_removes_runtime_shape_arithmetic() -> None:
+    import onnx
+
+    from zerodefect.models.classifier import static_same_padding
+    from zerodefect.training.export import export_onnx
+
+    model, _ = build_classifier("tf_efficientnet_lite0", ["good", "defective"], "good", "imagenet")
+    model.eval()
+    images = torch.randint(0, 255, (2, 75, 75, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        before = model(images)
+        assert static_same_padding(model, 75, 75) == 5  # the stem and four stride-2 stages
+        after = model(images)
+    assert torch.equal(before, after)
+    graph = onnx.load_from_string(export_onnx(model, 75, 75)).graph
+    assert not {"Ceil", "Shape"} & {node.op_type for node in graph.node}

@@ -19,7 +19,7 @@ import torch
 
 from zerodefect.inference.engine import Engine
 from zerodefect.models.bundle import BundleMeta, write_bundle
-from zerodefect.models.classifier import InspectionClassifier
+from zerodefect.models.classifier import InspectionClassifier, static_same_padding
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class ParityReport:
 def export_onnx(model: InspectionClassifier, height: int, width: int, opset: int = 17) -> bytes:
     """Trace the classifier (with its TTA) to ONNX with a dynamic batch dimension."""
     model = copy.deepcopy(model).cpu().eval()
+    static_same_padding(model, height, width)
     dummy = torch.zeros(2, height, width, 3, dtype=torch.uint8)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
