@@ -1,8 +1,9 @@
 """Micro-batching: concurrent requests share one ONNX Runtime call.
 
-A worker thread takes the first waiting image, gathers whatever else arrives within a short
-window (up to max_batch), and scores them together: batches of 4-8 run several times the
-throughput of single images on CPU, for a wait of a few milliseconds at most.
+A worker thread takes the first waiting image, adds whatever else is already queued (and, with
+a wait window, whatever arrives within it), up to max_batch, and scores them together. Under
+load, requests pile up while the model is busy, so batches form without any added wait; a lone
+camera is never held back waiting for partners.
 """
 
 from __future__ import annotations
