@@ -215,6 +215,7 @@ def test_parity_check_refuses_a_mismatch(first_run, tmp_path: Path) -> None:
 def test_resume_reproduces_an_uninterrupted_run(folder_dataset: Path, tmp_path: Path) -> None:
     path = tiny_config(tmp_path, folder_dataset, train__epochs=3)
     cfg = load_config(path, ["train.early_stopping_patience=10"])
+    from zerodefect.datasets.augment import build_augmentations
     from zerodefect.datasets.importers import import_folders
     from zerodefect.datasets.splits import assign_splits
 
@@ -235,7 +236,9 @@ def test_resume_reproduces_an_uninterrupted_run(folder_dataset: Path, tmp_path: 
             if stop_after and row["epoch"] == stop_after:
                 raise KeyboardInterrupt
 
-        return fit(cfg, model, *data, 0, 2, folder, None, resume=resume, on_epoch=on_epoch)
+        # A fresh augmentation pipeline per process, as after a restart: its RNG is seeded per epoch.
+        augment = build_augmentations(cfg.augment + [{"name": "RandomBrightnessContrast", "p": 0.5}])
+        return fit(cfg, model, *data, 0, 2, folder, augment, resume=resume, on_epoch=on_epoch)
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

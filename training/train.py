@@ -216,6 +216,10 @@ def fit(
     last_epoch = start_epoch if stale >= cfg.train.early_stopping_patience else cfg.train.epochs
     for epoch in range(start_epoch, last_epoch):
         tick = time.perf_counter()
+        if augment is not None:
+            # albumentations keeps its own RNG: seeded per epoch, so a run and its resumption
+            # augment the same way as an uninterrupted run.
+            augment.set_random_seed(cfg.train.seed * 1000 + epoch)
         loss = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, ema, on_batch)
         evaluated = _eval_model(model, ema)
         val_scores = defect_scores(predict(evaluated, val_images, device), good_index)
