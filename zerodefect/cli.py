@@ -251,10 +251,6 @@ def evaluate(
     from zerodefect.training.evaluate import compare_reports, evaluate_bundle, write_report
 
     try:
-        if bundle.startswith("models:/"):
-            from zerodefect.settings import configure_mlflow
-
-            configure_mlflow()
         folder = fetch_bundle(bundle, get_settings().data_dir / "registry-cache")
         data = Manifest.read(manifest)
         report = evaluate_bundle(folder, data, split, group_by or None, plots)
