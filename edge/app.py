@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
 from zerodefect.edge.batcher import MicroBatcher
 from zerodefect.edge.config import StationConfig
@@ -22,6 +22,7 @@ from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.station import Inspector, PartMeta
+from zerodefect.quality.schemas import DefectIn
 from zerodefect.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class Verdict(BaseModel):
     score: float | None
     threshold: float
     defect_class: str | None
+    # A detector's boxes over threshold (pixels of the posted image), or a classifier's class.
+    defects: list[DefectIn] = Field(default_factory=list)
     failsafe: bool
     model_name: str
     model_version: str

@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Scored:
-    probabilities: np.ndarray
+    """One image's share of a batch: each graph output's row [1, ...] and the image's size."""
+
+    outputs: list[np.ndarray]
+    size: tuple[int, int]
     model: LoadedModel
     batch_size: int
 
@@ -79,11 +82,12 @@ class MicroBatcher:
             model = self.holder.current
             try:
                 stacked = np.stack([model.engine.prepare(img) for img, _ in live])
-                probs = model.engine.probabilities(stacked)
+                outputs = model.engine.infer(stacked)
             except Exception as exc:  # a model failure must fail these requests, not the worker
                 log.exception("batch of %d failed", len(live))
                 for _, fut in live:
                     fut.set_exception(exc)
                 continue
-            for i, (_, fut) in enumerate(live):
-                fut.set_result(Scored(probs[i], model, len(live)))
+            for i, (img, fut) in enumerate(live):
+                rows = [out[i : i + 1] for out in outputs]
+                fut.set_result(Scored(rows, img.shape[:2], model, len(live)))

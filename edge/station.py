@@ -25,6 +25,7 @@ from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
 from zerodefect.inference.preprocess import ImageDecodeError, decode_image
+from zerodefect.inference.result import InspectionResult
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,26 @@ def idempotency_key(meta: PartMeta) -> str:
         raw = f"{meta.station}|{meta.camera}|{meta.frame_id}|{meta.serial}"
         return hashlib.sha256(raw.encode()).hexdigest()[:40]
     return uuid.uuid4().hex
+
+
+def defect_rows(result: InspectionResult, classes: list[str]) -> list[dict[str, Any]]:
+    """The quality record's defect rows: a detector's boxes at or above their class thresholds,
+    or a classifier's rejected class with its probability."""
+    if result.detections is not None:
+        det = result.detections
+        rows = []
+        for box, s, c in zip(det.xyxy, det.scores, det.class_id, strict=True):
+            x1, y1, x2, y2 = (round(float(v), 2) for v in box)
+            if x2 > x1 and y2 > y1:  # a box clipped to nothing at the image edge is no defect
+                rows.append(
+                    {"class_name": classes[int(c)], "score": round(float(s), 6), "box": [x1, y1, x2, y2]}
+                )
+        return rows
+    if result.defect_class:
+        return [
+            {"class_name": result.defect_class, "score": round(result.class_scores[result.defect_class], 6)}
+        ]
+    return []
 
 
 class Inspector:
@@ -91,7 +112,10 @@ class Inspector:
                 future.cancel()
         latency_ms = (time.perf_counter() - started) * 1000.0
         key = idempotency_key(meta)
-        payload, response = self._result(key, meta, data, kind, scored, latency_ms)
+        # A detector's post-processing (top-k, NMS) is numpy work: off the event loop.
+        payload, response = await loop.run_in_executor(
+            None, self._result, key, meta, data, kind, scored, latency_ms
+        )
         _, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
         self.metrics.observe(response, latency_ms, scored.batch_size if scored else None)
         return response
@@ -101,18 +125,15 @@ class Inspector:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         model = scored.model if scored else self.holder.current
         meta_b = model.engine.meta
+        threshold = meta_b.threshold
+        defects: list[dict[str, Any]] = []
         if scored is not None:
-            result = model.engine.judge(scored.probabilities[None])[0]
+            result = model.engine.judge_outputs(scored.outputs, [scored.size])[0]
             verdict, score, defect_class, failsafe = result.verdict, result.score, result.defect_class, False
-            class_scores = result.class_scores
+            threshold = result.threshold
+            defects = defect_rows(result, meta_b.classes)
         else:
-            verdict, score, defect_class, failsafe, class_scores = (
-                self.config.failsafe_verdict,
-                None,
-                None,
-                True,
-                {},
-            )
+            verdict, score, defect_class, failsafe = self.config.failsafe_verdict, None, None, True
             log.warning(
                 "part %s not judged within %.0f ms: fail-safe %s", meta.serial, self.config.budget_ms, verdict
             )
@@ -131,15 +152,13 @@ class Inspector:
             "captured_at": captured.isoformat(),
             "model_name": model.name,
             "model_version": model.version,
-            "threshold": meta_b.threshold,
+            "threshold": threshold,
             "score": score,
             "verdict": verdict,
             "failsafe": failsafe,
             "latency_ms": round(latency_ms, 3),
             "image_sha256": image_sha,
-            "defects": [{"class_name": defect_class, "score": round(float(class_scores[defect_class]), 6)}]
-            if defect_class
-            else [],
+            "defects": defects,
         }
         if keep:
             payload["image_b64"] = base64.b64encode(data).decode()
@@ -149,8 +168,9 @@ class Inspector:
             "serial": meta.serial,
             "verdict": verdict,
             "score": score,
-            "threshold": meta_b.threshold,
+            "threshold": threshold,
             "defect_class": defect_class,
+            "defects": defects,
             "failsafe": failsafe,
             "model_name": model.name,
             "model_version": model.version,

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from zerodefect.inference.postprocess import above, class_thresholds, detections_from_dense
 from zerodefect.inference.preprocess import read_image, resize
-from zerodefect.inference.result import InspectionResult
-from zerodefect.models.bundle import TTA_VIEWS, BundleMeta, load_bundle
+from zerodefect.inference.result import Detections, InspectionResult
+from zerodefect.models.bundle import TTA_VIEWS, BundleError, BundleMeta, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,93 @@ class Engine:
         """RGB uint8 HxWx3 -> the bundle's input size."""
         return resize(image, self.size, self.meta.input.interpolation)
 
+    @property
+    def is_detector(self) -> bool:
+        return self.meta.task == "detection"
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run a prepared uint8 [N, H, W, 3] batch; returns every graph output, batch first."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Run a prepared uint8 [N, H, W, 3] batch; returns class probabilities [N, C]."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0]
+        """A classifier's class probabilities [N, C] for a prepared batch."""
+        if self.is_detector:
+            raise BundleError(f"{self.meta.name} is a detector: it gives boxes, not class probabilities")
+        return self.infer(batch)[0]
+
+    def class_thresholds(self) -> np.ndarray:
+        """The operating threshold of each class, in class order."""
+        return class_thresholds(self.meta.classes, self.meta.class_thresholds, self.meta.threshold)
+
+    def detections(self, outputs: list[np.ndarray], sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+        """A detector's boxes per image, in each original image's pixels (`sizes` = (h, w)).
+
+        Every detection above the bundle's score floor is kept (mAP needs them); the operating
+        thresholds are applied by `judge`.
+        """
+        boxes, scores = outputs
+        post = self.meta.postprocess
+        height, width = self.size
+        out = []
+        for i, (h, w) in enumerate(sizes):
+            det = detections_from_dense(
+                boxes[i],
+                scores[i],
+                post["level_sizes"],
+                post["score_thresh"],
+                post["nms_thresh"],
+                post["topk_candidates"],
+                post["detections_per_img"],
+            )
+            det.xyxy = det.xyxy * np.array([w / width, h / height, w / width, h / height], np.float32)
+            out.append(det)
+        return out
+
+    def judge_detections(self, detections: list[Detections]) -> list[InspectionResult]:
+        """Reject a part when any detection reaches its class's threshold.
+
+        The deciding detection is the one furthest above (or least below) its threshold; its
+        score, threshold and class describe the part. Only detections at or above their class
+        threshold are kept in the result: they are the defects the line acts on.
+        """
+        classes = self.meta.classes
+        thresholds = self.class_thresholds()
+        results = []
+        for det in detections:
+            kept = above(det, thresholds)
+            limits = thresholds[det.class_id] if len(det) else np.zeros(0)
+            class_scores = {c: 0.0 for c in classes}
+            for c, sc in zip(det.class_id, det.scores, strict=True):
+                class_scores[classes[c]] = max(class_scores[classes[c]], float(sc))
+            if len(kept):  # the box furthest over its threshold decides
+                top = int(np.argmax(kept.scores - thresholds[kept.class_id]))
+                score, cls = float(kept.scores[top]), classes[kept.class_id[top]]
+                threshold = float(thresholds[kept.class_id[top]])
+            elif len(det):  # the box closest to its threshold
+                top = int(np.argmax(det.scores - limits))
+                score, threshold, cls = float(det.scores[top]), float(limits[top]), None
+            else:
+                score, threshold, cls = 0.0, float(thresholds.min()), None
+            reject = len(kept) > 0
+            results.append(
+                InspectionResult(
+                    verdict="reject" if reject else "pass",
+                    score=score,
+                    threshold=threshold,
+                    defect_class=cls if reject else None,
+                    class_scores=class_scores,
+                    detections=kept,
+                )
+            )
+        return results
+
+    def judge_outputs(
+        self, outputs: list[np.ndarray], sizes: Sequence[tuple[int, int]]
+    ) -> list[InspectionResult]:
+        """Verdicts for a batch's graph outputs, whatever the task."""
+        if self.is_detector:
+            return self.judge_detections(self.detections(outputs, sizes))
+        return self.judge(outputs[0])
 
     def defect_scores(self, probabilities: np.ndarray) -> np.ndarray:
         """Defect score per image: 1 - P(good), or the top class probability without a good class."""
@@ -91,8 +176,9 @@ class Engine:
         batch_size = self.batch_size
         results: list[InspectionResult] = []
         for start in range(0, len(images), batch_size):
-            batch = np.stack([self.prepare(im) for im in images[start : start + batch_size]])
-            results.extend(self.judge(self.probabilities(batch)))
+            chunk = images[start : start + batch_size]
+            batch = np.stack([self.prepare(im) for im in chunk])
+            results.extend(self.judge_outputs(self.infer(batch), [im.shape[:2] for im in chunk]))
         return results
 
     def score_files(self, paths: Sequence[Path], progress=None) -> np.ndarray:
@@ -106,3 +192,18 @@ class Engine:
             if progress:
                 progress(len(chunk))
         return np.concatenate(out) if out else np.zeros((0, len(self.meta.classes)), np.float32)
+
+    def detect_files(
+        self, paths: Sequence[Path], progress=None
+    ) -> tuple[list[Detections], list[tuple[int, int]]]:
+        """A detector's detections for image files, in each file's own pixels, and the sizes."""
+        out: list[Detections] = []
+        sizes: list[tuple[int, int]] = []
+        for start in range(0, len(paths), self.batch_size):
+            images = [read_image(p) for p in paths[start : start + self.batch_size]]
+            batch = np.stack([self.prepare(im) for im in images])
+            sizes += [im.shape[:2] for im in images]
+            out.extend(self.detections(self.infer(batch), sizes[-len(images) :]))
+            if progress:
+                progress(len(images))
+        return out, sizes

@@ -54,9 +54,13 @@ class BundleMeta(BaseModel):
     input: InputSpec
     # Graph outputs by name; classification: "probabilities" [N, C].
     outputs: dict[str, str]
-    # Operating point: a part is rejected when its defect score >= threshold.
+    # Operating point: a part is rejected when its defect score >= threshold. A detector
+    # rejects a part when any detection's score reaches its class's threshold.
     threshold: float
     class_thresholds: dict[str, float] = Field(default_factory=dict)
+    # Detector post-processing (zerodefect.inference.postprocess): score_thresh, nms_thresh,
+    # topk_candidates, detections_per_img and level_sizes (dense points per pyramid level).
+    postprocess: dict[str, Any] = Field(default_factory=dict)
     target_escape_rate: float | None = None
     tta: Literal["none", "flips", "dihedral"] = "none"
     quantization: Literal["none", "int8-qdq"] = "none"

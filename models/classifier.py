@@ -70,7 +70,41 @@ def build_backbone(
     raise ValueError(f"unknown architecture {arch!r}; known: {(TIMM_LITE, *TORCHVISION_ARCHS)}")
 
 
-class InspectionClassifier(nn.Module):
+class FreezableStages(nn.Module):
+    """Keeps a backbone's leading stages at their pretrained weights: `stages()` lists them."""
+
+    frozen: list[nn.Module]
+
+    def stages(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):
+        """Frozen stages stay in eval mode: their batch-norm statistics are pretrained too."""
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
+
+    def freeze_leading_stages(self, stages: int) -> int:
+        """Stop training the stem and the first `stages - 1` stages; returns the tensors frozen.
+
+        Early, high-resolution stages hold generic edge and texture filters and cost most of the
+        backward pass; keeping ImageNet's makes epochs cheaper with little loss of fit.
+        """
+        order = self.stages()
+        if stages > len(order):
+            raise ValueError(f"cannot freeze {stages} stages: the backbone has {len(order)}")
+        self.frozen = order[:stages]
+        count = 0
+        for module in self.frozen:
+            for param in module.parameters():
+                param.requires_grad_(False)
+                count += 1
+        self.train(self.training)
+        return count
+
+
+class InspectionClassifier(FreezableStages):
     """Raw pixels in, class probabilities out.
 
     With `single_logit` (binary defect/good), the net has one output: the defect logit, so that
@@ -96,30 +130,8 @@ class InspectionClassifier(nn.Module):
         self.register_buffer("offset", (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1))
         self.register_buffer("scale", scale.view(1, 3, 1, 1))
 
-    def train(self, mode: bool = True) -> InspectionClassifier:
-        """Frozen stages stay in eval mode: their batch-norm statistics are pretrained too."""
-        super().train(mode)
-        for module in self.frozen:
-            module.eval()
-        return self
-
-    def freeze_leading_stages(self, stages: int) -> int:
-        """Stop training the stem and the first `stages - 1` stages; returns the tensors frozen.
-
-        Early, high-resolution stages hold generic edge and texture filters and cost most of the
-        backward pass; keeping ImageNet's makes epochs cheaper with little loss of fit.
-        """
-        order = leading_stages(self.net)
-        if stages > len(order):
-            raise ValueError(f"cannot freeze {stages} stages: the backbone has {len(order)}")
-        self.frozen = order[:stages]
-        count = 0
-        for module in self.frozen:
-            for param in module.parameters():
-                param.requires_grad_(False)
-                count += 1
-        self.train(self.training)
-        return count
+    def stages(self) -> list[nn.Module]:
+        return leading_stages(self.net)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> normalised float [N, 3, H, W] (channels_last in memory)."""
@@ -144,13 +156,14 @@ class InspectionClassifier(nn.Module):
         return probs.view(len(views), n, -1).mean(dim=0)
 
 
-def static_same_padding(model: InspectionClassifier, height: int, width: int) -> int:
+def static_same_padding(model: nn.Module, height: int, width: int) -> int:
     """Turn TF-style 'same' padding, computed from the input's shape at run time, into constants.
 
     timm's tf_* models pad stride-2 convolutions asymmetrically from the tensor's size; traced to
     ONNX that is Shape/Ceil/Cast arithmetic around every such Pad (51 Casts become 6 at 300 px,
     measured 5-10 % faster at batch 1; ONNX Runtime still keeps the five constant Pads). A
-    bundle's input size is fixed, so the padding is too. Returns the convolutions changed.
+    bundle's input size is fixed, so the padding is too. Works for any module that takes uint8
+    NHWC pixels (classifier or detector). Returns the convolutions changed.
     """
     from timm.layers.conv2d_same import Conv2dSame
     from timm.layers.padding import pad_same_arg
@@ -161,12 +174,16 @@ def static_same_padding(model: InspectionClassifier, height: int, width: int) ->
         sizes[module] = tuple(args[0].shape[-2:])
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Conv2dSame)]
-    tta, model.tta = model.tta, "none"
+    # One forward pass of a single view records each convolution's input size.
+    tta = getattr(model, "tta", None)
+    if tta is not None:
+        model.tta = "none"
     try:
         with torch.no_grad():
-            model.logits(torch.zeros(1, height, width, 3, dtype=torch.uint8))
+            model(torch.zeros(1, height, width, 3, dtype=torch.uint8))
     finally:
-        model.tta = tta
+        if tta is not None:
+            model.tta = tta
         for hook in hooks:
             hook.remove()
     for module, size in sizes.items():

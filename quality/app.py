@@ -10,9 +10,10 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
+from zerodefect.inference.preprocess import ImageDecodeError
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.deps import DB, CallingStation
-from zerodefect.quality.images import ImageStore
+from zerodefect.quality.images import ImageStore, draw_overlay
 from zerodefect.quality.schemas import InspectionIn, InspectionOut, InspectionPage
 from zerodefect.quality.store import (
     RecordError,
@@ -91,6 +92,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if row is None:
             raise HTTPException(404, f"no inspection {inspection_id}")
         return to_out(row)
+
+    @app.get("/v1/inspections/{inspection_id}/overlay.png")
+    def get_overlay(inspection_id: int, session: DB) -> Response:
+        """The part's stored image with its defect boxes drawn, for reviewers."""
+        from zerodefect.quality.models import Inspection
+
+        row = session.get(Inspection, inspection_id)
+        if row is None:
+            raise HTTPException(404, f"no inspection {inspection_id}")
+        path = images.find(row.image_sha256) if row.image_sha256 else None
+        if path is None:
+            raise HTTPException(404, f"inspection {inspection_id} has no stored image")
+        boxes = [(d.class_name, d.score, [d.x1, d.y1, d.x2, d.y2]) for d in row.defects if d.x1 is not None]
+        try:
+            return Response(draw_overlay(path, boxes), media_type="image/png")
+        except ImageDecodeError as exc:
+            raise HTTPException(
+                500, f"stored image of inspection {inspection_id} is unreadable: {exc}"
+            ) from None
 
     @app.get("/v1/images/{sha256}")
     def get_image(sha256: str) -> FileResponse:

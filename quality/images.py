@@ -36,3 +36,22 @@ class ImageStore:
             return None
         matches = sorted((self.root / sha256[:2]).glob(f"{sha256}.*"))
         return matches[0] if matches else None
+
+
+def draw_overlay(path: Path, boxes: list[tuple[str, float, list[float]]]) -> bytes:
+    """PNG of a stored image with its defects' boxes and labels drawn in red.
+
+    Drawn on request, never stored: the stored image stays the exact bytes the camera sent.
+    """
+    import cv2
+
+    from zerodefect.inference.preprocess import read_image
+
+    # The station's decoder (no EXIF rotation): boxes land where the model saw them.
+    image = cv2.cvtColor(read_image(path), cv2.COLOR_RGB2BGR)
+    thickness = max(1, round(max(image.shape[:2]) / 300))
+    for label, score, (x1, y1, x2, y2) in boxes:
+        p1, p2 = (round(x1), round(y1)), (round(x2), round(y2))
+        cv2.rectangle(image, p1, p2, (0, 0, 230), thickness)
+        cv2.putText(image, f"{label} {score:.2f}", (p1[0] + 2, max(12, p1[1] - 4)), 0, 0.4, (0, 0, 230), 1)
+    return cv2.imencode(".png", image)[1].tobytes()

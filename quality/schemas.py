@@ -74,6 +74,8 @@ class InspectionOut(BaseModel):
     latency_ms: float | None
     image_sha256: str | None
     image_url: str | None
+    # The stored image with the defect boxes drawn on it, when both exist.
+    overlay_url: str | None = None
     review_status: str | None
     defects: list[DefectOut]
 

@@ -186,6 +186,9 @@ def to_out(row: Inspection) -> InspectionOut:
         latency_ms=row.latency_ms,
         image_sha256=row.image_sha256,
         image_url=f"/v1/images/{row.image_sha256}" if row.image_path else None,
+        overlay_url=f"/v1/inspections/{row.id}/overlay.png"
+        if row.image_path and any(d.x1 is not None for d in row.defects)
+        else None,
         review_status=row.review_status,
         defects=[
             DefectOut(

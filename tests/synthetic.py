@@ -31,3 +31,34 @@ def make_folder_dataset(root: Path, per_class: int = 24, size: int = 64, seed: i
             image, _ = part_image(rng, size, label == "scratch")
             cv2.imwrite(str(root / label / f"{label}_{i:03d}.png"), image)
     return root
+
+
+def make_voc_dataset(root: Path, images: int = 40, size: int = 96, seed: int = 0) -> Path:
+    """Pascal VOC: ROOT/images/*.png and ROOT/annotations/*.xml with known boxes.
+
+    Two defect classes that a detector can tell apart by shape: a dark `scratch` line and a
+    bright filled `spot`; every image has one or two defects, a few have none (clean parts).
+    """
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        image, scratch = part_image(rng, size, defective=i % 5 != 4)
+        objects = [("scratch", scratch)] if scratch else []
+        if i % 2 == 0 and scratch:
+            r = int(rng.integers(size // 12, size // 7))
+            cx, cy = (int(v) for v in rng.integers(r + 2, size - r - 2, 2))
+            cv2.circle(image, (cx, cy), r, 250, -1)
+            objects.append(("spot", [float(cx - r), float(cy - r), float(cx + r + 1), float(cy + r + 1)]))
+        name = f"part_{i:03d}"
+        cv2.imwrite(str(root / "images" / f"{name}.png"), image)
+        xml = "".join(
+            f"<object><name>{label}</name><bndbox><xmin>{b[0] + 1:.0f}</xmin><ymin>{b[1] + 1:.0f}</ymin>"
+            f"<xmax>{b[2]:.0f}</xmax><ymax>{b[3]:.0f}</ymax></bndbox></object>"
+            for label, b in objects
+        )
+        (root / "annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.png</filename><size><width>{size}</width>"
+            f"<height>{size}</height><depth>1</depth></size>{xml}</annotation>"
+        )
+    return root

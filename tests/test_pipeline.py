@@ -24,7 +24,7 @@ from zerodefect.training.data import load_images
 from zerodefect.training.export import ExportParityError, export_bundle
 from zerodefect.training.pipeline import run_training
 from zerodefect.training.registry import CHALLENGER, CHAMPION, alias_version, promote
-from zerodefect.training.train import fit, predict
+from zerodefect.training.train import fit_classifier, predict
 
 MODEL = "synthetic-parts"
 
@@ -238,7 +238,7 @@ def test_resume_reproduces_an_uninterrupted_run(folder_dataset: Path, tmp_path: 
 
         # A fresh augmentation pipeline per process, as after a restart: its RNG is seeded per epoch.
         augment = build_augmentations(cfg.augment + [{"name": "RandomBrightnessContrast", "p": 0.5}])
-        return fit(cfg, model, *data, 0, 2, folder, augment, resume=resume, on_epoch=on_epoch)
+        return fit_classifier(cfg, model, *data, 0, 2, folder, augment, resume=resume, on_epoch=on_epoch)
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

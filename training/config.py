@@ -44,12 +44,27 @@ class DataConfig(Strict):
     group_by: list[str] = Field(default_factory=list)
 
 
+class DetectorConfig(Strict):
+    """FCOS on a Lite0 feature pyramid (zerodefect.models.detector); unused by classifiers."""
+
+    fpn_channels: int = Field(default=64, ge=32)
+    head_convs: int = Field(default=4, ge=1)
+    # Post-processing, carried into the bundle: candidates below score_thresh are dropped,
+    # the best topk_candidates per level go through class-wise NMS at nms_thresh.
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.6
+    topk_candidates: int = 1000
+    # The quality record keeps at most 200 defects per part.
+    detections_per_img: int = Field(default=100, ge=1, le=200)
+
+
 class ModelConfig(Strict):
     arch: str = "tf_efficientnet_lite0"
     pretrained: str | None = "imagenet"
     input_size: int = 224
     interpolation: Literal["area", "linear", "cubic", "nearest"] = "area"
     drop_rate: float = 0.2
+    detector: DetectorConfig = Field(default_factory=lambda: DetectorConfig())
 
 
 class TrainConfig(Strict):
@@ -62,6 +77,8 @@ class TrainConfig(Strict):
     class_weighting: Literal["none", "balanced", "sqrt"] = "none"
     label_smoothing: float = 0.0
     early_stopping_patience: int = 5
+    # Clip the gradient norm (detectors: early FCOS steps can spike); None leaves it alone.
+    grad_clip: float | None = None
     # Leading backbone stages (stem first) kept at their pretrained weights; 0 trains everything.
     freeze_stages: int = Field(default=0, ge=0)
     seed: int = 0
@@ -88,7 +105,7 @@ class MlflowConfig(Strict):
 
 class Config(Strict):
     name: str
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "detection"] = "classification"
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -15,6 +15,7 @@ import numpy as np
 
 from zerodefect.datasets.manifest import DatasetError, Manifest
 from zerodefect.inference.engine import Engine
+from zerodefect.inference.postprocess import above
 from zerodefect.training.metrics import curves, plant_report
 from zerodefect.training.plots import save_plots
 
@@ -69,6 +70,117 @@ def evaluate_bundle(
             paths=np.array([s.path for s in samples]),
         )
     return report
+
+
+def latency_1core(bundle: Path, paths: list[Path], repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per image on one ONNX Runtime thread at batch 1, resize and post-processing
+    included (decoding excluded: the camera's format decides it). Median and p99."""
+    import time
+
+    from zerodefect.inference.preprocess import read_image
+
+    engine = Engine.from_bundle(bundle, threads=1)
+    images = [read_image(p) for p in paths]
+    engine.predict(images[:2])
+    times = []
+    for _ in range(repeats):
+        for image in images:
+            tick = time.perf_counter()
+            engine.predict([image])
+            times.append((time.perf_counter() - tick) * 1000)
+    return {"median": float(np.median(times)), "p99": float(np.percentile(times, 99)), "images": len(times)}
+
+
+def evaluate_detector_bundle(
+    bundle: Path,
+    manifest: Manifest,
+    split: str = "test",
+    plots_dir: Path | None = None,
+    threads: int | None = None,
+    progress=None,
+    timing_images: int = 50,
+) -> dict[str, Any]:
+    """COCO mAP, per-class AP and the part-level plant numbers of a detector bundle."""
+    from zerodefect.training.detection import draw_samples, save_pr_curves, truth_for
+    from zerodefect.training.detection_metrics import coco_map, part_report
+
+    engine = Engine.from_bundle(bundle, threads=threads)
+    meta = engine.meta
+    samples = manifest.split(split)
+    if not samples:
+        raise DatasetError(f"{manifest.name}: split {split!r} is empty")
+    unknown = sorted({b.label for s in samples for b in s.boxes} - set(meta.classes))
+    if unknown:
+        raise DatasetError(f"{manifest.name}: box classes {unknown} are unknown to bundle {meta.name}")
+    paths = [manifest.resolve(s) for s in samples]
+    detections, sizes = engine.detect_files(paths, progress=progress)
+    truths = [truth_for(manifest, s, size) for s, size in zip(samples, sizes, strict=True)]
+    scores = coco_map(truths, detections, meta.classes)
+    thresholds = engine.class_thresholds()
+    plant = part_report(truths, detections, thresholds)
+    report: dict[str, Any] = {
+        "task": "detection",
+        "map50": scores["map50"],
+        "map50_95": scores["map50_95"],
+        "per_class_ap": scores["per_class_ap"],
+        "per_class_ap50_95": scores["per_class_ap50_95"],
+        **plant,
+        "class_thresholds": dict(zip(meta.classes, thresholds.tolist(), strict=True)),
+        "ms_per_image_1core": None,
+        "model": meta.name,
+        "run_id": meta.run_id,
+        "onnx_sha256": meta.onnx_sha256,
+        "quantization": meta.quantization,
+        "input_size": [meta.input.height, meta.input.width],
+        "trained_on_dataset_hash": meta.dataset_hash,
+        "manifest": manifest.name,
+        "split": split,
+        "target_escape_rate": meta.target_escape_rate,
+    }
+    if timing_images:
+        timing = latency_1core(bundle, paths[:timing_images])
+        report["ms_per_image_1core"] = round(timing["median"], 2)
+        report["ms_per_image_1core_p99"] = round(timing["p99"], 2)
+    if plots_dir is not None:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        from zerodefect.inference.preprocess import read_image
+
+        shown = _spread(samples, 12)
+        sheets = draw_samples(
+            plots_dir / "samples",
+            [read_image(paths[i]) for i in shown],
+            [truths[i] for i in shown],
+            [above(detections[i], thresholds) for i in shown],
+            meta.classes,
+            [samples[i].path for i in shown],
+        )
+        report["plots"] = [str(save_pr_curves(plots_dir, scores, meta.name))] + [str(p) for p in sheets]
+    return report
+
+
+def evaluate_any(
+    bundle: Path, manifest: Manifest, split: str = "test", plots_dir: Path | None = None, timing: bool = True
+) -> dict[str, Any]:
+    """The report that fits the bundle's task: plant report for classifiers, mAP and part-level
+    rates for detectors."""
+    from zerodefect.models.bundle import read_meta
+
+    if read_meta(bundle).task == "detection":
+        return evaluate_detector_bundle(bundle, manifest, split, plots_dir, timing_images=50 if timing else 0)
+    return evaluate_bundle(bundle, manifest, split, None, plots_dir)
+
+
+def _spread(samples: list, count: int) -> list[int]:
+    """Indices of up to `count` samples, one class after another, for sample sheets."""
+    by_label: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_label.setdefault(s.labels[0] if s.labels else "clean", []).append(i)
+    picked: list[int] = []
+    while len(picked) < min(count, len(samples)):
+        for members in by_label.values():
+            if members and len(picked) < count:
+                picked.append(members.pop(0))
+    return picked
 
 
 COMPARED = ("accuracy", "auroc", "f1", "escape_rate", "false_reject_rate")

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from zerodefect.inference.engine import Engine
+from zerodefect.inference.postprocess import above, box_iou
+from zerodefect.inference.result import Detections
 from zerodefect.models.bundle import BundleMeta, write_bundle
 from zerodefect.models.classifier import InspectionClassifier, static_same_padding
 
@@ -41,8 +44,14 @@ class ParityReport:
         return self.max_abs_diff <= self.atol and self.decisions_equal
 
 
-def export_onnx(model: InspectionClassifier, height: int, width: int, opset: int = 17) -> bytes:
-    """Trace the classifier (with its TTA) to ONNX with a dynamic batch dimension."""
+def export_onnx(
+    model: nn.Module,
+    height: int,
+    width: int,
+    opset: int = 17,
+    output_names: tuple[str, ...] = ("probabilities",),
+) -> bytes:
+    """Trace a classifier (with its TTA) or a detector to ONNX with a dynamic batch dimension."""
     model = copy.deepcopy(model).cpu().eval()
     static_same_padding(model, height, width)
     dummy = torch.zeros(2, height, width, 3, dtype=torch.uint8)
@@ -58,8 +67,8 @@ def export_onnx(model: InspectionClassifier, height: int, width: int, opset: int
             dynamo=False,
             opset_version=opset,
             input_names=["images"],
-            output_names=["probabilities"],
-            dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+            output_names=list(output_names),
+            dynamic_axes={name: {0: "batch"} for name in ("images", *output_names)},
         )
     return buffer.getvalue()
 
@@ -101,5 +110,76 @@ def export_bundle(
         raise ExportParityError(
             f"ONNX Runtime differs from PyTorch on {report.images} validation images: max |dp| "
             f"{report.max_abs_diff:.2e} (allowed {atol:.0e}), {report.differing_decisions} decisions differ"
+        )
+    return report
+
+
+@dataclass
+class DetectionParityReport:
+    images: int
+    compared_detections: int
+    min_matched_iou: float
+    max_score_diff: float
+    differing_images: int
+    min_iou: float
+
+    @property
+    def ok(self) -> bool:
+        return self.differing_images == 0 and self.min_matched_iou >= self.min_iou
+
+
+def check_detection_parity(
+    engine: Engine, images: np.ndarray, torch_detections: list[Detections], min_iou: float = 0.99
+) -> DetectionParityReport:
+    """ONNX Runtime plus numpy post-processing against torchvision, on prepared images.
+
+    For every image, the detections at or above their class thresholds must be the same set:
+    same count and classes, each torch box matched by an ORT box of its class with IoU >= min_iou.
+    """
+    size = engine.size
+    ort_detections: list[Detections] = []
+    for start in range(0, len(images), 16):
+        batch = images[start : start + 16]
+        ort_detections += engine.detections(engine.infer(batch), [size] * len(batch))
+    thresholds = engine.class_thresholds()
+    worst_iou, worst_score, differing, compared = 1.0, 0.0, 0, 0
+    for mine_all, ref_all in zip(ort_detections, torch_detections, strict=True):
+        mine, ref = above(mine_all, thresholds), above(ref_all, thresholds)
+        if len(mine) != len(ref) or sorted(mine.class_id) != sorted(ref.class_id):
+            differing += 1
+            continue
+        ious = box_iou(ref.xyxy, mine.xyxy)
+        ious = np.where(ref.class_id[:, None] == mine.class_id[None, :], ious, -1.0)
+        taken = np.zeros(len(mine), bool)
+        for i in np.argsort(-ref.scores, kind="stable"):  # one ORT box per torch box
+            j = int(np.argmax(np.where(taken, -1.0, ious[i])))
+            taken[j] = True
+            worst_iou = min(worst_iou, float(ious[i, j]))
+            worst_score = max(worst_score, abs(float(ref.scores[i] - mine.scores[j])))
+        compared += len(ref)
+    return DetectionParityReport(len(images), compared, worst_iou, worst_score, differing, min_iou)
+
+
+def export_detector_bundle(
+    model: nn.Module,
+    meta: BundleMeta,
+    folder: Path,
+    parity_images: np.ndarray,
+    torch_detections: list[Detections],
+    opset: int = 17,
+    min_iou: float = 0.99,
+) -> DetectionParityReport:
+    """Write a detector bundle only if ORT + numpy post-processing reproduce torchvision."""
+    onnx_bytes = export_onnx(model, meta.input.height, meta.input.width, opset, ("boxes", "scores"))
+    write_bundle(folder, onnx_bytes, meta)
+    report = check_detection_parity(Engine.from_bundle(folder), parity_images, torch_detections, min_iou)
+    log.info("detector export parity: %s", asdict(report))
+    if not report.ok:
+        for name in ("model.onnx", "bundle.json"):
+            (folder / name).unlink(missing_ok=True)
+        raise ExportParityError(
+            f"ONNX Runtime differs from PyTorch on {report.images} validation images: "
+            f"{report.differing_images} images with different detections over threshold, "
+            f"worst matched box IoU {report.min_matched_iou:.4f} (needed {min_iou})"
         )
     return report

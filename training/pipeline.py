@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -186,6 +187,34 @@ def export_run(
     cfg = load_config(run_dir / "config.yaml", overrides)
     manifest = Manifest.read(run_dir / "manifest.jsonl")
     check = validate(manifest)
+    run_id_file = run_dir / "mlflow_run_id"
+    run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
+    bundle_dir = out or run_dir / "bundle"
+    state = torch.load(best, map_location="cpu", weights_only=False)
+    info = {"best_epoch": state["epoch"] + 1, "exported_from": str(run_dir)}
+    if cfg.task == "detection":
+        from zerodefect.training.detection_pipeline import (
+            build_from_config,
+            calibrate_and_export_detector,
+            load_split_data,
+        )
+
+        model, _ = build_from_config(cfg, manifest.classes, None)
+        model.load_state_dict(state["model"])
+        ((val_images, val_truths),) = load_split_data(cfg, manifest, console, ("val",))
+        calibrate_and_export_detector(
+            cfg,
+            model,
+            manifest,
+            val_images,
+            val_truths,
+            bundle_dir,
+            run_id,
+            check.dataset_hash,
+            info,
+            console,
+        )
+        return bundle_dir
     model, _ = build_classifier(
         cfg.model.arch,
         manifest.classes,
@@ -194,14 +223,10 @@ def export_run(
         soft_labels=cfg.data.soft_label_key is not None,
         drop_rate=cfg.model.drop_rate,
     )
-    state = torch.load(best, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     val_s = manifest.split("val")
     val_images = load_images(manifest, val_s, cfg.model.input_size, cfg.model.interpolation)
     val_defective = np.array([manifest.is_defective(s) for s in val_s])
-    run_id_file = run_dir / "mlflow_run_id"
-    run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
-    bundle_dir = out or run_dir / "bundle"
     calibrate_and_export(
         cfg,
         model,
@@ -211,10 +236,140 @@ def export_run(
         bundle_dir,
         run_id,
         check.dataset_hash,
-        {"best_epoch": state["epoch"] + 1, "exported_from": str(run_dir)},
+        info,
         console,
     )
     return bundle_dir
+
+
+@contextmanager
+def epoch_progress(console: Console, epochs: int, steps_per_epoch: int):
+    """A training progress bar; yields (on_batch, on_epoch) callbacks for `fit`. Each epoch's
+    validation metrics are printed and logged to the active MLflow run."""
+    import mlflow
+
+    with _progress(console) as progress:
+        task = progress.add_task("training", total=epochs * steps_per_epoch, info="")
+        state = {"loss": None}
+
+        def on_batch(loss: float) -> None:
+            state["loss"] = loss if state["loss"] is None else 0.9 * state["loss"] + 0.1 * loss
+            progress.update(task, advance=1, info=f"loss {state['loss']:.4f}")
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            shown = "  ".join(
+                f"{k} {v:.4f}"
+                for k, v in row.items()
+                if k not in ("epoch", "seconds", "lr") and v is not None
+            )
+            progress.console.print(f"epoch {row['epoch']:>3}  {shown}  {row['seconds']:.0f}s")
+            progress.update(task, completed=row["epoch"] * steps_per_epoch)
+            mlflow.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch" and v is not None}, step=row["epoch"]
+            )
+
+        yield on_batch, on_epoch
+
+
+def start_mlflow_run(
+    cfg: Config,
+    run_dir: Path,
+    check,
+    settings: Settings,
+    config_path: Path | None,
+    extra_data: Path | None,
+    weights,
+):
+    """Start (or, for a resumed run folder, reopen) the run's MLflow run and log its inputs."""
+    import mlflow
+
+    from zerodefect.settings import configure_mlflow
+    from zerodefect.training.registry import experiment_id, flatten
+    from zerodefect.training.train import select_device
+
+    configure_mlflow(settings)
+    run_id_file = run_dir / "mlflow_run_id"
+    existing = run_id_file.read_text().strip() if run_id_file.exists() else None
+    run = mlflow.start_run(
+        run_id=existing,
+        experiment_id=None if existing else experiment_id(cfg.mlflow.experiment, settings),
+        run_name=f"{cfg.name}-{run_dir.name}",
+    )
+    run_id_file.write_text(run.info.run_id)
+    if existing:
+        return run
+    try:
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg.model_dump(mode="json")).items()})
+        mlflow.set_tags(
+            {
+                "dataset_hash": check.dataset_hash,
+                "manifest": str(cfg.data.manifest.resolve()),
+                "task": cfg.task,
+                "config": str(config_path or ""),
+                "extra_data": str(extra_data or ""),
+                "device": str(select_device(cfg.train.device)),
+                "pretrained_tensors": str(weights.matched if weights else 0),
+            }
+        )
+        mlflow.log_text(json.dumps(check.counts, indent=2), "dataset/counts.json")
+        mlflow.log_artifact(str(run_dir / "manifest.jsonl"), "dataset")
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    return run
+
+
+def register_and_summarize(
+    cfg: Config,
+    run_id: str,
+    check,
+    bundle_dir: Path,
+    report_path: Path,
+    report: dict[str, Any],
+    run_dir: Path,
+    console: Console,
+) -> str | None:
+    """Log the bundle, register it under the config's alias, and mark the run folder finished."""
+    import mlflow
+
+    from zerodefect.training.registry import register_bundle
+
+    mlflow.log_artifacts(str(bundle_dir), "bundle")
+    version = None
+    if cfg.mlflow.registered_model:
+        headline = (
+            {"test_map50": f"{report['map50']:.4f}"}
+            if cfg.task == "detection"
+            else {"test_auroc": f"{report['auroc']:.4f}"}
+        )
+        escape = report.get("escape_rate")
+        version = register_bundle(
+            run_id,
+            cfg.mlflow.registered_model,
+            cfg.mlflow.alias,
+            {
+                "dataset_hash": check.dataset_hash,
+                "manifest": str(cfg.data.manifest.resolve()),
+                **headline,
+                "test_escape_rate": f"{escape:.4f}" if escape is not None else "n/a",
+            },
+        )
+        console.print(
+            f"registered [bold]{cfg.mlflow.registered_model}[/] version {version} as @{cfg.mlflow.alias}"
+        )
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "bundle": str(bundle_dir),
+                "report": str(report_path),
+                "version": version,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+            indent=2,
+        )
+    )
+    return version
 
 
 def run_training(
@@ -230,10 +385,8 @@ def run_training(
 
     from zerodefect.datasets.augment import build_augmentations
     from zerodefect.models.classifier import build_classifier
-    from zerodefect.settings import configure_mlflow
     from zerodefect.training.evaluate import evaluate_bundle, write_report
-    from zerodefect.training.registry import experiment_id, flatten, register_bundle
-    from zerodefect.training.train import fit, select_device
+    from zerodefect.training.train import fit_classifier
 
     settings = settings or get_settings()
     console = console or Console()
@@ -251,6 +404,12 @@ def run_training(
     # The run folder keeps what it was trained from, so `zerodefect export` can redo its bundle.
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     manifest.write(run_dir / "manifest.jsonl")
+    if cfg.task == "detection":
+        from zerodefect.training.detection_pipeline import run_detection_training
+
+        return run_detection_training(
+            cfg, manifest, check, run_dir, config_path, resume, extra_data, settings, console
+        )
     augment = build_augmentations(cfg.augment, cfg.task)
     model, weights = build_classifier(
         cfg.model.arch,
@@ -273,53 +432,11 @@ def run_training(
     train_targets = targets_for(manifest, train_s, cfg.data.soft_label_key)
     val_defective = np.array([manifest.is_defective(s) for s in val_s])
 
-    configure_mlflow(settings)
-    run_id_file = run_dir / "mlflow_run_id"
-    existing = run_id_file.read_text().strip() if run_id_file.exists() else None
-    run = mlflow.start_run(
-        run_id=existing,
-        experiment_id=None if existing else experiment_id(cfg.mlflow.experiment, settings),
-        run_name=f"{cfg.name}-{run_dir.name}",
-    )
-    run_id_file.write_text(run.info.run_id)
+    run = start_mlflow_run(cfg, run_dir, check, settings, config_path, extra_data, weights)
     try:
-        if not existing:
-            mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg.model_dump(mode="json")).items()})
-            mlflow.set_tags(
-                {
-                    "dataset_hash": check.dataset_hash,
-                    "manifest": str(cfg.data.manifest.resolve()),
-                    "task": cfg.task,
-                    "config": str(config_path or ""),
-                    "extra_data": str(extra_data or ""),
-                    "device": str(select_device(cfg.train.device)),
-                    "pretrained_tensors": str(weights.matched if weights else 0),
-                }
-            )
-            mlflow.log_text(json.dumps(check.counts, indent=2), "dataset/counts.json")
-            mlflow.log_artifact(str(run_dir / "manifest.jsonl"), "dataset")
-
         steps_per_epoch = max(len(train_s) // cfg.train.batch_size, 1)
-        with _progress(console) as progress:
-            task = progress.add_task("training", total=cfg.train.epochs * steps_per_epoch, info="")
-            state = {"loss": None}
-
-            def on_batch(loss: float) -> None:
-                state["loss"] = loss if state["loss"] is None else 0.9 * state["loss"] + 0.1 * loss
-                progress.update(task, advance=1, info=f"loss {state['loss']:.4f}")
-
-            def on_epoch(row: dict[str, Any]) -> None:
-                progress.console.print(
-                    f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val AUROC {row['val_auroc']:.4f}  "
-                    f"val acc {row['val_accuracy']:.4f}  {row['seconds']:.0f}s"
-                )
-                progress.update(task, completed=row["epoch"] * steps_per_epoch)
-                mlflow.log_metrics(
-                    {k: v for k, v in row.items() if k != "epoch" and v is not None},
-                    step=row["epoch"],
-                )
-
-            result = fit(
+        with epoch_progress(console, cfg.train.epochs, steps_per_epoch) as (on_batch, on_epoch):
+            result = fit_classifier(
                 cfg,
                 model,
                 train_images,
@@ -394,34 +511,8 @@ def run_training(
             }
         )
         mlflow.log_artifacts(str(eval_dir), "eval")
-        mlflow.log_artifacts(str(bundle_dir), "bundle")
-        version = None
-        if cfg.mlflow.registered_model:
-            version = register_bundle(
-                run.info.run_id,
-                cfg.mlflow.registered_model,
-                cfg.mlflow.alias,
-                {
-                    "dataset_hash": check.dataset_hash,
-                    "manifest": str(cfg.data.manifest.resolve()),
-                    "test_auroc": f"{report['auroc']:.4f}",
-                    "test_escape_rate": f"{report['escape_rate']:.4f}",
-                },
-            )
-            console.print(
-                f"registered [bold]{cfg.mlflow.registered_model}[/] version {version} as @{cfg.mlflow.alias}"
-            )
-        (run_dir / "summary.json").write_text(
-            json.dumps(
-                {
-                    "run_id": run.info.run_id,
-                    "bundle": str(bundle_dir),
-                    "report": str(report_path),
-                    "version": version,
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                },
-                indent=2,
-            )
+        version = register_and_summarize(
+            cfg, run.info.run_id, check, bundle_dir, report_path, report, run_dir, console
         )
         mlflow.end_run()
     except BaseException:

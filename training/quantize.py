@@ -15,7 +15,7 @@ import numpy as np
 
 from zerodefect.datasets.manifest import Manifest
 from zerodefect.inference.engine import Engine
-from zerodefect.models.bundle import load_bundle, write_bundle
+from zerodefect.models.bundle import BundleError, load_bundle, write_bundle
 from zerodefect.training.data import load_images
 from zerodefect.training.metrics import calibrate_threshold
 
@@ -44,6 +44,10 @@ def quantize_bundle(
     )
 
     meta, onnx_path = load_bundle(bundle)
+    if meta.task != "classification":
+        raise BundleError(
+            f"{bundle}: INT8 quantization is calibrated for classifiers; a {meta.task} bundle is served in fp32"
+        )
     size, interp = meta.input.height, meta.input.interpolation
     train = manifest.split("train")
     rng = np.random.default_rng(seed)

@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 # Metrics the promotion gate compares; True when higher is better.
-GATE_METRICS = {"escape_rate": False, "false_reject_rate": False, "auroc": True}
+# Per task: metric -> higher is better. A detector's false-reject rate is undefined without
+# clean parts (NEU-DET) and then skipped, like any metric either side lacks.
+GATE_METRICS = {
+    "classification": {"escape_rate": False, "false_reject_rate": False, "auroc": True},
+    "detection": {"escape_rate": False, "false_reject_rate": False, "map50": True},
+}
 
 
 def experiment_id(name: str, settings: Settings | None = None) -> str:
@@ -94,7 +99,7 @@ def compare(
 ) -> tuple[bool, list]:
     """Gate rows (metric, challenger, champion, ok): not worse than the champion by > tolerance."""
     rows, passed = [], True
-    for metric, higher_better in GATE_METRICS.items():
+    for metric, higher_better in GATE_METRICS[challenger.get("task", "classification")].items():
         new = challenger.get(metric)
         old = champion.get(metric) if champion else None
         if old is None or new is None:
@@ -126,7 +131,7 @@ def promote(
 
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.source import fetch_bundle
-    from zerodefect.training.evaluate import evaluate_bundle
+    from zerodefect.training.evaluate import evaluate_any
 
     settings = settings or get_settings()
     client = mlflow.MlflowClient()
@@ -137,11 +142,13 @@ def promote(
     manifest_file = manifest_path or Path(candidate.tags.get("manifest", ""))
     manifest = Manifest.read(manifest_file)
     cache = settings.data_dir / "registry-cache"
-    new_report = evaluate_bundle(fetch_bundle(f"models:/{name}/{candidate.version}", cache), manifest, split)
+    new_report = evaluate_any(
+        fetch_bundle(f"models:/{name}/{candidate.version}", cache), manifest, split, timing=False
+    )
     old_report = None
     if champion is not None and champion.version != candidate.version:
-        old_report = evaluate_bundle(
-            fetch_bundle(f"models:/{name}/{champion.version}", cache), manifest, split
+        old_report = evaluate_any(
+            fetch_bundle(f"models:/{name}/{champion.version}", cache), manifest, split, timing=False
         )
     passed, rows = compare(new_report, old_report, tolerance)
     result = GateResult(

@@ -1,8 +1,9 @@
 """The training loop, in the style of torchvision's reference scripts: plain functions.
 
 `fit` runs epochs of `train_one_epoch`, scores the validation split after each, keeps the best
-weights by validation AUROC, stops early when it stalls, and writes a checkpoint every epoch
-so that `--resume` continues where a run was interrupted.
+weights by the task's validation score (AUROC, or mAP@0.5 for detectors), stops early when it
+stalls, and writes a checkpoint every epoch so that `--resume` continues where a run was
+interrupted. The task supplies only its dataset, its batch loss and its validation.
 """
 
 from __future__ import annotations
@@ -66,31 +67,39 @@ def compute_loss(loss_fn: nn.Module, logits: torch.Tensor, targets: torch.Tensor
     return loss_fn(logits, targets)
 
 
+BatchLoss = Callable[[nn.Module, Any, torch.device], torch.Tensor]
+
+
 def train_one_epoch(
-    model: InspectionClassifier,
+    model: nn.Module,
     loader: DataLoader,
-    loss_fn: nn.Module,
+    batch_loss: BatchLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
     ema: AveragedModel | None = None,
     on_batch: Callable[[float], None] | None = None,
+    grad_clip: float | None = None,
 ) -> float:
-    """One pass over the training data; returns the mean loss."""
+    """One pass over the training data; returns the mean loss per image.
+
+    `batch_loss(model, batch, device)` is the task's loss for one loader batch, whose first
+    element holds the images.
+    """
     model.train()
     total, count = 0.0, 0
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device)
-        logits = model.logits(images)
-        loss = compute_loss(loss_fn, logits, targets, model.single_logit)
+    for batch in loader:
+        loss = batch_loss(model, batch, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
-        total += loss.item() * len(images)
-        count += len(images)
+        total += loss.item() * len(batch[0])
+        count += len(batch[0])
         if on_batch:
             on_batch(loss.item())
     return total / max(count, 1)
@@ -131,11 +140,11 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _eval_model(model: InspectionClassifier, ema: AveragedModel | None) -> InspectionClassifier:
+def _eval_model(model: nn.Module, ema: AveragedModel | None) -> nn.Module:
     return ema.module if ema is not None else model  # type: ignore[return-value]
 
 
-def fit(
+def fit_classifier(
     cfg: Config,
     model: InspectionClassifier,
     train_images: np.ndarray,
@@ -147,11 +156,48 @@ def fit(
     run_dir: Path,
     augment=None,
     resume: bool = False,
-    extra_state: dict[str, Any] | None = None,
     on_batch: Callable[[float], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
-    """Train with early stopping on validation AUROC; checkpoints go to run_dir/last.pt."""
+    """Train a classifier, keeping the weights with the best validation AUROC."""
+    loss_fn = make_loss(cfg, train_targets, model.single_logit, num_classes)
+
+    def batch_loss(net: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+        images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
+        return compute_loss(loss_fn.to(device), net.logits(images), targets, net.single_logit)
+
+    def validate(net: nn.Module, device: torch.device) -> dict[str, Any]:
+        val = binary_report(val_defective, defect_scores(predict(net, val_images, device), good_index), 0.5)
+        score = val["auroc"] if val["auroc"] is not None else val["accuracy"]
+        return {
+            "score": score,
+            "val_auroc": val["auroc"],
+            "val_accuracy": val["accuracy"],
+            "val_f1": val["f1"],
+        }
+
+    dataset = ImageDataset(train_images, train_targets, augment)
+    return fit(cfg, model, dataset, batch_loss, validate, run_dir, augment, None, resume, on_batch, on_epoch)
+
+
+def fit(
+    cfg: Config,
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    batch_loss: BatchLoss,
+    validate: Callable[[nn.Module, torch.device], dict[str, Any]],
+    run_dir: Path,
+    augment=None,
+    collate_fn: Callable | None = None,
+    resume: bool = False,
+    on_batch: Callable[[float], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train with early stopping on the validation score; checkpoints go to run_dir/last.pt.
+
+    `validate(model, device)` returns the epoch's validation metrics with "score" (higher is
+    better: AUROC for classifiers, mAP@0.5 for detectors) deciding the best epoch.
+    """
     device = select_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -160,7 +206,6 @@ def fit(
         frozen = model.freeze_leading_stages(cfg.train.freeze_stages)
         log.info("froze %d tensors in the first %d stages", frozen, cfg.train.freeze_stages)
     model.to(device).to(memory_format=torch.channels_last)
-    dataset = ImageDataset(train_images, train_targets, augment)
     loader = DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
@@ -168,8 +213,8 @@ def fit(
         drop_last=len(dataset) > cfg.train.batch_size,
         generator=generator,
         num_workers=0,
+        collate_fn=collate_fn,
     )
-    loss_fn = make_loss(cfg, train_targets, model.single_logit, num_classes).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -203,7 +248,7 @@ def fit(
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         log.info(
-            "resuming %s at epoch %d (best AUROC %.4f at epoch %d)",
+            "resuming %s at epoch %d (best score %.4f at epoch %d)",
             run_dir,
             start_epoch + 1,
             best_score,
@@ -220,17 +265,16 @@ def fit(
             # albumentations keeps its own RNG: seeded per epoch, so a run and its resumption
             # augment the same way as an uninterrupted run.
             augment.set_random_seed(cfg.train.seed * 1000 + epoch)
-        loss = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, ema, on_batch)
+        loss = train_one_epoch(
+            model, loader, batch_loss, optimizer, scheduler, device, ema, on_batch, cfg.train.grad_clip
+        )
         evaluated = _eval_model(model, ema)
-        val_scores = defect_scores(predict(evaluated, val_images, device), good_index)
-        val = binary_report(val_defective, val_scores, 0.5)
-        score = val["auroc"] if val["auroc"] is not None else val["accuracy"]
+        metrics = validate(evaluated, device)
+        score = metrics.pop("score")
         row = {
             "epoch": epoch + 1,
             "train_loss": loss,
-            "val_auroc": val["auroc"],
-            "val_accuracy": val["accuracy"],
-            "val_f1": val["f1"],
+            **metrics,
             "seconds": time.perf_counter() - tick,
             "lr": scheduler.get_last_lr()[0],
         }
@@ -255,15 +299,14 @@ def fit(
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "seconds": spent + time.perf_counter() - started,
-                **(extra_state or {}),
             },
             checkpoint,
         )
         if on_epoch:
             on_epoch(row)
         if stale >= cfg.train.early_stopping_patience:
-            log.info("early stop: val AUROC has not improved for %d epochs", stale)
+            log.info("early stop: the validation score has not improved for %d epochs", stale)
             break
-    torch.save({"model": best_state, "epoch": best_epoch, "val_auroc": best_score}, run_dir / "best.pt")
+    torch.save({"model": best_state, "epoch": best_epoch, "val_score": best_score}, run_dir / "best.pt")
     seconds = spent + time.perf_counter() - started
     return FitResult(best_state, best_epoch, best_score, len(history), seconds, history)

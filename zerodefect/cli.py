@@ -192,7 +192,30 @@ def export(
     console.print(f"bundle: {bundle}")
 
 
+def _print_detector_report(report: dict) -> None:
+    title = f"{report.get('model')} on {report.get('manifest')}/{report.get('split')}"
+    table = Table("metric", "test", title=title)
+    for key in ("map50", "map50_95", "escape_rate", "false_reject_rate", "box_precision", "box_recall"):
+        value = report.get(key)
+        table.add_row(key, "- (no clean parts)" if value is None else f"{value:.4f}")
+    table.add_row("ms per image, 1 core", f"{report.get('ms_per_image_1core') or float('nan'):.1f}")
+    console.print(table)
+    classes = Table("class", "AP@0.5", "AP@[.5:.95]", "threshold", title="per class")
+    for name, ap in report["per_class_ap"].items():
+        ap_all = report["per_class_ap50_95"].get(name)
+        classes.add_row(
+            name,
+            "-" if ap is None else f"{ap:.4f}",
+            "-" if ap_all is None else f"{ap_all:.4f}",
+            f"{report['class_thresholds'][name]:.3f}",
+        )
+    console.print(classes)
+
+
 def _print_report(report: dict) -> None:
+    if report.get("task") == "detection":
+        _print_detector_report(report)
+        return
     table = Table(
         "metric",
         "test",
@@ -248,12 +271,18 @@ def evaluate(
     """
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.source import fetch_bundle
-    from zerodefect.training.evaluate import compare_reports, evaluate_bundle, write_report
+    from zerodefect.models.bundle import read_meta
+    from zerodefect.training.evaluate import compare_reports, evaluate_any, evaluate_bundle, write_report
 
     try:
         folder = fetch_bundle(bundle, get_settings().data_dir / "registry-cache")
         data = Manifest.read(manifest)
-        report = evaluate_bundle(folder, data, split, group_by or None, plots)
+        if read_meta(folder).task == "detection":
+            if baseline:
+                raise fail("--baseline compares classifiers; compare detector reports' mAP directly")
+            report = evaluate_any(folder, data, split, plots)
+        else:
+            report = evaluate_bundle(folder, data, split, group_by or None, plots)
         if baseline:
             base = evaluate_bundle(
                 fetch_bundle(baseline, get_settings().data_dir / "registry-cache"), data, split, []
@@ -284,12 +313,12 @@ def models_list(name: Annotated[str, typer.Argument(help="Registered model name.
     aliases: dict[str, list[str]] = {}
     for alias, version in model.aliases.items():
         aliases.setdefault(str(version), []).append(alias)
-    table = Table("version", "aliases", "test AUROC", "test escape", "run", title=name)
+    table = Table("version", "aliases", "test AUROC / mAP@0.5", "test escape", "run", title=name)
     for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
         table.add_row(
             str(v.version),
             ", ".join(aliases.get(str(v.version), [])),
-            v.tags.get("test_auroc", "-"),
+            v.tags.get("test_auroc", v.tags.get("test_map50", "-")),
             v.tags.get("test_escape_rate", "-"),
             v.run_id or "-",
         )
@@ -556,9 +585,17 @@ def bench(
     docs: Annotated[Path, typer.Option(help="Where benchmarks.md and results/edge-bench.json go.")] = Path(
         "docs"
     ),
+    detector_run: Annotated[
+        str,
+        typer.Option(
+            help="Detector training run whose newest finished bundle adds detector rows ('' to skip)."
+        ),
+    ] = "neu-det-detector",
 ) -> None:
-    """Measure the station service against raw ONNX Runtime and an eager-PyTorch handler, in one run."""
-    from zerodefect.bench import run_bench, write_reports
+    """Measure the station service against raw ONNX Runtime and an eager-PyTorch handler, in one run.
+
+    When a finished detector run exists, its bundle is measured too, on its own test images."""
+    from zerodefect.bench import run_bench, run_detector_bench, write_reports
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.preprocess import read_image
     from zerodefect.models.bundle import read_meta
@@ -591,6 +628,17 @@ def bench(
         f"--seconds {seconds:g} --threads {threads}, which measured {bundle}"
     )
     result = run_bench(bundle, run_dir, images, get_settings().data_dir, threads, seconds, command=command)
+    if detector_run:
+        if not list((get_settings().data_dir / "runs" / detector_run).glob("*/summary.json")):
+            console.print(f"no finished {detector_run} run: detector rows skipped")
+        else:
+            det_dir = _reference_run(detector_run)
+            det_manifest = Manifest.read(det_dir / "manifest.jsonl")
+            jpegs = [det_manifest.resolve(s).read_bytes() for s in det_manifest.split("test")[:64]]
+            result["detector"] = run_detector_bench(
+                det_dir / "bundle", jpegs, get_settings().data_dir, threads, seconds
+            )
+            result["command"] += f"; detector rows: --detector-run {detector_run}"
     md, js = write_reports(result, docs)
     console.print(md.read_text())
     console.print(f"written: {md}, {js}")

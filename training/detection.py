@@ -1,0 +1,191 @@
+"""Training detectors: cached images with boxes, box-aware augmentation, FCOS losses, and
+validation by COCO mAP@0.5.
+
+Images are decoded and resized to the model's square input once, their boxes scaled with
+them; albumentations then moves boxes with every flip or crop. The loop itself is the shared
+`fit` of zerodefect.training.train.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from zerodefect.datasets.manifest import DatasetError, Manifest, Sample
+from zerodefect.inference.preprocess import read_image, resize
+from zerodefect.inference.result import Detections
+from zerodefect.models.detector import InspectionDetector
+from zerodefect.training.config import Config
+from zerodefect.training.detection_metrics import GroundTruth, coco_map
+from zerodefect.training.train import FitResult, fit
+
+
+def load_detection_data(
+    manifest: Manifest, samples: list[Sample], size: int, interpolation: str, progress=None
+) -> tuple[np.ndarray, list[GroundTruth]]:
+    """uint8 [N, size, size, 3] images and their boxes scaled to that size (class indices)."""
+    images = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+    truths = []
+    for i, sample in enumerate(samples):
+        image = read_image(manifest.resolve(sample))
+        images[i] = resize(image, (size, size), interpolation)
+        truths.append(truth_for(manifest, sample, image.shape[:2], (size, size)))
+        if progress:
+            progress(1)
+    return images, truths
+
+
+def truth_for(
+    manifest: Manifest, sample: Sample, image_size: tuple[int, int], size: tuple[int, int] | None = None
+) -> GroundTruth:
+    """A sample's boxes as class indices, in its own pixels or scaled to `size` (h, w); boxes
+    are clipped to the image and boxes with no area dropped, the same way for every split."""
+    height, width = size or image_size
+    unknown = [b.label for b in sample.boxes if b.label not in manifest.classes]
+    if unknown:
+        raise DatasetError(f"{manifest.resolve(sample)}: box classes {unknown} are not in {manifest.classes}")
+    h, w = image_size
+    scale = np.array([width / w, height / h, width / w, height / h], np.float32)
+    boxes = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in sample.boxes], np.float32).reshape(-1, 4)
+    boxes = np.clip(boxes * scale, 0, np.array([width, height, width, height], np.float32))
+    labels = np.array([manifest.classes.index(b.label) for b in sample.boxes], np.int64)
+    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return GroundTruth(boxes[valid], labels[valid], (height, width))
+
+
+class DetectionDataset(Dataset):
+    """Cached images with boxes; `augment` is a box-aware albumentations pipeline or None."""
+
+    def __init__(self, images: np.ndarray, truths: list[GroundTruth], augment=None):
+        self.images = images
+        self.truths = truths
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, gt = self.images[i], self.truths[i]
+        boxes, labels = gt.boxes, gt.labels
+        if self.augment is not None:
+            out = self.augment(image=image, bboxes=boxes, labels=labels)
+            image = out["image"]
+            boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+            labels = np.asarray(out["labels"], np.int64)
+        target = {"boxes": torch.from_numpy(boxes.copy()), "labels": torch.from_numpy(labels.copy())}
+        return torch.from_numpy(np.ascontiguousarray(image)), target
+
+
+def collate(batch: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    images, targets = zip(*batch, strict=True)
+    return torch.stack(images), list(targets)
+
+
+def detector_loss(model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+    images, targets = batch
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    return sum(model.loss(images.to(device), targets).values())
+
+
+@torch.no_grad()
+def predict_detections(
+    model: InspectionDetector, images: np.ndarray, device: torch.device, batch_size: int = 16
+) -> list[Detections]:
+    """torchvision's post-processed detections for cached images, in input pixels."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+        for det in model.detect(batch):
+            out.append(
+                Detections(
+                    det["boxes"].float().cpu().numpy(),
+                    det["scores"].float().cpu().numpy(),
+                    det["labels"].cpu().numpy().astype(np.int64),
+                )
+            )
+    return out
+
+
+def fit_detector(
+    cfg: Config,
+    model: InspectionDetector,
+    classes: list[str],
+    train_images: np.ndarray,
+    train_truths: list[GroundTruth],
+    val_images: np.ndarray,
+    val_truths: list[GroundTruth],
+    run_dir: Path,
+    augment=None,
+    resume: bool = False,
+    on_batch: Callable[[float], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train a detector, keeping the weights with the best validation mAP@0.5."""
+
+    def validate(net: nn.Module, device: torch.device) -> dict[str, Any]:
+        scores = coco_map(val_truths, predict_detections(net, val_images, device), classes)
+        return {"score": scores["map50"], "val_map50": scores["map50"], "val_map50_95": scores["map50_95"]}
+
+    dataset = DetectionDataset(train_images, train_truths, augment)
+    return fit(
+        cfg, model, dataset, detector_loss, validate, run_dir, augment, collate, resume, on_batch, on_epoch
+    )
+
+
+def draw_samples(
+    folder: Path,
+    images: list[np.ndarray],
+    truths: list[GroundTruth],
+    detections: list[Detections],
+    classes: list[str],
+    names: list[str],
+) -> list[Path]:
+    """PNG sheets of images with true boxes (green) and detections over threshold (red)."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image, gt, det, name in zip(images, truths, detections, names, strict=True):
+        canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        scale = max(1, 400 // max(canvas.shape[:2]))
+        canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        for box in gt.boxes:
+            x1, y1, x2, y2 = (int(v * scale) for v in box)
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 200, 0), 2)
+        for box, score, label in zip(det.xyxy, det.scores, det.class_id, strict=True):
+            x1, y1, x2, y2 = (int(v * scale) for v in box)
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 0, 230), 2)
+            cv2.putText(
+                canvas, f"{classes[label]} {score:.2f}", (x1 + 2, max(12, y1 - 3)), 0, 0.45, (0, 0, 230), 1
+            )
+        path = folder / f"{Path(name).stem}.png"
+        cv2.imwrite(str(path), canvas)
+        paths.append(path)
+    return paths
+
+
+def save_pr_curves(folder: Path, scores: dict[str, Any], title: str) -> Path:
+    """One PR curve per class at IoU 0.5, with its AP."""
+    from zerodefect.training.plots import _pyplot
+
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, curve in scores["pr_curves"].items():
+        ax.plot(curve["recall"], curve["precision"], label=f"{name} AP {scores['per_class_ap'][name]:.3f}")
+    ax.set(xlabel="recall", ylabel="precision", title=f"PR @ IoU 0.5: {title} (mAP {scores['map50']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower left", fontsize=8)
+    path = folder / "pr_curves.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
