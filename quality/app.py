@@ -1,7 +1,9 @@
-"""The quality record service: stations post judged parts, other systems (MES/QMS) read them.
+"""The quality record service: stations post judged parts, people review and read them.
 
-Writes need a station API key (header `X-API-Key`); the station is taken from the key, never
-from the body, so one station cannot write another's record. Bad input is a 4xx with a reason.
+A station writes with its API key (header `X-API-Key`); the station is taken from the key, never
+from the body, so one station cannot write another's record. People (and MES/QMS clients) log
+in (POST /v1/login) and need a role for everything else: viewer to read, reviewer to review,
+admin to manage users. Bad input is a 4xx with a reason.
 """
 
 from datetime import datetime
@@ -11,14 +13,26 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from zerodefect.inference.preprocess import ImageDecodeError
+from zerodefect.quality.auth import SESSION_COOKIE, SESSION_HOURS, AuthError, create_user, login, logout
 from zerodefect.quality.db import make_engine, migrate, session_factory
-from zerodefect.quality.deps import DB, CallingStation
+from zerodefect.quality.deps import DB, Admin, CallingStation, Reviewer, Viewer
 from zerodefect.quality.images import ImageStore, draw_overlay
-from zerodefect.quality.schemas import InspectionIn, InspectionOut, InspectionPage
+from zerodefect.quality.schemas import (
+    InspectionIn,
+    InspectionOut,
+    InspectionPage,
+    LoginIn,
+    LoginOut,
+    ReviewIn,
+    ReviewOut,
+    UserIn,
+)
 from zerodefect.quality.store import (
     RecordError,
+    add_review,
     query_inspections,
     record_inspection,
+    review_history,
     to_out,
 )
 from zerodefect.settings import Settings, get_settings
@@ -69,9 +83,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             response.status_code = 200
         return to_out(stored.inspection)
 
+    @app.post("/v1/login", response_model=LoginOut)
+    def post_login(body: LoginIn, request: Request, response: Response, session: DB) -> LoginOut:
+        try:
+            token, row = login(session, body.username, body.password)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc)) from None
+        response.set_cookie(
+            SESSION_COOKIE,
+            token,
+            max_age=SESSION_HOURS * 3600,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return LoginOut(username=row.user.username, role=row.user.role, csrf_token=row.csrf_token)
+
+    @app.post("/v1/logout", status_code=204)
+    def post_logout(request: Request, response: Response, session: DB, _user: Viewer) -> None:
+        logout(session, request.cookies.get(SESSION_COOKIE))
+        response.delete_cookie(SESSION_COOKIE)
+
+    @app.post("/v1/users", status_code=201)
+    def post_user(body: UserIn, session: DB, _admin: Admin) -> dict[str, str]:
+        try:
+            user = create_user(session, body.username, body.password, body.role)
+        except AuthError as exc:
+            raise HTTPException(409 if "exists" in str(exc) else 422, str(exc)) from None
+        return {"username": user.username, "role": user.role}
+
+    @app.post("/v1/inspections/{inspection_id}/reviews", response_model=ReviewOut, status_code=201)
+    def post_review(inspection_id: int, body: ReviewIn, session: DB, user: Reviewer) -> ReviewOut:
+        entry = add_review(session, inspection_id, user, body)
+        return next(r for r in review_history(session, inspection_id) if r.id == entry.id)
+
+    @app.get("/v1/inspections/{inspection_id}/reviews", response_model=list[ReviewOut])
+    def get_reviews(inspection_id: int, session: DB, _user: Viewer) -> list[ReviewOut]:
+        return review_history(session, inspection_id)
+
     @app.get("/v1/inspections", response_model=InspectionPage)
     def list_inspections(
         session: DB,
+        _user: Viewer,
         station: str | None = None,
         verdict: Literal["pass", "reject"] | None = None,
         serial: str | None = None,
@@ -85,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return InspectionPage(items=[to_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
     @app.get("/v1/inspections/{inspection_id}", response_model=InspectionOut)
-    def get_inspection(inspection_id: int, session: DB) -> InspectionOut:
+    def get_inspection(inspection_id: int, session: DB, _user: Viewer) -> InspectionOut:
         from zerodefect.quality.models import Inspection
 
         row = session.get(Inspection, inspection_id)
@@ -94,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return to_out(row)
 
     @app.get("/v1/inspections/{inspection_id}/overlay.png")
-    def get_overlay(inspection_id: int, session: DB) -> Response:
+    def get_overlay(inspection_id: int, session: DB, _user: Viewer) -> Response:
         """The part's stored image with its defect boxes drawn, for reviewers."""
         from zerodefect.quality.models import Inspection
 
@@ -113,7 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ) from None
 
     @app.get("/v1/images/{sha256}")
-    def get_image(sha256: str) -> FileResponse:
+    def get_image(sha256: str, _user: Viewer) -> FileResponse:
         path = images.find(sha256)
         if path is None:
             raise HTTPException(404, "no such image")

@@ -1,4 +1,5 @@
-"""FastAPI dependencies of the record service: a database session and the calling station."""
+"""FastAPI dependencies of the record service: a database session, the calling station, and
+the logged-in person with at least the role an endpoint needs."""
 
 from collections.abc import Iterator
 from typing import Annotated
@@ -6,7 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from zerodefect.quality.models import Station
+from zerodefect.quality.auth import SESSION_COOKIE, role_at_least, session_for_token
+from zerodefect.quality.models import Station, User
 from zerodefect.quality.store import station_for_key
 
 
@@ -31,3 +33,33 @@ def get_station(
 
 
 CallingStation = Annotated[Station, Depends(get_station)]
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def require(role: str):
+    """A dependency: the logged-in user if their role is at least `role`.
+
+    401 without a live session, 403 with too small a role. A state-changing request must also
+    carry the session's CSRF token in `X-CSRF-Token`: a page on another site cannot forge it.
+    """
+
+    def dependency(request: Request, session: DB) -> User:
+        login = session_for_token(session, request.cookies.get(SESSION_COOKIE))
+        if login is None:
+            raise HTTPException(401, "log in first (POST /v1/login)")
+        user = login.user
+        if not role_at_least(user.role, role):
+            raise HTTPException(403, f"this needs the {role} role; {user.username} is a {user.role}")
+        if request.method not in SAFE_METHODS and request.headers.get("x-csrf-token") != login.csrf_token:
+            raise HTTPException(403, "missing or wrong CSRF token (header X-CSRF-Token)")
+        request.state.login = login
+        return user
+
+    return dependency
+
+
+Viewer = Annotated[User, Depends(require("viewer"))]
+Reviewer = Annotated[User, Depends(require("reviewer"))]
+Admin = Annotated[User, Depends(require("admin"))]

@@ -87,3 +87,51 @@ class Defect(Base):
     x2: Mapped[float | None] = mapped_column(Float)
     y2: Mapped[float | None] = mapped_column(Float)
     inspection: Mapped[Inspection] = relationship(back_populates="defects")
+
+
+ROLES = ("viewer", "reviewer", "admin")
+
+
+class User(Base):
+    """A person using the review app. Roles are ordered: viewer < reviewer < admin."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    # scrypt, salted, with its parameters (zerodefect.quality.auth); never the password.
+    password_hash: Mapped[str] = mapped_column(String(300))
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UserSession(Base):
+    """A login. Only the sha256 of the cookie's token is stored: a leaked table opens nothing."""
+
+    __tablename__ = "user_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user: Mapped[User] = relationship()
+
+
+class Review(Base):
+    """One reviewer's verdict on one part. Append-only: a later review supersedes an earlier
+    one on the inspection row (review_status...), and both stay here as its history."""
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    inspection_id: Mapped[int] = mapped_column(ForeignKey("inspections.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    # confirmed (a true defect), false_reject (a good part rejected), escape (a passed part
+    # that is defective, found in the audit queue), good (a passed part confirmed good).
+    decision: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str | None] = mapped_column(String(100))
+    # Corrected boxes as JSON [[label, x1, y1, x2, y2], ...] when the reviewer redrew them.
+    boxes_json: Mapped[str | None] = mapped_column(String(20000))
+    note: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    user: Mapped[User] = relationship()

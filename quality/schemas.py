@@ -85,3 +85,42 @@ class InspectionPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class LoginIn(BaseModel):
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=200)
+
+
+class LoginOut(BaseModel):
+    username: str
+    role: str
+    # Send back as header X-CSRF-Token on every state-changing request of this session.
+    csrf_token: str
+
+
+class UserIn(BaseModel):
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=8, max_length=200)
+    role: Literal["viewer", "reviewer", "admin"]
+
+
+class ReviewIn(BaseModel):
+    """A reviewer's verdict. A rejected part is `confirmed` (with `label` to relabel its class)
+    or a `false_reject`; an audited passed part is `good` or an `escape` (with its class)."""
+
+    decision: Literal["confirmed", "false_reject", "good", "escape"]
+    label: str | None = Field(default=None, min_length=1, max_length=100)
+    boxes: list[DefectIn] | None = Field(default=None, max_length=200)
+    note: str | None = Field(default=None, max_length=1000)
+
+
+class ReviewOut(BaseModel):
+    id: int
+    inspection_id: int
+    reviewer: str
+    decision: str
+    label: str | None
+    boxes: list[DefectIn] | None
+    note: str | None
+    created_at: datetime

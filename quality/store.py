@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.quality.images import EXTENSIONS, ImageStore
-from zerodefect.quality.models import Defect, Inspection, Line, Station, utcnow
-from zerodefect.quality.schemas import DefectOut, InspectionIn, InspectionOut
+from zerodefect.quality.models import Defect, Inspection, Line, Review, Station, User, utcnow
+from zerodefect.quality.schemas import DefectIn, DefectOut, InspectionIn, InspectionOut, ReviewIn, ReviewOut
 
 
 class RecordError(ValueError):
@@ -199,3 +200,62 @@ def to_out(row: Inspection) -> InspectionOut:
             for d in row.defects
         ],
     )
+
+
+# Which review decisions fit which line verdict.
+DECISIONS = {"reject": ("confirmed", "false_reject"), "pass": ("good", "escape")}
+
+
+def add_review(session: Session, inspection_id: int, user: User, review: ReviewIn) -> Review:
+    """Append a review and make it the part's current one; earlier reviews stay as history."""
+    row = session.get(Inspection, inspection_id)
+    if row is None:
+        raise RecordError(f"no inspection {inspection_id}", 404)
+    allowed = DECISIONS[row.verdict]
+    if review.decision not in allowed:
+        raise RecordError(f"a {row.verdict}ed part is reviewed as one of {allowed}, not {review.decision!r}")
+    if review.decision == "escape" and not review.label:
+        raise RecordError("an escape needs the defect's class in `label`")
+    boxes = None
+    if review.boxes is not None:
+        boxes = json.dumps([[b.class_name, *(b.box or [])] for b in review.boxes])
+    label = review.label
+    if label is None and review.decision == "confirmed":
+        label = row.defects[0].class_name if row.defects else None
+    entry = Review(
+        inspection_id=row.id,
+        user_id=user.id,
+        decision=review.decision,
+        label=label,
+        boxes_json=boxes,
+        note=review.note,
+        created_at=utcnow(),
+    )
+    session.add(entry)
+    row.review_status, row.review_label = review.decision, label
+    row.reviewed_by, row.reviewed_at = user.username, entry.created_at
+    session.commit()
+    return entry
+
+
+def review_history(session: Session, inspection_id: int) -> list[ReviewOut]:
+    if session.get(Inspection, inspection_id) is None:
+        raise RecordError(f"no inspection {inspection_id}", 404)
+    rows = session.scalars(
+        select(Review).where(Review.inspection_id == inspection_id).order_by(Review.id)
+    ).all()
+    return [
+        ReviewOut(
+            id=r.id,
+            inspection_id=r.inspection_id,
+            reviewer=r.user.username,
+            decision=r.decision,
+            label=r.label,
+            boxes=[DefectIn(class_name=b[0], score=1.0, box=b[1:] or None) for b in json.loads(r.boxes_json)]
+            if r.boxes_json
+            else None,
+            note=r.note,
+            created_at=as_utc(r.created_at),
+        )
+        for r in rows
+    ]

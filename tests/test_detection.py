@@ -32,6 +32,7 @@ from zerodefect.training.detection_pipeline import build_from_config
 from zerodefect.training.export import check_detection_parity
 from zerodefect.training.pipeline import run_training
 
+from .people import client_for
 from .servers import serve
 from .synthetic import make_voc_dataset
 from .test_edge import post, station, wait_for
@@ -203,18 +204,19 @@ def test_edge_serves_boxes_into_the_record(trained, data_dir: Path, tmp_path: Pa
             x1, y1, x2, y2 = defect["box"]
             assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 128
             assert defect["score"] >= outcome.report["class_thresholds"][defect["class_name"]]
-        page = httpx.get(f"{record_url}/v1/inspections", params={"limit": 10}).json()
+        reader = client_for(record_app, record_url)
+        page = reader.get("/v1/inspections", params={"limit": 10}).json()
         row = next(r for r in page["items"] if r["serial"] == "SN-D1")
         assert [d["box"] for d in row["defects"]] == [d["box"] for d in body["defects"]]
-        assert httpx.get(record_url + row["image_url"]).content == data
+        assert reader.get(row["image_url"]).content == data
         # Reviewers see the boxes drawn on the stored image; the stored bytes stay untouched.
-        overlay = httpx.get(record_url + row["overlay_url"])
+        overlay = reader.get(row["overlay_url"])
         assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
         drawn = cv2.imdecode(np.frombuffer(overlay.content, np.uint8), cv2.IMREAD_COLOR)
         x1, y1, _, _ = (round(v) for v in row["defects"][0]["box"])
         blue, green, red = drawn[y1, x1]
         assert red > 200 and green < 50 and blue < 50
-        assert httpx.get(f"{record_url}/v1/inspections/999999/overlay.png").status_code == 404
+        assert reader.get("/v1/inspections/999999/overlay.png").status_code == 404
 
 
 def test_export_command_recalibrates_a_detector_run(trained, tmp_path: Path) -> None:

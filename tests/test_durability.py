@@ -21,6 +21,7 @@ from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.store import add_station
 
 from .bundles import REJECT_ALL, make_bundle
+from .people import add_user, logged_in
 from .test_edge import png
 
 CAMERA_KEY = "zd_durability_camera"
@@ -61,8 +62,10 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
     }
     record_db = f"sqlite:///{data_dir / 'record.db'}"
     migrate(record_db)
-    with session_factory(make_engine(record_db))() as session:
+    sessions = session_factory(make_engine(record_db))
+    with sessions() as session:
         _, record_key = add_station(session, "st-01")
+    auditor = add_user(sessions, "auditor", "viewer")
     env["ZD_RECORD_API_KEY"] = record_key
     record_port, edge_port = free_port(), free_port()
     record_url, edge_url = f"http://127.0.0.1:{record_port}", f"http://127.0.0.1:{edge_port}"
@@ -125,7 +128,9 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
             time.sleep(0.1)
         outbox = httpx.get(f"{edge_url}/readyz").json()["outbox"]
         assert outbox["pending"] == 0 and outbox["dead"] == 0
-        items = httpx.get(f"{record_url}/v1/inspections", params={"limit": 500}).json()["items"]
+        reader = logged_in(record_url, auditor)
+        items = reader.get("/v1/inspections", params={"limit": 500}).json()["items"]
+        reader.close()
     finally:
         for proc in (edge, record):
             proc.terminate()

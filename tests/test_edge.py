@@ -19,6 +19,7 @@ from zerodefect.quality.store import add_station
 from zerodefect.settings import get_settings
 
 from .bundles import PASS_ALL, REJECT_ALL, make_bundle, register
+from .people import client_for
 from .servers import serve
 
 KEY = "zd_test_camera_key"
@@ -121,7 +122,8 @@ def test_parts_are_judged_and_reach_the_record(data_dir: Path, tmp_path: Path, b
                 'zd_model_info{name="test-model"' in metrics
                 and "zd_inspection_latency_seconds_bucket" in metrics
             )
-        page = httpx.get(f"{record_url}/v1/inspections", params={"limit": 100}).json()
+        reader = client_for(record_app, record_url)
+        page = reader.get("/v1/inspections", params={"limit": 100}).json()
         assert page["total"] == 6
         row = next(r for r in page["items"] if r["serial"] == "SN-3")
         assert (
@@ -132,7 +134,7 @@ def test_parts_are_judged_and_reach_the_record(data_dir: Path, tmp_path: Path, b
         )
         assert row["verdict"] == "reject" and row["model_version"] == body["model_version"]
         assert row["defects"][0]["class_name"] == "crack"
-        stored = httpx.get(record_url + row["image_url"])
+        stored = reader.get(row["image_url"])
         assert stored.status_code == 200 and stored.content == images[3]
 
 

@@ -16,6 +16,7 @@ from zerodefect.quality.app import create_app
 from zerodefect.quality.store import RecordError, add_station, rotate_station_key
 from zerodefect.settings import get_settings
 
+from .people import client_for
 from .servers import serve
 
 
@@ -27,6 +28,14 @@ def record(data_dir: Path):
         _, key_b = add_station(session, "st-02", line="line-1")
     with serve(app) as url:
         yield url, key_a, key_b, app
+
+
+@pytest.fixture
+def reader(record):
+    url, _, _, app = record
+    client = client_for(app, url, "viewer")
+    yield client
+    client.close()
 
 
 def part(key: str, serial: str, verdict: str = "pass", minutes: int = 0, **extra) -> dict:
@@ -69,7 +78,7 @@ def test_a_rotated_key_replaces_the_old_one(record) -> None:
         rotate_station_key(session, "st-09")
 
 
-def test_idempotent_posts_images_and_filters(record) -> None:
+def test_idempotent_posts_images_and_filters(record, reader) -> None:
     url, key_a, key_b, app = record
     image = np.full((32, 48, 3), 90, np.uint8)
     png = cv2.imencode(".png", image)[1].tobytes()
@@ -88,7 +97,7 @@ def test_idempotent_posts_images_and_filters(record) -> None:
     again = httpx.post(f"{url}/v1/inspections", json=flagged, headers={"X-API-Key": key_a})
     assert first.status_code == 201 and again.status_code == 200 and again.json()["id"] == first.json()["id"]
     assert first.json()["defects"] == [{"class_name": "crack", "score": 0.9, "box": [1.0, 2.0, 30.0, 20.0]}]
-    stored = httpx.get(url + first.json()["image_url"])
+    stored = reader.get(first.json()["image_url"])
     assert stored.status_code == 200 and hashlib.sha256(stored.content).hexdigest() == sha
     for i in range(4):
         httpx.post(
@@ -96,28 +105,26 @@ def test_idempotent_posts_images_and_filters(record) -> None:
             json=part(f"k-pass-{i:04d}", f"P{i}", minutes=i),
             headers={"X-API-Key": key_b},
         )
-    page = httpx.get(f"{url}/v1/inspections", params={"limit": 2}).json()
+    page = reader.get("/v1/inspections", params={"limit": 2}).json()
     assert page["total"] == 5 and [p["serial"] for p in page["items"]] == ["S2", "P3"]
-    page2 = httpx.get(f"{url}/v1/inspections", params={"limit": 2, "offset": 2}).json()
+    page2 = reader.get("/v1/inspections", params={"limit": 2, "offset": 2}).json()
     assert [p["serial"] for p in page2["items"]] == ["P2", "P1"]
-    assert httpx.get(f"{url}/v1/inspections", params={"verdict": "reject"}).json()["total"] == 1
-    assert httpx.get(f"{url}/v1/inspections", params={"station": "st-02"}).json()["total"] == 4
+    assert reader.get("/v1/inspections", params={"verdict": "reject"}).json()["total"] == 1
+    assert reader.get("/v1/inspections", params={"station": "st-02"}).json()["total"] == 4
     httpx.post(
         f"{url}/v1/inspections", json=part("k-other-batch", "Q1", batch="B8"), headers={"X-API-Key": key_b}
     )
-    assert httpx.get(f"{url}/v1/inspections", params={"batch": "B8"}).json()["total"] == 1
-    assert httpx.get(f"{url}/v1/inspections", params={"batch": "B7"}).json()["total"] == 5
-    assert (
-        httpx.get(f"{url}/v1/inspections", params={"serial": "P1"}).json()["items"][0]["station"] == "st-02"
-    )
+    assert reader.get("/v1/inspections", params={"batch": "B8"}).json()["total"] == 1
+    assert reader.get("/v1/inspections", params={"batch": "B7"}).json()["total"] == 5
+    assert reader.get("/v1/inspections", params={"serial": "P1"}).json()["items"][0]["station"] == "st-02"
     window = {"since": "2026-11-24T08:01:00+00:00", "until": "2026-11-24T08:03:00+00:00"}
-    assert [p["serial"] for p in httpx.get(f"{url}/v1/inspections", params=window).json()["items"]] == [
+    assert [p["serial"] for p in reader.get("/v1/inspections", params=window).json()["items"]] == [
         "P2",
         "P1",
     ]
 
 
-def test_bad_input_is_a_4xx_with_a_reason(record) -> None:
+def test_bad_input_is_a_4xx_with_a_reason(record, reader) -> None:
     url, key_a, _, _ = record
     headers = {"X-API-Key": key_a}
     cases = [
@@ -143,8 +150,91 @@ def test_bad_input_is_a_4xx_with_a_reason(record) -> None:
         f"{url}/v1/inspections", content=b"{not json", headers={**headers, "content-type": "application/json"}
     )
     assert r.status_code == 422
-    assert httpx.get(f"{url}/v1/inspections", params={"limit": 0}).status_code == 422
-    assert httpx.get(f"{url}/v1/inspections/999").status_code == 404
-    assert httpx.get(f"{url}/v1/images/../../etc/passwd").status_code == 404
-    assert httpx.get(f"{url}/v1/inspections").json()["total"] == 0
+    assert reader.get("/v1/inspections", params={"limit": 0}).status_code == 422
+    assert reader.get("/v1/inspections/999").status_code == 404
+    assert reader.get("/v1/images/../../etc/passwd").status_code == 404
+    assert reader.get("/v1/inspections").json()["total"] == 0
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+
+
+def test_roles_sessions_and_review_history(record) -> None:
+    url, key_a, _, app = record
+    for i, verdict in enumerate(["reject", "pass"]):
+        body = part(f"k-review-{i}", f"R{i}", verdict=verdict)
+        body["defects"] = [{"class_name": "crack", "score": 0.9}] if verdict == "reject" else []
+        assert httpx.post(f"{url}/v1/inspections", json=body, headers={"X-API-Key": key_a}).status_code == 201
+    # Nobody reads or reviews without logging in; a wrong password is a 401 with no hint.
+    assert httpx.get(f"{url}/v1/inspections").status_code == 401
+    wrong = httpx.post(f"{url}/v1/login", json={"username": "nobody", "password": "x" * 8})
+    assert wrong.status_code == 401 and wrong.json()["detail"] == "wrong username or password"
+    viewer = client_for(app, url, "viewer")
+    reviewer = client_for(app, url, "reviewer")
+    admin = client_for(app, url, "admin")
+    rejected, passed = sorted(viewer.get("/v1/inspections").json()["items"], key=lambda r: r["serial"])
+    verdict = {"decision": "confirmed", "label": "finger"}
+    refused = viewer.post(f"/v1/inspections/{rejected['id']}/reviews", json=verdict)
+    assert refused.status_code == 403 and "reviewer role" in refused.json()["detail"]
+    # A forged request from another page has the cookie but not the session's CSRF token.
+    forged = httpx.post(
+        f"{url}/v1/inspections/{rejected['id']}/reviews", json=verdict, cookies=reviewer.cookies
+    )
+    assert forged.status_code == 403 and "CSRF" in forged.json()["detail"]
+    first = reviewer.post(f"/v1/inspections/{rejected['id']}/reviews", json=verdict)
+    assert first.status_code == 201 and first.json()["label"] == "finger"
+    second = reviewer.post(f"/v1/inspections/{rejected['id']}/reviews", json={"decision": "false_reject"})
+    assert second.status_code == 201
+    # The newest review is the part's; the first one stays in its history.
+    row = viewer.get(f"/v1/inspections/{rejected['id']}").json()
+    assert row["review_status"] == "false_reject"
+    history = viewer.get(f"/v1/inspections/{rejected['id']}/reviews").json()
+    assert [(h["decision"], h["label"], h["reviewer"]) for h in history] == [
+        ("confirmed", "finger", "reviewer-1"),
+        ("false_reject", None, "reviewer-1"),
+    ]
+    # Decisions must fit the verdict: a passed part is good or an escape with its class.
+    assert (
+        reviewer.post(f"/v1/inspections/{passed['id']}/reviews", json={"decision": "confirmed"}).status_code
+        == 422
+    )
+    assert (
+        reviewer.post(f"/v1/inspections/{passed['id']}/reviews", json={"decision": "escape"}).status_code
+        == 422
+    )
+    escape = reviewer.post(
+        f"/v1/inspections/{passed['id']}/reviews", json={"decision": "escape", "label": "crack"}
+    )
+    assert escape.status_code == 201
+    # Only an admin adds people; a logged-out session is dead.
+    new_user = {"username": "qa-2", "password": "long enough", "role": "reviewer"}
+    assert reviewer.post("/v1/users", json=new_user).status_code == 403
+    assert admin.post("/v1/users", json=new_user).status_code == 201
+    assert admin.post("/v1/users", json=new_user).status_code == 409
+    token = viewer.cookies.get("zd_session")
+    assert viewer.post("/v1/logout").status_code == 204
+    assert httpx.get(f"{url}/v1/inspections", cookies={"zd_session": token}).status_code == 401
+    for client in (viewer, reviewer, admin):
+        client.close()
+
+
+def test_users_cli_creates_the_first_admin(data_dir: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from zerodefect.cli import app as cli
+
+    monkeypatch.setenv("ZD_ADMIN_PASSWORD", "first admin pw")
+    ok = CliRunner().invoke(
+        cli, ["users", "create", "boss", "--role", "admin", "--password-env", "ZD_ADMIN_PASSWORD"]
+    )
+    assert ok.exit_code == 0 and "role admin" in ok.output
+    again = CliRunner().invoke(
+        cli, ["users", "create", "boss", "--role", "admin", "--password-env", "ZD_ADMIN_PASSWORD"]
+    )
+    assert again.exit_code == 2 and "exists" in again.output
+    bad = CliRunner().invoke(
+        cli, ["users", "create", "x", "--role", "owner", "--password-env", "ZD_ADMIN_PASSWORD"]
+    )
+    assert bad.exit_code == 2 and "unknown role 'owner'" in bad.output
+    record = create_app(get_settings())
+    with serve(record) as url:
+        answer = httpx.post(f"{url}/v1/login", json={"username": "boss", "password": "first admin pw"})
+        assert answer.status_code == 200 and answer.json()["role"] == "admin"

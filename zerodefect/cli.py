@@ -35,8 +35,10 @@ serve_app = typer.Typer(
 record_app = typer.Typer(
     help="Administer the quality record: lines, stations, API keys.", no_args_is_help=True
 )
+users_app = typer.Typer(help="People of the review app and their roles.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 app.add_typer(record_app, name="record")
+app.add_typer(users_app, name="users")
 console = Console()
 
 
@@ -442,6 +444,39 @@ def serve_edge(
         raise fail(str(exc)) from None
     app = create_app(cfg, source, serial_prefix)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@users_app.command("create")
+def users_create(
+    username: Annotated[str, typer.Argument(help="Login name.")],
+    role: Annotated[
+        str, typer.Option(help="viewer (read), reviewer (review parts) or admin (users, stations).")
+    ],
+    password_env: Annotated[
+        str | None,
+        typer.Option(help="Read the password from this environment variable instead of a prompt."),
+    ] = None,
+) -> None:
+    """Create a user of the review app (the first admin comes from here)."""
+    import os
+
+    from zerodefect.quality.auth import AuthError, create_user
+    from zerodefect.quality.db import make_engine, migrate, session_factory
+
+    if password_env:
+        password = os.environ.get(password_env)
+        if not password:
+            raise fail(f"environment variable {password_env} is empty or not set")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    url = get_settings().record_database_url
+    migrate(url)
+    with session_factory(make_engine(url))() as session:
+        try:
+            user = create_user(session, username, password, role)
+        except AuthError as exc:
+            raise fail(str(exc)) from None
+    console.print(f"user {user.username} created with role {user.role}")
 
 
 @record_app.command("add-station")

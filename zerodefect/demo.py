@@ -155,6 +155,34 @@ def station_key(name: str, line: str | None) -> str:
             return rotate_station_key(session, name)
 
 
+DEMO_USER = "demo-qa"
+
+
+def demo_login() -> tuple[str, str]:
+    """The demo's reviewer login, created on first use; its password is random and kept in
+    var/demo-login.json (readable by this user only), never in the repository."""
+    import json
+    import secrets
+
+    from zerodefect.quality.auth import create_user
+    from zerodefect.quality.db import make_engine, migrate, session_factory
+
+    settings = get_settings()
+    saved = settings.data_dir / "demo-login.json"
+    if saved.is_file():
+        data = json.loads(saved.read_text())
+        return data["username"], data["password"]
+    url = settings.record_database_url
+    migrate(url)
+    password = secrets.token_urlsafe(12)
+    with session_factory(make_engine(url))() as session:
+        create_user(session, DEMO_USER, password, "reviewer")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({"username": DEMO_USER, "password": password}))
+    saved.chmod(0o600)
+    return DEMO_USER, password
+
+
 def run_line(
     model_name: str,
     manifest_path: Path,
@@ -203,13 +231,16 @@ def run_line(
         while httpx.get(f"{edge_url}/readyz").json()["outbox"]["pending"] and time.monotonic() < deadline:
             time.sleep(0.2)  # the forwarder drains the outbox in the background
         served = httpx.get(f"{edge_url}/readyz").json()
-    recorded = {
-        verdict: httpx.get(
-            f"{record_url}/v1/inspections",
-            params={"station": cfg.station, "batch": batch, "verdict": verdict, "limit": 1},
-        ).json()["total"]
-        for verdict in ("pass", "reject")
-    }
+    username, password = demo_login()
+    with httpx.Client(base_url=record_url, timeout=30) as reader:
+        reader.post("/v1/login", json={"username": username, "password": password}).raise_for_status()
+        recorded = {
+            verdict: reader.get(
+                "/v1/inspections",
+                params={"station": cfg.station, "batch": batch, "verdict": verdict, "limit": 1},
+            ).json()["total"]
+            for verdict in ("pass", "reject")
+        }
     console.rule("line results (test split played through the station)")
     console.print(
         f"station {cfg.station} served {model_name} v{served['model_version']} "
@@ -225,6 +256,7 @@ def run_line(
     running = f"pid {pid}, stop with: kill {pid}" if pid else "started by an earlier demo"
     console.print(
         f"\nrecord API:  {record_url}/v1/inspections?batch={batch}  ({running})\n"
+        f"login:       {username} / {password}  (POST /v1/login; kept in var/demo-login.json)\n"
         f"OpenAPI:     {record_url}/docs\n"
         f"serve the station yourself: zerodefect serve edge --config {station_config}"
     )

@@ -1,0 +1,115 @@
+"""People in the review app: salted scrypt passwords, server-side sessions, ordered roles.
+
+A session is a random token in an HttpOnly, SameSite=Strict cookie; the database keeps only its
+sha256, so a copy of the table logs nobody in. State-changing requests from the app also carry
+the session's CSRF token. Roles are ordered (viewer < reviewer < admin): each endpoint names the
+least role it needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from zerodefect.quality.models import ROLES, User, UserSession
+
+SESSION_COOKIE = "zd_session"
+SESSION_HOURS = 12  # one long shift
+# scrypt cost: ~50 ms per check on a station PC, 16 MB of memory; stored with each hash.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+
+
+class AuthError(ValueError):
+    """A user that cannot be created or a login that fails; the message says why."""
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+    encode = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${encode(salt)}${encode(digest)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    expected = base64.b64decode(digest)
+    actual = hashlib.scrypt(
+        password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
+    )
+    return hmac.compare_digest(actual, expected)
+
+
+def role_at_least(role: str, needed: str) -> bool:
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+def create_user(session: Session, username: str, password: str, role: str) -> User:
+    """Add a user; refuses unknown roles, short passwords and taken names."""
+    if role not in ROLES:
+        raise AuthError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    if len(password) < 8:
+        raise AuthError("a password needs at least 8 characters")
+    if not username or len(username) > 100:
+        raise AuthError("a username needs 1 to 100 characters")
+    if session.scalar(select(User).where(User.username == username)) is not None:
+        raise AuthError(f"user {username!r} exists")
+    user = User(username=username, password_hash=hash_password(password), role=role)
+    session.add(user)
+    session.commit()
+    return user
+
+
+def login(session: Session, username: str, password: str) -> tuple[str, UserSession]:
+    """Check a password and open a session; returns (cookie token, session row)."""
+    user = session.scalar(select(User).where(User.username == username))
+    # The same work whether or not the user exists: no timing oracle for usernames.
+    stored = user.password_hash if user is not None else hash_password(secrets.token_hex(8))
+    if not verify_password(password, stored) or user is None or not user.active:
+        raise AuthError("wrong username or password")
+    token = secrets.token_urlsafe(32)
+    now = datetime.now(UTC)
+    row = UserSession(
+        token_hash=hashlib.sha256(token.encode()).hexdigest(),
+        csrf_token=secrets.token_urlsafe(24),
+        user_id=user.id,
+        created_at=now,
+        expires_at=now + timedelta(hours=SESSION_HOURS),
+    )
+    session.add(row)
+    session.execute(delete(UserSession).where(UserSession.expires_at < now))
+    session.commit()
+    return token, row
+
+
+def session_for_token(session: Session, token: str | None) -> UserSession | None:
+    """The live session behind a cookie token, or None (unknown, expired, or user disabled)."""
+    if not token:
+        return None
+    row = session.scalar(
+        select(UserSession).where(UserSession.token_hash == hashlib.sha256(token.encode()).hexdigest())
+    )
+    if row is None or not row.user.active:
+        return None
+    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+    if expires < datetime.now(UTC):
+        return None
+    return row
+
+
+def logout(session: Session, token: str | None) -> None:
+    if token:
+        session.execute(
+            delete(UserSession).where(UserSession.token_hash == hashlib.sha256(token.encode()).hexdigest())
+        )
+        session.commit()
