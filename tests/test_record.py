@@ -238,3 +238,67 @@ def test_users_cli_creates_the_first_admin(data_dir: Path, monkeypatch) -> None:
     with serve(record) as url:
         answer = httpx.post(f"{url}/v1/login", json={"username": "boss", "password": "first admin pw"})
         assert answer.status_code == 200 and answer.json()["role"] == "admin"
+
+
+def test_reviews_become_a_training_manifest(record, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from zerodefect.cli import app as cli
+    from zerodefect.datasets.manifest import Manifest
+
+    url, key_a, _, app = record
+
+    def post_part(i: int, verdict: str, defects: list) -> int:
+        png = cv2.imencode(".png", np.full((32, 48, 3), 40 + i, np.uint8))[1].tobytes()
+        body = part(
+            f"k-loop-{i:04d}",
+            f"L{i}",
+            verdict,
+            image_b64=base64.b64encode(png).decode(),
+            image_type="image/png",
+            defects=defects,
+        )
+        answer = httpx.post(f"{url}/v1/inspections", json=body, headers={"X-API-Key": key_a})
+        return answer.json()["id"]
+
+    crack = [{"class_name": "crack", "score": 0.9, "box": [1, 2, 30, 20]}]
+    false_reject, relabelled, escape, unreviewed = (
+        post_part(0, "reject", crack),
+        post_part(1, "reject", crack),
+        post_part(2, "pass", []),
+        post_part(3, "reject", crack),
+    )
+    reviewer = client_for(app, url, "reviewer")
+    reviewer.post(f"/v1/inspections/{false_reject}/reviews", json={"decision": "false_reject"})
+    reviewer.post(f"/v1/inspections/{relabelled}/reviews", json={"decision": "confirmed", "label": "finger"})
+    redrawn = {
+        "decision": "escape",
+        "label": "crack",
+        "boxes": [{"class_name": "crack", "score": 1, "box": [3, 3, 9, 9]}],
+    }
+    reviewer.post(f"/v1/inspections/{escape}/reviews", json=redrawn)
+    reviewer.close()
+
+    out = tmp_path / "reviews.jsonl"
+    result = CliRunner().invoke(cli, ["datasets", "from-reviews", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.read(out)
+    rows = {s.meta["inspection_id"]: s for s in manifest.samples}
+    assert set(rows) == {false_reject, relabelled, escape}  # the unreviewed part is not data yet
+    assert unreviewed not in rows
+    assert rows[false_reject].labels == ["good"] and rows[relabelled].labels == ["finger"]
+    assert rows[escape].labels == ["crack"] and manifest.classes == ["good", "crack", "finger"]
+    assert all(Path(s.path).is_file() and s.split == "train" for s in manifest.samples)
+
+    boxes_out = tmp_path / "reviews-boxes.jsonl"
+    result = CliRunner().invoke(
+        cli, ["datasets", "from-reviews", "--out", str(boxes_out), "--task", "detection"]
+    )
+    assert result.exit_code == 0, result.output
+    boxed = {s.meta["inspection_id"]: s for s in Manifest.read(boxes_out).samples}
+    assert boxed[false_reject].boxes == [] and boxed[false_reject].labels == []
+    assert [b.to_json() for b in boxed[escape].boxes] == [{"label": "crack", "box": [3.0, 3.0, 9.0, 9.0]}]
+    # A relabelled confirmation keeps the model's box under the reviewer's class.
+    assert [b.to_json() for b in boxed[relabelled].boxes] == [
+        {"label": "finger", "box": [1.0, 2.0, 30.0, 20.0]}
+    ]

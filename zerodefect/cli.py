@@ -7,6 +7,7 @@ is instant and an edge install without torch can still run the commands it has.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -118,6 +119,40 @@ def datasets_import(
     manifest.write(out)
     console.print(f"wrote {out}: {report.images} images, dataset hash {report.dataset_hash[:16]}")
     _print_counts(report.counts)
+
+
+@datasets_app.command("from-reviews")
+def datasets_from_reviews(
+    out: Annotated[Path, typer.Option(help="Manifest to write (JSON Lines).")],
+    task: Annotated[str, typer.Option(help="classification or detection: what the manifest trains.")] = (
+        "classification"
+    ),
+    good_class: Annotated[str, typer.Option(help="Class name of a good part (classifiers).")] = "good",
+    model: Annotated[str | None, typer.Option(help="Only parts judged by this registered model.")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Only reviews from this time on (ISO 8601).")] = None,
+) -> None:
+    """Export reviewed parts from the quality record as a manifest, labelled by their reviews.
+
+    Train on it with: zerodefect train CONFIG --extra-data OUT
+    """
+    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.images import ImageStore
+    from zerodefect.quality.reviews_export import manifest_from_reviews
+
+    if task not in ("classification", "detection"):
+        raise fail(f"--task must be classification or detection, not {task!r}")
+    settings = get_settings()
+    migrate(settings.record_database_url)
+    with session_factory(make_engine(settings.record_database_url))() as session:
+        export = manifest_from_reviews(
+            session, ImageStore(settings.image_dir), task, good_class, model, since
+        )
+    if not export.manifest.samples:
+        raise fail("no reviewed parts with stored images match; nothing written")
+    path = export.manifest.write(out)
+    console.print(f"{len(export.manifest.samples)} reviewed parts -> {path}  {export.manifest.counts()}")
+    for reason, count in export.skipped.items():
+        console.print(f"skipped {count}: {reason}")
 
 
 @datasets_app.command("validate")
