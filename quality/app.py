@@ -6,17 +6,21 @@ in (POST /v1/login) and need a role for everything else: viewer to read, reviewe
 admin to manage users. Bad input is a 4xx with a reason.
 """
 
-from datetime import datetime
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy import select
 
 from zerodefect.inference.preprocess import ImageDecodeError
+from zerodefect.quality.andon import AndonWorker, alert_json, load_config
 from zerodefect.quality.auth import SESSION_COOKIE, SESSION_HOURS, AuthError, create_user, login, logout
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.deps import DB, Admin, CallingStation, Reviewer, Viewer
 from zerodefect.quality.images import ImageStore, draw_overlay
+from zerodefect.quality.models import Alert, Station
 from zerodefect.quality.schemas import (
     InspectionIn,
     InspectionOut,
@@ -40,6 +44,15 @@ from zerodefect.settings import Settings, get_settings
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
+def _handled(alert: Alert) -> dict:
+    return {
+        "acknowledged_by": alert.acknowledged_by,
+        "acknowledged_at": alert.acknowledged_at.isoformat() if alert.acknowledged_at else None,
+        "resolved_by": alert.resolved_by,
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+    }
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the record service over the configured database (migrated to head first)."""
     settings = settings or get_settings()
@@ -48,7 +61,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(url)
     sessions = session_factory(engine)
     images = ImageStore(settings.image_dir)
-    app = FastAPI(title="zerodefect quality record", version="1")
+    andon = AndonWorker(sessions, load_config(settings.andon_config))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        andon.start()
+        yield
+        andon.stop()
+
+    app = FastAPI(title="zerodefect quality record", version="1", lifespan=lifespan)
+    app.state.andon = andon
     app.state.engine, app.state.sessions, app.state.images = engine, sessions, images
 
     @app.middleware("http")
@@ -120,6 +142,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/inspections/{inspection_id}/reviews", response_model=list[ReviewOut])
     def get_reviews(inspection_id: int, session: DB, _user: Viewer) -> list[ReviewOut]:
         return review_history(session, inspection_id)
+
+    @app.get("/v1/alerts")
+    def list_alerts(
+        session: DB,
+        _user: Viewer,
+        state: Literal["open", "acknowledged", "resolved"] | None = None,
+        station: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> list[dict]:
+        query = select(Alert).join(Station).order_by(Alert.id.desc()).limit(limit)
+        if state:
+            query = query.where(Alert.state == state)
+        if station:
+            query = query.where(Station.name == station)
+        return [alert_json(a) | _handled(a) for a in session.scalars(query)]
+
+    @app.post("/v1/alerts/{alert_id}/{action}")
+    def act_on_alert(
+        alert_id: int, action: Literal["acknowledge", "resolve"], session: DB, user: Reviewer
+    ) -> dict:
+        alert = session.get(Alert, alert_id)
+        if alert is None:
+            raise HTTPException(404, f"no alert {alert_id}")
+        now = datetime.now(UTC)
+        if action == "acknowledge":
+            if alert.state != "open":
+                raise HTTPException(409, f"alert {alert_id} is {alert.state}, not open")
+            alert.state, alert.acknowledged_by, alert.acknowledged_at = "acknowledged", user.username, now
+        else:
+            if alert.state == "resolved":
+                raise HTTPException(409, f"alert {alert_id} is already resolved")
+            alert.state, alert.resolved_by, alert.resolved_at = "resolved", user.username, now
+        session.commit()
+        return alert_json(alert) | _handled(alert)
 
     @app.get("/v1/inspections", response_model=InspectionPage)
     def list_inspections(

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     # The quality record: SQLite (WAL) in the data dir by default, PostgreSQL by URL.
     record_url: str | None = None
+    # Andon rules and webhooks (YAML, see configs/andon.yaml); without it the default rules
+    # run and alerts show only in the app.
+    andon_config: Path | None = None
 
     @property
     def record_database_url(self) -> str:

@@ -1,0 +1,333 @@
+"""Andon alerts: rules per station, raised once per breach, pushed to webhooks with retries.
+
+Rules (configs/andon.yaml, defaults below, overridable per station):
+- `ucl`: an hour's reject rate above its p-chart upper control limit (zerodefect.quality.spc);
+- `consecutive_defects`: N rejects in a row;
+- `false_reject_rate_above`: reviewed rejects that were false, above X (with enough reviews);
+- `silent_seconds`: the station has posted nothing for T seconds.
+
+Every alert names its breach (the hour, the first part of the streak, the moment silence
+began...), and (station, rule, breach) is unique in the table: evaluating again, from any
+number of processes, never raises the same breach twice. Each alert is delivered to every
+webhook as JSON; a failing webhook is retried with exponential back-off, and the delivery state
+lives in the database, so a restart does not lose or repeat an alert.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station
+from zerodefect.quality.spc import p_chart
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 12
+MAX_BACKOFF_SECONDS = 300
+
+
+class Rules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ucl: bool = True
+    # Hours of history that set the p-chart's centre line.
+    ucl_window_hours: int = Field(default=24, ge=1)
+    consecutive_defects: int | None = Field(default=5, ge=2)
+    false_reject_rate_above: float | None = Field(default=0.5, gt=0, lt=1)
+    min_reviews: int = Field(default=20, ge=1)
+    review_window_hours: int = Field(default=24, ge=1)
+    silent_seconds: float | None = Field(default=300, gt=0)
+
+
+class AndonConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    webhooks: list[str] = Field(default_factory=list)
+    defaults: Rules = Field(default_factory=Rules)
+    # Per station: only the rules that differ from the defaults.
+    stations: dict[str, dict] = Field(default_factory=dict)
+    interval_seconds: float = Field(default=10, gt=0)
+
+    def rules_for(self, station: str) -> Rules:
+        return Rules.model_validate(self.defaults.model_dump() | self.stations.get(station, {}))
+
+
+def load_config(path: Path | None) -> AndonConfig:
+    """The andon configuration from YAML, or the defaults when there is no file."""
+    if path is None or not path.exists():
+        return AndonConfig()
+    try:
+        config = AndonConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+        for station in config.stations:
+            config.rules_for(station)
+        return config
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ValueError(f"{path}: invalid andon configuration: {exc}") from exc
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _raise(
+    session: Session,
+    station: Station,
+    rule: str,
+    breach: str,
+    message: str,
+    webhooks: list[str],
+    value: float | None = None,
+    limit: float | None = None,
+    now: datetime | None = None,
+) -> Alert | None:
+    """Insert the alert unless this breach already has one; queue its webhook deliveries."""
+    exists = session.scalar(
+        select(Alert.id).where(Alert.station_id == station.id, Alert.rule == rule, Alert.breach == breach)
+    )
+    if exists is not None:
+        return None
+    now = now or datetime.now(UTC)
+    alert = Alert(
+        station_id=station.id,
+        rule=rule,
+        breach=breach,
+        message=message,
+        value=value,
+        limit=limit,
+        raised_at=now,
+    )
+    session.add(alert)
+    try:
+        session.flush()
+    except IntegrityError:  # another process raised it first
+        session.rollback()
+        return None
+    for url in webhooks:
+        session.add(AlertDelivery(alert_id=alert.id, url=url, next_attempt_at=now))
+    session.commit()
+    log.warning("andon %s at %s: %s", rule, station.name, message)
+    return alert
+
+
+def _open_alert(session: Session, station: Station, rule: str) -> bool:
+    return (
+        session.scalar(
+            select(Alert.id).where(
+                Alert.station_id == station.id, Alert.rule == rule, Alert.state != "resolved"
+            )
+        )
+        is not None
+    )
+
+
+def evaluate_station(
+    session: Session, station: Station, rules: Rules, webhooks: list[str], now: datetime
+) -> list[Alert]:
+    """Check one station's rules at `now`; returns the alerts newly raised."""
+    raised: list[Alert | None] = []
+    base = select(Inspection).where(Inspection.station_id == station.id)
+
+    if rules.consecutive_defects:
+        n = rules.consecutive_defects
+        last = session.scalars(base.order_by(Inspection.id.desc()).limit(n)).all()
+        if len(last) == n and all(r.verdict == "reject" for r in last):
+            last_pass = session.scalar(
+                select(func.max(Inspection.id)).where(
+                    Inspection.station_id == station.id, Inspection.verdict == "pass"
+                )
+            )
+            first = session.scalar(
+                select(func.min(Inspection.id)).where(
+                    Inspection.station_id == station.id, Inspection.id > (last_pass or 0)
+                )
+            )
+            raised.append(
+                _raise(
+                    session,
+                    station,
+                    "consecutive_defects",
+                    f"streak from inspection {first}",
+                    f"{n} or more rejects in a row (from inspection {first})",
+                    webhooks,
+                    float(n),
+                    float(n),
+                    now=now,
+                )
+            )
+
+    if rules.ucl:
+        since = now - timedelta(hours=rules.ucl_window_hours)
+        rows = session.execute(
+            select(Inspection.captured_at, Inspection.verdict).where(
+                Inspection.station_id == station.id, Inspection.captured_at >= since
+            )
+        ).all()
+        hours: dict[str, list[int]] = {}
+        for captured, verdict in rows:
+            label = _as_utc(captured).strftime("%Y-%m-%dT%H:00Z")
+            counts = hours.setdefault(label, [0, 0])
+            counts[0] += 1
+            counts[1] += verdict == "reject"
+        chart = p_chart([(label, n, d) for label, (n, d) in sorted(hours.items())])
+        for point in chart.points:
+            if point.above_ucl:
+                raised.append(
+                    _raise(
+                        session,
+                        station,
+                        "ucl",
+                        point.label,
+                        f"reject rate {point.p:.3f} in the hour {point.label} is above the upper control "
+                        f"limit {point.ucl:.3f} (centre {chart.center:.3f}, {point.n} parts)",
+                        webhooks,
+                        point.p,
+                        point.ucl,
+                        now=now,
+                    )
+                )
+
+    if rules.false_reject_rate_above is not None and not _open_alert(session, station, "false_reject_rate"):
+        since = now - timedelta(hours=rules.review_window_hours)
+        reviewed = session.execute(
+            select(Inspection.review_status).where(
+                Inspection.station_id == station.id,
+                Inspection.verdict == "reject",
+                Inspection.review_status.in_(("confirmed", "false_reject")),
+                Inspection.reviewed_at >= since,
+            )
+        ).all()
+        false = sum(1 for (status,) in reviewed if status == "false_reject")
+        if len(reviewed) >= rules.min_reviews and false / len(reviewed) > rules.false_reject_rate_above:
+            rate = false / len(reviewed)
+            raised.append(
+                _raise(
+                    session,
+                    station,
+                    "false_reject_rate",
+                    now.isoformat(timespec="seconds"),
+                    f"false-reject rate {rate:.3f} over the last {len(reviewed)} reviewed rejects is above "
+                    f"{rules.false_reject_rate_above}",
+                    webhooks,
+                    rate,
+                    rules.false_reject_rate_above,
+                    now=now,
+                )
+            )
+
+    if rules.silent_seconds and station.last_seen_at is not None:
+        seen = _as_utc(station.last_seen_at)
+        if (now - seen).total_seconds() > rules.silent_seconds:
+            raised.append(
+                _raise(
+                    session,
+                    station,
+                    "silent",
+                    f"silent since {seen.isoformat(timespec='seconds')}",
+                    f"no part from {station.name} for {int((now - seen).total_seconds())} s "
+                    f"(limit {rules.silent_seconds:g} s)",
+                    webhooks,
+                    (now - seen).total_seconds(),
+                    rules.silent_seconds,
+                    now=now,
+                )
+            )
+    return [a for a in raised if a is not None]
+
+
+def evaluate_all(session: Session, config: AndonConfig, now: datetime | None = None) -> list[Alert]:
+    now = now or datetime.now(UTC)
+    out: list[Alert] = []
+    for station in session.scalars(select(Station).order_by(Station.id)).all():
+        out += evaluate_station(session, station, config.rules_for(station.name), config.webhooks, now)
+    return out
+
+
+def alert_json(alert: Alert) -> dict:
+    return {
+        "id": alert.id,
+        "station": alert.station.name,
+        "rule": alert.rule,
+        "breach": alert.breach,
+        "message": alert.message,
+        "value": alert.value,
+        "limit": alert.limit,
+        "state": alert.state,
+        "raised_at": _as_utc(alert.raised_at).isoformat(),
+    }
+
+
+def deliver_due(session: Session, client: httpx.Client, now: datetime | None = None) -> int:
+    """POST every due delivery once; failures wait 2, 4, 8... s (at most 5 min) and are retried
+    up to MAX_ATTEMPTS times. Returns the number delivered."""
+    now = now or datetime.now(UTC)
+    due = session.scalars(
+        select(AlertDelivery).where(
+            AlertDelivery.delivered_at.is_(None),
+            AlertDelivery.gave_up.is_(False),
+            AlertDelivery.next_attempt_at <= now,
+        )
+    ).all()
+    delivered = 0
+    for delivery in due:
+        delivery.attempts += 1
+        try:
+            answer = client.post(delivery.url, json={"alert": alert_json(delivery.alert)}, timeout=5)
+            ok, error = answer.is_success, f"HTTP {answer.status_code}"
+        except httpx.HTTPError as exc:
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        if ok:
+            delivery.delivered_at, delivery.last_error = now, None
+            delivered += 1
+        else:
+            delivery.last_error = error[:500]
+            delivery.next_attempt_at = now + timedelta(seconds=min(2**delivery.attempts, MAX_BACKOFF_SECONDS))
+            if delivery.attempts >= MAX_ATTEMPTS:
+                delivery.gave_up = True
+                log.error(
+                    "andon webhook %s gave up after %d attempts: %s", delivery.url, delivery.attempts, error
+                )
+        session.commit()
+    return delivered
+
+
+class AndonWorker:
+    """The record service's background loop: evaluate every station's rules, deliver webhooks."""
+
+    def __init__(self, sessions: sessionmaker, config: AndonConfig):
+        self.sessions = sessions
+        self.config = config
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="andon", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop (also before it started: then it never runs)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def run_once(self, client: httpx.Client) -> None:
+        with self.sessions() as session:
+            evaluate_all(session, self.config)
+            deliver_due(session, client)
+
+    def _run(self) -> None:
+        with httpx.Client() as client:
+            while not self._stop.is_set():
+                try:
+                    self.run_once(client)
+                except Exception:  # the loop must outlive a bad evaluation
+                    log.exception("andon evaluation failed")
+                self._stop.wait(self.config.interval_seconds)

@@ -1,0 +1,175 @@
+"""Andon rules raise one alert per breach; webhooks are retried until they answer."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request, Response
+
+from zerodefect.quality.andon import AndonConfig, Rules, deliver_due, evaluate_all, load_config
+from zerodefect.quality.app import create_app
+from zerodefect.quality.images import ImageStore
+from zerodefect.quality.models import Alert, AlertDelivery
+from zerodefect.quality.schemas import InspectionIn
+from zerodefect.quality.store import add_station, record_inspection
+from zerodefect.settings import get_settings
+
+from .people import client_for
+from .servers import serve
+
+T0 = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
+_keys = itertools.count()
+
+
+@pytest.fixture
+def record(data_dir: Path):
+    app = create_app(get_settings())
+    app.state.andon.stop()  # these tests evaluate by hand, at times they choose
+    with app.state.sessions() as session:
+        station, _ = add_station(session, "st-01", line="L1")
+    return app, ImageStore(data_dir / "images")
+
+
+def add_parts(app, images, verdicts: str, at: datetime) -> None:
+    """One inspection per character: r = reject, p = pass."""
+    with app.state.sessions() as session:
+        from zerodefect.quality.models import Station
+
+        station = session.query(Station).filter_by(name="st-01").one()
+        for i, v in enumerate(verdicts):
+            body = InspectionIn(
+                key=f"k-andon-{next(_keys):06d}",
+                serial=f"S{i}",
+                captured_at=at + timedelta(seconds=i),
+                model_name="m",
+                model_version="1",
+                threshold=0.5,
+                verdict="reject" if v == "r" else "pass",
+            )
+            record_inspection(session, station, body, images)
+
+
+def rules(**only) -> AndonConfig:
+    off = {"ucl": False, "consecutive_defects": None, "false_reject_rate_above": None, "silent_seconds": None}
+    return AndonConfig(defaults=Rules(**(off | only)))
+
+
+def alerts(app) -> list[tuple[str, str]]:
+    with app.state.sessions() as session:
+        return [(a.rule, a.breach) for a in session.query(Alert).order_by(Alert.id)]
+
+
+def test_consecutive_defects_fire_once_per_streak(record) -> None:
+    app, images = record
+    config = rules(consecutive_defects=5)
+    add_parts(app, images, "pprrrr", T0)
+    with app.state.sessions() as session:
+        assert evaluate_all(session, config, T0) == []  # four in a row is not five
+    add_parts(app, images, "r", T0)
+    with app.state.sessions() as session:
+        assert len(evaluate_all(session, config, T0)) == 1
+    add_parts(app, images, "rr", T0)  # the same streak goes on: no second alert
+    with app.state.sessions() as session:
+        assert evaluate_all(session, config, T0) == []
+        assert evaluate_all(session, config, T0) == []
+    add_parts(app, images, "prrrrr", T0)  # a pass ends it; the next streak is a new breach
+    with app.state.sessions() as session:
+        assert len(evaluate_all(session, config, T0)) == 1
+    assert [rule for rule, _ in alerts(app)] == ["consecutive_defects"] * 2
+    assert alerts(app)[0][1] != alerts(app)[1][1]
+
+
+def test_an_hour_over_the_control_limit_fires_once(record) -> None:
+    app, images = record
+    config = rules(ucl=True, ucl_window_hours=12)
+    for hour in range(4):  # 1 reject in 50 per hour...
+        add_parts(app, images, "r" + "p" * 49, T0 + timedelta(hours=hour))
+    add_parts(app, images, "r" * 10 + "p" * 40, T0 + timedelta(hours=4))  # ...then 10 in 50
+    now = T0 + timedelta(hours=5)
+    with app.state.sessions() as session:
+        raised = evaluate_all(session, config, now)
+        # p̄ = 14/250 = 0.056; UCL(n=50) = 0.056 + 3*sqrt(0.056*0.944/50) = 0.1536 < 0.2
+        assert [(a.rule, a.breach) for a in raised] == [("ucl", "2026-11-25T10:00Z")]
+        assert raised[0].value == pytest.approx(0.2) and raised[0].limit == pytest.approx(0.15355, abs=1e-4)
+        assert evaluate_all(session, config, now) == []
+
+
+def test_a_silent_station_fires_once_per_silence(record) -> None:
+    app, images = record
+    config = rules(silent_seconds=300)
+    add_parts(app, images, "p", T0)
+    with app.state.sessions() as session:
+        from zerodefect.quality.models import Station
+
+        seen = session.query(Station).one().last_seen_at
+        seen = seen if seen.tzinfo else seen.replace(tzinfo=UTC)
+        assert evaluate_all(session, config, seen + timedelta(seconds=299)) == []
+        assert len(evaluate_all(session, config, seen + timedelta(seconds=301))) == 1
+        assert evaluate_all(session, config, seen + timedelta(seconds=900)) == []
+
+
+def test_a_failing_webhook_is_retried_until_it_answers(record) -> None:
+    app, images = record
+    received: list[dict] = []
+    hook = FastAPI()
+
+    @hook.post("/andon")
+    async def andon(request: Request) -> Response:
+        received.append(await request.json())
+        return Response(status_code=500 if len(received) <= 2 else 200)
+
+    with serve(hook) as hook_url:
+        config = rules(consecutive_defects=3).model_copy(update={"webhooks": [f"{hook_url}/andon"]})
+        add_parts(app, images, "rrr", T0)
+        with app.state.sessions() as session, httpx.Client() as client:
+            (alert,) = evaluate_all(session, config, T0)
+            assert deliver_due(session, client, T0) == 0  # 500: retry in 2 s
+            assert deliver_due(session, client, T0 + timedelta(seconds=1)) == 0  # not due yet
+            assert deliver_due(session, client, T0 + timedelta(seconds=2)) == 0  # 500: retry in 4 s
+            assert deliver_due(session, client, T0 + timedelta(seconds=6)) == 1
+            assert deliver_due(session, client, T0 + timedelta(hours=1)) == 0  # delivered once only
+            delivery = session.query(AlertDelivery).one()
+            assert delivery.attempts == 3 and delivery.delivered_at is not None
+    assert len(received) == 3
+    assert {r["alert"]["id"] for r in received} == {alert.id}
+    assert (
+        received[0]["alert"]["rule"] == "consecutive_defects" and received[0]["alert"]["station"] == "st-01"
+    )
+
+
+def test_alerts_are_acknowledged_and_resolved_by_reviewers(record) -> None:
+    app, images = record
+    add_parts(app, images, "rrrrr", T0)
+    with app.state.sessions() as session:
+        (alert,) = evaluate_all(session, rules(consecutive_defects=5), T0)
+    with serve(app) as url:
+        viewer, reviewer = client_for(app, url, "viewer"), client_for(app, url, "reviewer")
+        listed = viewer.get("/v1/alerts", params={"state": "open"}).json()
+        assert [a["id"] for a in listed] == [alert.id]
+        assert viewer.post(f"/v1/alerts/{alert.id}/acknowledge").status_code == 403
+        acked = reviewer.post(f"/v1/alerts/{alert.id}/acknowledge")
+        assert acked.status_code == 200 and acked.json()["acknowledged_by"] == "reviewer-1"
+        assert reviewer.post(f"/v1/alerts/{alert.id}/acknowledge").status_code == 409
+        assert reviewer.post(f"/v1/alerts/{alert.id}/resolve").json()["state"] == "resolved"
+        assert viewer.get("/v1/alerts", params={"state": "open"}).json() == []
+        assert reviewer.post("/v1/alerts/999/resolve").status_code == 404
+        viewer.close()
+        reviewer.close()
+
+
+def test_andon_config_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "andon.yaml"
+    bad.write_text("defaults: {consecutive_defects: 1}\n")
+    with pytest.raises(ValueError, match="andon.yaml: invalid andon configuration"):
+        load_config(bad)
+    good = tmp_path / "ok.yaml"
+    good.write_text("webhooks: [http://x/y]\nstations: {st-01: {consecutive_defects: 9}}\n")
+    config = load_config(good)
+    assert (
+        config.rules_for("st-01").consecutive_defects == 9
+        and config.rules_for("other").consecutive_defects == 5
+    )
