@@ -8,13 +8,16 @@ admin to manage users. Bad input is a 4xx with a reason.
 
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
 from zerodefect.inference.preprocess import ImageDecodeError
+from zerodefect.quality import web
 from zerodefect.quality.andon import AndonWorker, alert_json, load_config
 from zerodefect.quality.auth import SESSION_COOKIE, SESSION_HOURS, AuthError, create_user, login, logout
 from zerodefect.quality.db import make_engine, migrate, session_factory
@@ -79,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         return await call_next(request)
+
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=str(Path(web.__file__).parent / "static")), name="static")
 
     @app.exception_handler(RecordError)
     async def record_error(_request: Request, exc: RecordError) -> JSONResponse:

@@ -1,0 +1,91 @@
+// The review app's only script: keyboard review, alert buttons, logout. Every action is a
+// call to the record's JSON API with the session's CSRF token; the server enforces roles.
+"use strict";
+const csrf = document.querySelector('meta[name="csrf-token"]').content;
+const statusBar = document.getElementById("status");
+
+function say(message, isError) {
+  statusBar.textContent = message;
+  statusBar.className = isError ? "error" : "";
+}
+
+async function api(method, url, body) {
+  const response = await fetch(url, {
+    method,
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let detail = "";
+  try { detail = (await response.json()).detail || ""; } catch (e) { /* no body */ }
+  if (!response.ok) throw new Error(`${response.status} ${detail}`);
+  return response;
+}
+
+const queue = document.getElementById("queue");
+if (queue) {
+  const parts = () => Array.from(queue.querySelectorAll("li.part"));
+  let current = 0;
+  const select = (i) => {
+    const all = parts();
+    if (!all.length) return;
+    current = Math.max(0, Math.min(i, all.length - 1));
+    all.forEach((el, k) => el.classList.toggle("selected", k === current));
+    all[current].scrollIntoView({ block: "nearest" });
+  };
+  const nextOpen = () => {
+    const all = parts();
+    const after = all.findIndex((el, k) => k > current && !el.classList.contains("done"));
+    select(after >= 0 ? after : current);
+  };
+  async function review(decision, withLabel) {
+    const el = parts()[current];
+    if (!el) return;
+    const body = { decision };
+    if (withLabel) body.label = el.querySelector("select.label").value;
+    try {
+      await api("POST", `/v1/inspections/${el.dataset.id}/reviews`, body);
+      el.classList.add("done");
+      el.querySelector(".review-state").textContent = decision + (withLabel ? ` (${body.label})` : "");
+      say(`part ${el.dataset.id}: ${decision}`);
+      nextOpen();
+    } catch (err) {
+      say(`not saved: ${err.message}`, true);
+    }
+  }
+  const audit = queue.dataset.queue === "audit";
+  document.addEventListener("keydown", (event) => {
+    if (event.target.tagName === "INPUT" || event.altKey || event.ctrlKey || event.metaKey) return;
+    const keys = audit
+      ? { g: () => review("good"), e: () => review("escape", true) }
+      : { c: () => review("confirmed"), f: () => review("false_reject"), r: () => review("confirmed", true) };
+    keys.j = keys.ArrowDown = () => select(current + 1);
+    keys.k = keys.ArrowUp = () => select(current - 1);
+    if (keys[event.key]) { event.preventDefault(); keys[event.key](); }
+  });
+  const firstOpen = parts().findIndex((el) => !el.classList.contains("done"));
+  select(firstOpen >= 0 ? firstOpen : 0);
+}
+
+document.querySelectorAll("tr.alert button").forEach((button) => {
+  button.addEventListener("click", async () => {
+    const row = button.closest("tr");
+    const action = button.classList.contains("ack") ? "acknowledge" : "resolve";
+    try {
+      const answer = await (await api("POST", `/v1/alerts/${row.dataset.id}/${action}`)).json();
+      row.className = `alert ${answer.state}`;
+      row.querySelector(".state").textContent = answer.state + (answer.acknowledged_by ? ` by ${answer.acknowledged_by}` : "");
+      if (action === "resolve") row.querySelectorAll("button").forEach((b) => b.remove());
+      else button.remove();
+      say(`alert ${row.dataset.id}: ${answer.state}`);
+    } catch (err) {
+      say(`not saved: ${err.message}`, true);
+    }
+  });
+});
+
+const logoutButton = document.getElementById("logout");
+if (logoutButton) {
+  logoutButton.addEventListener("click", async () => {
+    try { await api("POST", "/v1/logout"); } finally { window.location = "/login"; }
+  });
+}

@@ -1,0 +1,217 @@
+"""The review app: server-rendered pages on top of the record's JSON API.
+
+Pages read with the logged-in user's session; every action (review, acknowledge, resolve) is a
+call from app.js to the JSON API, which enforces roles and CSRF, so the pages add no second
+path to the data. A page without a live session redirects to the login form.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from zerodefect.quality import charts
+from zerodefect.quality.auth import SESSION_COOKIE, SESSION_HOURS, AuthError, login, session_for_token
+from zerodefect.quality.dashboard import build_dashboard
+from zerodefect.quality.deps import DB
+from zerodefect.quality.models import Alert, Defect, Inspection, Line, Station
+from zerodefect.quality.store import to_out
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+router = APIRouter(include_in_schema=False)
+PAGE_SIZE = 60
+
+
+def _login_redirect(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+
+
+def _render(request: Request, session: Session, name: str, page: str, **context) -> Response:
+    login_row = session_for_token(session, request.cookies.get(SESSION_COOKIE))
+    if login_row is None:
+        return _login_redirect(request)
+    open_alerts = session.scalar(select(func.count(Alert.id)).where(Alert.state == "open"))
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "user": login_row.user,
+            "csrf": login_row.csrf_token,
+            "page": page,
+            "title": context.pop("title", page),
+            "open_alerts": open_alerts,
+            **context,
+        },
+    )
+
+
+@router.get("/")
+def home() -> RedirectResponse:
+    return RedirectResponse("/review", status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str = "/review", error: str | None = None) -> Response:
+    return templates.TemplateResponse(
+        request, "login.html", {"user": None, "csrf": "", "title": "Log in", "next": next, "error": error}
+    )
+
+
+@router.post("/login")
+def login_submit(
+    request: Request,
+    session: DB,
+    username: str = Form(...),
+    password: str = Form(...),
+    next: str = Form("/review"),
+) -> Response:
+    try:
+        token, _ = login(session, username, password)
+    except AuthError as exc:
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {"user": None, "csrf": "", "title": "Log in", "next": next, "error": str(exc)},
+            status_code=401,
+        )
+    target = next if next.startswith("/") and not next.startswith("//") else "/review"
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=SESSION_HOURS * 3600,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+def _day(value: str | None, end: bool = False) -> datetime | None:
+    if not value:
+        return None
+    day = date.fromisoformat(value)
+    return datetime.combine(day + timedelta(days=1) if end else day, time(), tzinfo=UTC)
+
+
+@router.get("/review", response_class=HTMLResponse)
+def review_page(
+    request: Request,
+    session: DB,
+    queue: Literal["flagged", "audit"] = "flagged",
+    station: str | None = None,
+    line: str | None = None,
+    defect_class: str | None = None,
+    model_version: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    reviewed: bool = False,
+) -> Response:
+    """The flagged queue (rejects, newest first) or the audit queue (sampled passes with a
+    stored image), unreviewed parts only unless asked."""
+    query = (
+        select(Inspection)
+        .join(Station)
+        .outerjoin(Line, Station.line_id == Line.id)
+        .where(Inspection.verdict == ("reject" if queue == "flagged" else "pass"))
+        .options(
+            selectinload(Inspection.defects), selectinload(Inspection.station).selectinload(Station.line)
+        )
+    )
+    if queue == "audit":
+        query = query.where(Inspection.image_path.is_not(None))
+    if not reviewed:
+        query = query.where(Inspection.review_status.is_(None))
+    if station:
+        query = query.where(Station.name == station)
+    if line:
+        query = query.where(Line.name == line)
+    if model_version:
+        query = query.where(Inspection.model_version == model_version)
+    if defect_class:
+        query = query.where(Inspection.defects.any(Defect.class_name == defect_class))
+    try:
+        start, end = _day(since), _day(until, end=True)
+    except ValueError:
+        start = end = None
+    if start:
+        query = query.where(Inspection.captured_at >= start)
+    if end:
+        query = query.where(Inspection.captured_at < end)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(
+        query.order_by(Inspection.captured_at.desc(), Inspection.id.desc()).limit(PAGE_SIZE)
+    ).all()
+    classes = sorted(
+        set(session.scalars(select(Defect.class_name).distinct()))
+        | {c for c in session.scalars(select(Inspection.review_label).distinct()) if c}
+    )
+    choices = {
+        "stations": session.scalars(select(Station.name).order_by(Station.name)).all(),
+        "lines": session.scalars(select(Line.name).order_by(Line.name)).all(),
+        "classes": classes,
+        "versions": sorted(session.scalars(select(Inspection.model_version).distinct()).all()),
+    }
+    filters = {
+        "station": station,
+        "line": line,
+        "defect_class": defect_class,
+        "model_version": model_version,
+        "since": since,
+        "until": until,
+        "reviewed": reviewed,
+    }
+    return _render(
+        request,
+        session,
+        "review.html",
+        "review" if queue == "flagged" else "audit",
+        title="Flagged parts" if queue == "flagged" else "Audit of passed parts",
+        items=[to_out(r) for r in rows],
+        total=total,
+        queue=queue,
+        choices=choices,
+        filters=filters,
+    )
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+def dashboard_page(request: Request, session: DB, hours: int = 24, station: str | None = None) -> Response:
+    board = build_dashboard(session, hours, station)
+    return _render(
+        request,
+        session,
+        "dashboard.html",
+        "dashboard",
+        title="Dashboard",
+        hours=hours,
+        board=board,
+        p_charts=[
+            (name, charts.p_chart_svg(chart, f"Reject rate: {name}")) for name, chart in board.charts.items()
+        ],
+        pareto=charts.pareto_svg(board.pareto, "Defect classes (Pareto)"),
+        rates=charts.bars_svg(board.rates, "Rates from reviews"),
+        throughput=charts.lines_svg(board.throughput, "Parts per hour"),
+        latency=charts.lines_svg(board.latency_p95, "p95 latency (ms)"),
+        timeline=charts.timeline_svg(board.versions, "Model versions"),
+    )
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alerts_page(request: Request, session: DB) -> Response:
+    from zerodefect.quality.andon import alert_json
+
+    rows = session.scalars(
+        select(Alert).options(selectinload(Alert.station)).order_by(Alert.id.desc()).limit(200)
+    )
+    alerts = [alert_json(a) | {"acknowledged_by": a.acknowledged_by} for a in rows]
+    return _render(request, session, "alerts.html", "alerts", title="Alerts", alerts=alerts)
