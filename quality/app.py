@@ -32,14 +32,18 @@ from zerodefect.quality.schemas import (
     LoginOut,
     ReviewIn,
     ReviewOut,
+    StationIn,
     UserIn,
 )
 from zerodefect.quality.store import (
     RecordError,
     add_review,
+    add_station,
+    as_utc,
     query_inspections,
     record_inspection,
     review_history,
+    rotate_station_key,
     to_out,
 )
 from zerodefect.settings import Settings, get_settings
@@ -139,6 +143,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except AuthError as exc:
             raise HTTPException(409 if "exists" in str(exc) else 422, str(exc)) from None
         return {"username": user.username, "role": user.role}
+
+    @app.get("/v1/stations")
+    def list_stations(session: DB, _user: Viewer) -> list[dict]:
+        rows = session.scalars(select(Station).order_by(Station.name)).all()
+        return [
+            {
+                "name": s.name,
+                "line": s.line.name if s.line else None,
+                "last_seen_at": as_utc(s.last_seen_at).isoformat() if s.last_seen_at else None,
+            }
+            for s in rows
+        ]
+
+    @app.post("/v1/stations", status_code=201)
+    def post_station(body: StationIn, session: DB, _admin: Admin) -> dict:
+        """Create a station; its API key is in this answer only (the record keeps its hash)."""
+        station, key = add_station(session, body.name, body.line)
+        return {"name": station.name, "line": body.line, "api_key": key}
+
+    @app.post("/v1/stations/{name}/rotate-key")
+    def rotate_key(name: str, session: DB, _admin: Admin) -> dict:
+        return {"name": name, "api_key": rotate_station_key(session, name)}
 
     @app.post("/v1/inspections/{inspection_id}/reviews", response_model=ReviewOut, status_code=201)
     def post_review(inspection_id: int, body: ReviewIn, session: DB, user: Reviewer) -> ReviewOut:

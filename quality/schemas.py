@@ -124,3 +124,8 @@ class ReviewOut(BaseModel):
     boxes: list[DefectIn] | None
     note: str | None
     created_at: datetime
+
+
+class StationIn(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    line: str | None = Field(default=None, max_length=100)

@@ -302,3 +302,24 @@ def test_reviews_become_a_training_manifest(record, tmp_path: Path) -> None:
     assert [b.to_json() for b in boxed[relabelled].boxes] == [
         {"label": "finger", "box": [1.0, 2.0, 30.0, 20.0]}
     ]
+
+
+def test_admins_manage_stations_and_keys(record) -> None:
+    url, _, _, app = record
+    admin, reviewer = client_for(app, url, "admin"), client_for(app, url, "reviewer")
+    assert reviewer.post("/v1/stations", json={"name": "st-09"}).status_code == 403
+    created = admin.post("/v1/stations", json={"name": "st-09", "line": "line-2"})
+    assert created.status_code == 201 and created.json()["api_key"].startswith("zd_")
+    assert admin.post("/v1/stations", json={"name": "st-09"}).status_code == 409
+    key = created.json()["api_key"]
+    body = part("k-admin-0001", "A1")
+    assert httpx.post(f"{url}/v1/inspections", json=body, headers={"X-API-Key": key}).status_code == 201
+    new_key = admin.post("/v1/stations/st-09/rotate-key").json()["api_key"]
+    body = part("k-admin-0002", "A2")
+    assert httpx.post(f"{url}/v1/inspections", json=body, headers={"X-API-Key": key}).status_code == 403
+    assert httpx.post(f"{url}/v1/inspections", json=body, headers={"X-API-Key": new_key}).status_code == 201
+    assert admin.post("/v1/stations/nope/rotate-key").status_code == 404
+    stations = {s["name"]: s for s in reviewer.get("/v1/stations").json()}
+    assert stations["st-09"]["line"] == "line-2" and stations["st-09"]["last_seen_at"] is not None
+    admin.close()
+    reviewer.close()

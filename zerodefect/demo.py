@@ -255,8 +255,9 @@ def run_line(
     )
     running = f"pid {pid}, stop with: kill {pid}" if pid else "started by an earlier demo"
     console.print(
-        f"\nrecord API:  {record_url}/v1/inspections?batch={batch}  ({running})\n"
-        f"login:       {username} / {password}  (POST /v1/login; kept in var/demo-login.json)\n"
+        f"\nreview app:  {record_url}/review  (the flagged parts of this run; dashboard, alerts)\n"
+        f"login:       {username} / {password}  (reviewer; kept in var/demo-login.json)\n"
+        f"record API:  {record_url}/v1/inspections?batch={batch}  ({running})\n"
         f"OpenAPI:     {record_url}/docs\n"
         f"serve the station yourself: zerodefect serve edge --config {station_config}"
     )
