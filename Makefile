@@ -13,6 +13,9 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test lint format bench stop clean
 
+# The review app's browser tests drive Debian's Chromium (never a downloaded one).
+CHROMIUM := /usr/bin/chromium
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -22,7 +25,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m zerodefect demo
 
-test: $(STAMP)
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium)
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

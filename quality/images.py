@@ -49,9 +49,11 @@ def draw_overlay(path: Path, boxes: list[tuple[str, float, list[float]]]) -> byt
 
     # The station's decoder (no EXIF rotation): boxes land where the model saw them.
     image = cv2.cvtColor(read_image(path), cv2.COLOR_RGB2BGR)
-    thickness = max(1, round(max(image.shape[:2]) / 300))
+    size = max(image.shape[:2])
+    thickness = max(1, round(size / 300))
+    font = min(0.5, max(0.2, size / 800))  # legible on a 40 px crop and a 4000 px frame alike
     for label, score, (x1, y1, x2, y2) in boxes:
         p1, p2 = (round(x1), round(y1)), (round(x2), round(y2))
         cv2.rectangle(image, p1, p2, (0, 0, 230), thickness)
-        cv2.putText(image, f"{label} {score:.2f}", (p1[0] + 2, max(12, p1[1] - 4)), 0, 0.4, (0, 0, 230), 1)
+        cv2.putText(image, f"{label} {score:.2f}", (p1[0] + 1, max(8, p1[1] - 3)), 0, font, (0, 0, 230), 1)
     return cv2.imencode(".png", image)[1].tobytes()

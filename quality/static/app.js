@@ -15,9 +15,11 @@ async function api(method, url, body) {
     headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  let detail = "";
-  try { detail = (await response.json()).detail || ""; } catch (e) { /* no body */ }
-  if (!response.ok) throw new Error(`${response.status} ${detail}`);
+  if (!response.ok) {
+    let detail = "";
+    try { detail = (await response.json()).detail || ""; } catch (e) { /* no JSON body */ }
+    throw new Error(`${response.status} ${detail}`);
+  }
   return response;
 }
 
