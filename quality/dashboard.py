@@ -39,7 +39,25 @@ def _hour(value: datetime) -> str:
     return _utc(value).strftime("%Y-%m-%dT%H:00Z")
 
 
-def build_dashboard(session: Session, hours: int = 24, station: str | None = None) -> Dashboard:
+# Three 8-hour shifts, starting at these UTC hours.
+SHIFT_STARTS = (6, 14, 22)
+
+
+def _shift(value: datetime) -> str:
+    """The shift a time falls in, named by its start (the night shift before 06:00 belongs to
+    the previous day's 22:00 shift)."""
+    value = _utc(value)
+    start = max((h for h in SHIFT_STARTS if h <= value.hour), default=None)
+    if start is None:
+        value, start = value - timedelta(days=1), SHIFT_STARTS[-1]
+    return value.strftime(f"%Y-%m-%dT{start:02d}:00Z")
+
+
+def build_dashboard(
+    session: Session, hours: int = 24, station: str | None = None, bucket: str = "hour"
+) -> Dashboard:
+    """The dashboard over the last `hours`; control-chart subgroups are hours or shifts."""
+    subgroup = _shift if bucket == "shift" else _hour
     newest = session.scalar(select(func.max(Inspection.captured_at)))
     if newest is None:
         return Dashboard(None)
@@ -62,12 +80,12 @@ def build_dashboard(session: Session, hours: int = 24, station: str | None = Non
     pareto: Counter[str] = Counter()
     reviews: Counter[str] = Counter()
     for name, parts in sorted(per_station.items()):
-        by_hour: dict[str, list[int]] = {}
+        subgroups: dict[str, list[int]] = {}
         latencies: dict[str, list[float]] = defaultdict(list)
         versions: dict[str, list[str]] = {}
         for part in parts:
             hour = _hour(part.captured_at)
-            counts = by_hour.setdefault(hour, [0, 0])
+            counts = subgroups.setdefault(subgroup(part.captured_at), [0, 0])
             counts[0] += 1
             counts[1] += part.verdict == "reject"
             if part.latency_ms is not None:
@@ -79,8 +97,10 @@ def build_dashboard(session: Session, hours: int = 24, station: str | None = Non
             cls = _defect_class(part)
             if cls:
                 pareto[cls] += 1
-        board.charts[name] = p_chart([(h, n, d) for h, (n, d) in sorted(by_hour.items())])
-        board.throughput[name] = [(h, float(n)) for h, (n, _) in sorted(by_hour.items())]
+        board.charts[name] = p_chart([(h, n, d) for h, (n, d) in sorted(subgroups.items())])
+        board.throughput[name] = [
+            (h, float(n)) for h, n in sorted(Counter(_hour(p.captured_at) for p in parts).items())
+        ]
         board.latency_p95[name] = [(h, float(np.percentile(v, 95))) for h, v in sorted(latencies.items())]
         board.versions[name] = sorted(((v, a, b) for v, (a, b) in versions.items()), key=lambda s: s[1])
     board.pareto = dict(pareto)

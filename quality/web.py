@@ -185,8 +185,14 @@ def review_page(
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
-def dashboard_page(request: Request, session: DB, hours: int = 24, station: str | None = None) -> Response:
-    board = build_dashboard(session, hours, station)
+def dashboard_page(
+    request: Request,
+    session: DB,
+    hours: int = 24,
+    station: str | None = None,
+    bucket: Literal["hour", "shift"] = "hour",
+) -> Response:
+    board = build_dashboard(session, hours, station, bucket)
     return _render(
         request,
         session,
@@ -194,6 +200,7 @@ def dashboard_page(request: Request, session: DB, hours: int = 24, station: str 
         "dashboard",
         title="Dashboard",
         hours=hours,
+        bucket=bucket,
         board=board,
         p_charts=[
             (name, charts.p_chart_svg(chart, f"Reject rate: {name}")) for name, chart in board.charts.items()

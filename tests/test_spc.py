@@ -25,3 +25,14 @@ def test_p_chart_limits_match_hand_computed_values() -> None:
 def test_p_chart_refuses_impossible_counts() -> None:
     with pytest.raises(ValueError, match="h1: 5 defects among 4 parts"):
         p_chart([("h1", 4, 5)])
+
+
+def test_shifts_name_their_start_and_nights_belong_to_the_day_before() -> None:
+    from datetime import UTC, datetime
+
+    from zerodefect.quality.dashboard import _shift
+
+    assert _shift(datetime(2026, 11, 25, 6, 0, tzinfo=UTC)) == "2026-11-25T06:00Z"
+    assert _shift(datetime(2026, 11, 25, 21, 59, tzinfo=UTC)) == "2026-11-25T14:00Z"
+    assert _shift(datetime(2026, 11, 25, 23, 30, tzinfo=UTC)) == "2026-11-25T22:00Z"
+    assert _shift(datetime(2026, 11, 26, 5, 59, tzinfo=UTC)) == "2026-11-25T22:00Z"
