@@ -5,6 +5,7 @@ Screenshots go to test-artifacts/ (ZD_TEST_ARTIFACTS to move it); they are never
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -144,4 +145,25 @@ def test_a_viewer_is_refused_a_review(browser, site) -> None:
     assert page.locator("li.part.done").count() == 0
     with app.state.sessions() as session:
         assert session.query(Review).count() == 0
+    page.close()
+
+
+def test_a_reviewer_redraws_a_box_with_the_mouse(browser, site) -> None:
+    url, app = site
+    page = open_as(browser, url, "rita")
+    page.wait_for_function("document.querySelector('li.part.selected img').naturalWidth > 0")  # loaded
+    box = page.locator("li.part.selected .shot").bounding_box()
+    # The stored images are 40 x 40 px shown at 200 x 200: a drag of 50 px is 10 image px.
+    page.mouse.move(box["x"] + 50, box["y"] + 100)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 100, box["y"] + 150, steps=4)
+    page.mouse.up()
+    page.keyboard.press("b")
+    page.wait_for_function("document.querySelectorAll('li.part.done').length === 1")
+    save(page, "box-redrawn")
+    with app.state.sessions() as session:
+        (review,) = session.query(Review).all()
+        assert review.decision == "confirmed" and review.label == "crack"
+        label, *xyxy = json.loads(review.boxes_json)[0]
+        assert label == "crack" and xyxy == pytest.approx([10, 20, 20, 30], abs=0.5)
     page.close()

@@ -54,12 +54,78 @@ if (queue) {
       say(`not saved: ${err.message}`, true);
     }
   }
+  // Boxes drawn with the mouse, in the image's own pixels (the overlay is the stored image).
+  const drawn = new Map();
+  queue.querySelectorAll(".shot").forEach((shot) => {
+    let start = null;
+    let box = null;
+    const point = (event) => {
+      const r = shot.getBoundingClientRect();
+      return [Math.max(0, Math.min(event.clientX - r.left, r.width)), Math.max(0, Math.min(event.clientY - r.top, r.height))];
+    };
+    shot.addEventListener("mousedown", (event) => {
+      event.preventDefault();
+      start = point(event);
+      box = document.createElement("div");
+      box.className = "drawn";
+      shot.appendChild(box);
+      select(parts().indexOf(shot.closest("li.part")));
+    });
+    shot.addEventListener("mousemove", (event) => {
+      if (!start) return;
+      const [x, y] = point(event);
+      Object.assign(box.style, {
+        left: `${Math.min(x, start[0])}px`, top: `${Math.min(y, start[1])}px`,
+        width: `${Math.abs(x - start[0])}px`, height: `${Math.abs(y - start[1])}px`,
+      });
+    });
+    shot.addEventListener("mouseup", (event) => {
+      if (!start) return;
+      const [x, y] = point(event);
+      const img = shot.querySelector("img");
+      if (!img.naturalWidth) { box.remove(); say("the image has not loaded yet; draw again", true); return; }
+      const sx = img.naturalWidth / shot.clientWidth;
+      const sy = img.naturalHeight / shot.clientHeight;
+      const xyxy = [Math.min(x, start[0]) * sx, Math.min(y, start[1]) * sy, Math.max(x, start[0]) * sx, Math.max(y, start[1]) * sy];
+      start = null;
+      if (xyxy[2] - xyxy[0] < 1 || xyxy[3] - xyxy[1] < 1) { box.remove(); return; }
+      const id = shot.closest("li.part").dataset.id;
+      drawn.set(id, [...(drawn.get(id) || []), xyxy.map((v) => Math.round(v * 10) / 10)]);
+      say(`part ${id}: ${drawn.get(id).length} box(es) drawn; b saves, x clears`);
+    });
+  });
+  function clearBoxes() {
+    const el = parts()[current];
+    if (!el) return;
+    drawn.delete(el.dataset.id);
+    el.querySelectorAll(".drawn").forEach((b) => b.remove());
+  }
+  async function saveBoxes() {
+    const el = parts()[current];
+    const boxes = el && drawn.get(el.dataset.id);
+    if (!boxes) { say("draw a box on the image first", true); return; }
+    const label = el.querySelector("select.label").value;
+    const decision = queue.dataset.queue === "audit" ? "escape" : "confirmed";
+    try {
+      await api("POST", `/v1/inspections/${el.dataset.id}/reviews`, {
+        decision, label, boxes: boxes.map((box) => ({ class_name: label, score: 1, box })),
+      });
+      el.classList.add("done");
+      el.querySelector(".review-state").textContent = `${decision} (${label}, ${boxes.length} box(es))`;
+      say(`part ${el.dataset.id}: ${decision} with ${boxes.length} box(es)`);
+      nextOpen();
+    } catch (err) {
+      say(`not saved: ${err.message}`, true);
+    }
+  }
   const audit = queue.dataset.queue === "audit";
   document.addEventListener("keydown", (event) => {
     if (event.target.tagName === "INPUT" || event.altKey || event.ctrlKey || event.metaKey) return;
     const keys = audit
       ? { g: () => review("good"), e: () => review("escape", true) }
       : { c: () => review("confirmed"), f: () => review("false_reject"), r: () => review("confirmed", true) };
+    keys.b = saveBoxes;
+    keys.x = clearBoxes;
     keys.j = keys.ArrowDown = () => select(current + 1);
     keys.k = keys.ArrowUp = () => select(current - 1);
     if (keys[event.key]) { event.preventDefault(); keys[event.key](); }
