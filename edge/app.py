@@ -43,6 +43,19 @@ class Verdict(BaseModel):
     latency_ms: float
 
 
+async def follow_alias(holder: ModelHolder, metrics: EdgeMetrics, every: float) -> None:
+    """Swap to the version an alias points at once it moves (a promotion), without a restart.
+    A registry that cannot be reached leaves the current model serving."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if await run_in_threadpool(holder.alias_moved):
+                _, new = await run_in_threadpool(holder.reload)
+                metrics.set_model(holder.current.name, new)
+        except Exception as exc:  # the line keeps running on the model it has
+            log.warning("could not check %s for a new version: %s", holder.uri, exc)
+
+
 def create_app(config: StationConfig, source: str | None = None, serial_prefix: str = "PART") -> FastAPI:
     """Build the service; the model loads and the threads start with the app's lifespan.
 
@@ -72,6 +85,9 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             inspector=Inspector(config, holder, batcher, outbox, metrics),
         )
         log.info("station %s serving %s v%s", config.station, holder.current.name, holder.current.version)
+        poller = None
+        if config.model_poll_seconds and config.model.startswith("models:/"):
+            poller = asyncio.create_task(follow_alias(holder, metrics, config.model_poll_seconds))
         puller = None
         if source:
             from zerodefect.edge.sources import pull_loop
@@ -79,8 +95,9 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             puller = asyncio.create_task(pull_loop(state["inspector"], source, serial_prefix))
             state["puller"] = puller
         yield
-        if puller and not puller.done():
-            puller.cancel()
+        for task in (puller, poller):
+            if task and not task.done():
+                task.cancel()
         if forwarder:
             forwarder.stop()
         batcher.stop()

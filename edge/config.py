@@ -21,6 +21,9 @@ class StationConfig(BaseModel):
     line: str | None = None
     # A bundle folder, or models:/NAME@ALIAS to follow an alias (hot-swapped on reload).
     model: str
+    # How often to check whether the alias moved (a promotion), and swap to its new version
+    # without a restart; None checks only on POST /v1/model/reload.
+    model_poll_seconds: float | None = Field(default=60.0, gt=0)
     # Base URL of the quality record service; None keeps results in the outbox only.
     record_url: str | None = None
     # The record API key is a secret: read from this environment variable, never from YAML.

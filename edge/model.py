@@ -53,6 +53,16 @@ class ModelHolder:
         self._lock = threading.Lock()
         self.current = resolve_and_load(uri, cache_dir, threads)
 
+    def alias_moved(self) -> bool:
+        """True when this holder follows an alias that now points at another version."""
+        if not (self.uri.startswith("models:/") and "@" in self.uri):
+            return False
+        import mlflow
+
+        name, alias = self.uri.removeprefix("models:/").split("@", 1)
+        version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+        return version != self.current.version
+
     def reload(self) -> tuple[str, str]:
         """Load the URI again (an alias may have moved) and swap; returns (old, new) versions."""
         with self._lock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 from typer.testing import CliRunner
 
@@ -23,7 +24,7 @@ from zerodefect.training.registry import promote
 from .people import client_for
 from .servers import serve
 from .synthetic import part_image
-from .test_edge import KEY, station
+from .test_edge import KEY, station, wait_for
 from .test_pipeline import MODEL, tiny_config
 
 
@@ -56,7 +57,11 @@ def test_reviews_retrain_promote_and_serve_the_next_version(
     monkeypatch.setenv("ZD_RECORD_API_KEY", record_key)
     with serve(record_app) as record_url:
         edge_config = station(
-            tmp_path, f"models:/{MODEL}@champion", record_url=record_url, store_images="all"
+            tmp_path,
+            f"models:/{MODEL}@champion",
+            record_url=record_url,
+            store_images="all",
+            model_poll_seconds=0.2,  # follow the alias (a plant polls about once a minute)
         )
         with serve(create_edge(edge_config)) as edge_url:
             tally = play(parts, edge_url, KEY, "st-01", batch="LOT-1")
@@ -86,8 +91,8 @@ def test_reviews_retrain_promote_and_serve_the_next_version(
             gate = promote(MODEL, tolerance=1.0)  # the gate decides; here it is set to let it pass
             assert gate.passed and gate.promoted and gate.challenger == second.version
 
-            reload = _edge_post(edge_url, "/v1/model/reload")
-            assert reload == {"previous_version": first.version, "version": second.version}
+            # The station notices the moved alias by itself: no restart, no reload call.
+            wait_for(lambda: httpx.get(f"{edge_url}/readyz").json()["model_version"] == second.version)
             play(parts[:5], edge_url, KEY, "st-01", batch="LOT-2")
             _drain(edge_url)
             lot2 = reviewer.get("/v1/inspections", params={"batch": "LOT-2"}).json()["items"]
@@ -97,17 +102,5 @@ def test_reviews_retrain_promote_and_serve_the_next_version(
     assert lot1[0]["model_version"] == first.version
 
 
-def _edge_post(url: str, path: str) -> dict:
-    import httpx
-
-    answer = httpx.post(f"{url}{path}", headers={"X-API-Key": KEY}, timeout=60)
-    answer.raise_for_status()
-    return answer.json()
-
-
 def _drain(edge_url: str) -> None:
-    import httpx
-
-    from .test_edge import wait_for
-
     wait_for(lambda: httpx.get(f"{edge_url}/readyz").json()["outbox"]["pending"] == 0)
