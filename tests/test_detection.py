@@ -251,3 +251,10 @@ def test_a_part_is_rejected_by_any_box_over_its_own_class_threshold(trained) -> 
     passed = engine.judge_detections([scratch_only])[0]
     assert passed.verdict == "pass" and passed.defect_class is None and len(passed.detections) == 0
     assert passed.class_scores["scratch"] == pytest.approx(0.5)
+
+
+def test_the_promotion_gate_compares_detectors_by_map(trained) -> None:
+    _, outcome = trained
+    result = CliRunner().invoke(app, ["models", "promote", "tiny-detector"])
+    assert result.exit_code == 0, result.output
+    assert "map50" in result.output and "tiny-detector v1 is now @champion" in result.output

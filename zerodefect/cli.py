@@ -397,7 +397,7 @@ def _print_gate(name: str, result) -> None:
     for metric, new, old, ok in result.rows:
         table.add_row(
             metric,
-            f"{new:.4f}",
+            "- (undefined)" if new is None else f"{new:.4f}",
             "-" if old is None else f"{old:.4f}",
             "yes" if ok else "[red]no[/]",
         )
