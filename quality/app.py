@@ -19,9 +19,9 @@ from sqlalchemy import select
 from zerodefect.inference.preprocess import ImageDecodeError
 from zerodefect.quality import web
 from zerodefect.quality.andon import AndonWorker, alert_json, load_config
-from zerodefect.quality.auth import SESSION_COOKIE, SESSION_HOURS, AuthError, create_user, login, logout
+from zerodefect.quality.auth import SESSION_COOKIE, AuthError, create_user, login, logout
 from zerodefect.quality.db import make_engine, migrate, session_factory
-from zerodefect.quality.deps import DB, Admin, CallingStation, Reviewer, Viewer
+from zerodefect.quality.deps import DB, Admin, CallingStation, Reviewer, Viewer, set_session_cookie
 from zerodefect.quality.images import ImageStore, draw_overlay
 from zerodefect.quality.models import Alert, Station
 from zerodefect.quality.schemas import (
@@ -121,14 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             token, row = login(session, body.username, body.password)
         except AuthError as exc:
             raise HTTPException(401, str(exc)) from None
-        response.set_cookie(
-            SESSION_COOKIE,
-            token,
-            max_age=SESSION_HOURS * 3600,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+        set_session_cookie(response, request, token)
         return LoginOut(username=row.user.username, role=row.user.role, csrf_token=row.csrf_token)
 
     @app.post("/v1/logout", status_code=204)

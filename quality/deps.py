@@ -4,10 +4,10 @@ the logged-in person with at least the role an endpoint needs."""
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request, Response
 from sqlalchemy.orm import Session
 
-from zerodefect.quality.auth import SESSION_COOKIE, role_at_least, session_for_token
+from zerodefect.quality.auth import SESSION_COOKIE, SESSION_HOURS, role_at_least, session_for_token
 from zerodefect.quality.models import Station, User
 from zerodefect.quality.store import station_for_key
 
@@ -63,3 +63,16 @@ def require(role: str):
 Viewer = Annotated[User, Depends(require("viewer"))]
 Reviewer = Annotated[User, Depends(require("reviewer"))]
 Admin = Annotated[User, Depends(require("admin"))]
+
+
+def set_session_cookie(response: Response, request: Request, token: str) -> None:
+    """The login cookie: HttpOnly (no script reads it), SameSite=Strict (no other site sends
+    it), Secure over HTTPS, and as long-lived as the session."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=SESSION_HOURS * 3600,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )

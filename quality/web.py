@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.quality import charts
-from zerodefect.quality.auth import SESSION_COOKIE, SESSION_HOURS, AuthError, login, session_for_token
+from zerodefect.quality.auth import SESSION_COOKIE, AuthError, login, session_for_token
 from zerodefect.quality.dashboard import build_dashboard
-from zerodefect.quality.deps import DB
+from zerodefect.quality.deps import DB, set_session_cookie
 from zerodefect.quality.models import Alert, Defect, Inspection, Line, Station
 from zerodefect.quality.store import to_out
 
@@ -85,14 +85,7 @@ def login_submit(
         )
     target = next if next.startswith("/") and not next.startswith("//") else "/review"
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=SESSION_HOURS * 3600,
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    set_session_cookie(response, request, token)
     return response
 
 
