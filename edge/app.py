@@ -49,8 +49,8 @@ async def follow_alias(holder: ModelHolder, metrics: EdgeMetrics, every: float) 
     while True:
         await asyncio.sleep(every)
         try:
-            if await run_in_threadpool(holder.alias_moved):
-                _, new = await run_in_threadpool(holder.reload)
+            new = await run_in_threadpool(holder.follow)
+            if new is not None:
                 metrics.set_model(holder.current.name, new)
         except Exception as exc:  # the line keeps running on the model it has
             log.warning("could not check %s for a new version: %s", holder.uri, exc)

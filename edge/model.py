@@ -26,17 +26,25 @@ class LoadedModel:
     uri: str
 
 
+def resolve_alias(uri: str) -> tuple[str, str] | None:
+    """(name, version) an alias URI `models:/NAME@ALIAS` points at now; None for other URIs."""
+    if not (uri.startswith("models:/") and "@" in uri):
+        return None
+    import mlflow
+
+    from zerodefect.settings import configure_mlflow
+
+    configure_mlflow()
+    name, alias = uri.removeprefix("models:/").split("@", 1)
+    return name, str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+
+
 def resolve_and_load(uri: str, cache_dir: Path, threads: int | None) -> LoadedModel:
     """Load a bundle; for `models:/NAME@ALIAS`, pin the alias to its version first, so the
     version recorded is exactly the one downloaded even if the alias moves meanwhile."""
-    if uri.startswith("models:/") and "@" in uri:
-        import mlflow
-
-        from zerodefect.settings import configure_mlflow
-
-        configure_mlflow()
-        name, alias = uri.removeprefix("models:/").split("@", 1)
-        version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    pinned = resolve_alias(uri)
+    if pinned is not None:
+        name, version = pinned
         folder = fetch_bundle(f"models:/{name}/{version}", cache_dir)
         engine = Engine.from_bundle(folder, threads)
         return LoadedModel(engine, name, version, uri)
@@ -51,17 +59,27 @@ class ModelHolder:
         self.cache_dir = cache_dir
         self.threads = threads
         self._lock = threading.Lock()
+        self._failed: str | None = None
         self.current = resolve_and_load(uri, cache_dir, threads)
 
-    def alias_moved(self) -> bool:
-        """True when this holder follows an alias that now points at another version."""
-        if not (self.uri.startswith("models:/") and "@" in self.uri):
-            return False
-        import mlflow
+    def follow(self) -> str | None:
+        """Swap to the version the alias points at if it moved; returns the new version.
 
-        name, alias = self.uri.removeprefix("models:/").split("@", 1)
-        version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
-        return version != self.current.version
+        A version that failed to load is not tried again until the alias moves once more, so a
+        broken promotion costs one attempt, not one per poll.
+        """
+        with self._lock:
+            pinned = resolve_alias(self.uri)
+            if pinned is None or pinned[1] in (self.current.version, self._failed):
+                return None
+            try:
+                fresh = resolve_and_load(self.uri, self.cache_dir, self.threads)
+            except Exception:
+                self._failed = pinned[1]
+                raise
+            self.current = fresh
+        log.info("model %s: following the alias to version %s", self.uri, fresh.version)
+        return fresh.version
 
     def reload(self) -> tuple[str, str]:
         """Load the URI again (an alias may have moved) and swap; returns (old, new) versions."""

@@ -22,17 +22,22 @@ from pathlib import Path
 
 import httpx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import func, select
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station
 from zerodefect.quality.spc import p_chart
+from zerodefect.quality.store import as_utc
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 12
+# Parts scanned for runs of rejects at each evaluation (covers a fast line between evaluations).
+CONSECUTIVE_SCAN = 2000
+# Finished hours judged against their control limit (more than one, in case of a pause).
+UCL_LOOKBACK_HOURS = 3
 MAX_BACKOFF_SECONDS = 300
 
 
@@ -42,6 +47,9 @@ class Rules(BaseModel):
     ucl: bool = True
     # Hours of history that set the p-chart's centre line.
     ucl_window_hours: int = Field(default=24, ge=1)
+    # Only finished hours with at least this many parts are judged: one reject among the first
+    # two parts of an hour is no signal.
+    ucl_min_parts: int = Field(default=20, ge=1)
     consecutive_defects: int | None = Field(default=5, ge=2)
     false_reject_rate_above: float | None = Field(default=0.5, gt=0, lt=1)
     min_reviews: int = Field(default=20, ge=1)
@@ -52,7 +60,7 @@ class Rules(BaseModel):
 class AndonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    webhooks: list[str] = Field(default_factory=list)
+    webhooks: list[HttpUrl] = Field(default_factory=list)
     defaults: Rules = Field(default_factory=Rules)
     # Per station: only the rules that differ from the defaults.
     stations: dict[str, dict] = Field(default_factory=dict)
@@ -73,10 +81,6 @@ def load_config(path: Path | None) -> AndonConfig:
         return config
     except (yaml.YAMLError, ValidationError) as exc:
         raise ValueError(f"{path}: invalid andon configuration: {exc}") from exc
-
-
-def _as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _raise(
@@ -113,21 +117,10 @@ def _raise(
         session.rollback()
         return None
     for url in webhooks:
-        session.add(AlertDelivery(alert_id=alert.id, url=url, next_attempt_at=now))
+        session.add(AlertDelivery(alert_id=alert.id, url=str(url), next_attempt_at=now))
     session.commit()
     log.warning("andon %s at %s: %s", rule, station.name, message)
     return alert
-
-
-def _open_alert(session: Session, station: Station, rule: str) -> bool:
-    return (
-        session.scalar(
-            select(Alert.id).where(
-                Alert.station_id == station.id, Alert.rule == rule, Alert.state != "resolved"
-            )
-        )
-        is not None
-    )
 
 
 def evaluate_station(
@@ -135,35 +128,37 @@ def evaluate_station(
 ) -> list[Alert]:
     """Check one station's rules at `now`; returns the alerts newly raised."""
     raised: list[Alert | None] = []
-    base = select(Inspection).where(Inspection.station_id == station.id)
 
     if rules.consecutive_defects:
+        # Every run of N or more rejects among the recent parts, even one that a pass ended
+        # between two evaluations; a run is named by its first part, so it is raised once.
         n = rules.consecutive_defects
-        last = session.scalars(base.order_by(Inspection.id.desc()).limit(n)).all()
-        if len(last) == n and all(r.verdict == "reject" for r in last):
-            last_pass = session.scalar(
-                select(func.max(Inspection.id)).where(
-                    Inspection.station_id == station.id, Inspection.verdict == "pass"
-                )
-            )
-            first = session.scalar(
-                select(func.min(Inspection.id)).where(
-                    Inspection.station_id == station.id, Inspection.id > (last_pass or 0)
-                )
-            )
-            raised.append(
-                _raise(
-                    session,
-                    station,
-                    "consecutive_defects",
-                    f"streak from inspection {first}",
-                    f"{n} or more rejects in a row (from inspection {first})",
-                    webhooks,
-                    float(n),
-                    float(n),
-                    now=now,
-                )
-            )
+        recent = session.execute(
+            select(Inspection.id, Inspection.verdict)
+            .where(Inspection.station_id == station.id)
+            .order_by(Inspection.id.desc())
+            .limit(CONSECUTIVE_SCAN)
+        ).all()
+        run: list[int] = []
+        for part_id, verdict in reversed(recent):
+            if verdict == "reject":
+                run.append(part_id)
+                if len(run) == n:
+                    raised.append(
+                        _raise(
+                            session,
+                            station,
+                            "consecutive_defects",
+                            f"streak from inspection {run[0]}",
+                            f"{n} rejects in a row (from inspection {run[0]})",
+                            webhooks,
+                            float(n),
+                            float(n),
+                            now=now,
+                        )
+                    )
+            else:
+                run = []
 
     if rules.ucl:
         since = now - timedelta(hours=rules.ucl_window_hours)
@@ -174,13 +169,17 @@ def evaluate_station(
         ).all()
         hours: dict[str, list[int]] = {}
         for captured, verdict in rows:
-            label = _as_utc(captured).strftime("%Y-%m-%dT%H:00Z")
+            label = as_utc(captured).strftime("%Y-%m-%dT%H:00Z")
             counts = hours.setdefault(label, [0, 0])
             counts[0] += 1
             counts[1] += verdict == "reject"
         chart = p_chart([(label, n, d) for label, (n, d) in sorted(hours.items())])
         for point in chart.points:
-            if point.above_ucl:
+            ended = datetime.strptime(point.label, "%Y-%m-%dT%H:00Z").replace(tzinfo=UTC) + timedelta(hours=1)
+            # A finished hour, judged while it is recent: a drifting centre line must not
+            # raise stale alerts about hours long gone.
+            recent = now - timedelta(hours=UCL_LOOKBACK_HOURS) < ended <= now
+            if point.above_ucl and recent and point.n >= rules.ucl_min_parts:
                 raised.append(
                     _raise(
                         session,
@@ -196,7 +195,7 @@ def evaluate_station(
                     )
                 )
 
-    if rules.false_reject_rate_above is not None and not _open_alert(session, station, "false_reject_rate"):
+    if rules.false_reject_rate_above is not None:
         since = now - timedelta(hours=rules.review_window_hours)
         reviewed = session.execute(
             select(Inspection.review_status).where(
@@ -207,25 +206,35 @@ def evaluate_station(
             )
         ).all()
         false = sum(1 for (status,) in reviewed if status == "false_reject")
-        if len(reviewed) >= rules.min_reviews and false / len(reviewed) > rules.false_reject_rate_above:
-            rate = false / len(reviewed)
-            raised.append(
-                _raise(
-                    session,
-                    station,
-                    "false_reject_rate",
-                    now.isoformat(timespec="seconds"),
-                    f"false-reject rate {rate:.3f} over the last {len(reviewed)} reviewed rejects is above "
-                    f"{rules.false_reject_rate_above}",
-                    webhooks,
-                    rate,
-                    rules.false_reject_rate_above,
-                    now=now,
+        rate = false / len(reviewed) if reviewed else 0.0
+        episodes = session.scalars(
+            select(Alert).where(Alert.station_id == station.id, Alert.rule == "false_reject_rate")
+        ).all()
+        if len(reviewed) >= rules.min_reviews and rate > rules.false_reject_rate_above:
+            # One alert per episode above the limit; the next episode starts once it has cleared.
+            if all(a.cleared_at is not None for a in episodes):
+                raised.append(
+                    _raise(
+                        session,
+                        station,
+                        "false_reject_rate",
+                        f"episode {len(episodes) + 1}",
+                        f"false-reject rate {rate:.3f} over the last {len(reviewed)} reviewed rejects is "
+                        f"above {rules.false_reject_rate_above}",
+                        webhooks,
+                        rate,
+                        rules.false_reject_rate_above,
+                        now=now,
+                    )
                 )
-            )
+        else:
+            for alert in episodes:
+                if alert.cleared_at is None:
+                    alert.cleared_at = now
+            session.commit()
 
     if rules.silent_seconds and station.last_seen_at is not None:
-        seen = _as_utc(station.last_seen_at)
+        seen = as_utc(station.last_seen_at)
         if (now - seen).total_seconds() > rules.silent_seconds:
             raised.append(
                 _raise(
@@ -262,7 +271,7 @@ def alert_json(alert: Alert) -> dict:
         "value": alert.value,
         "limit": alert.limit,
         "state": alert.state,
-        "raised_at": _as_utc(alert.raised_at).isoformat(),
+        "raised_at": as_utc(alert.raised_at).isoformat(),
     }
 
 
@@ -283,7 +292,7 @@ def deliver_due(session: Session, client: httpx.Client, now: datetime | None = N
         try:
             answer = client.post(delivery.url, json={"alert": alert_json(delivery.alert)}, timeout=5)
             ok, error = answer.is_success, f"HTTP {answer.status_code}"
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # any failure is this delivery's, never the loop's
             ok, error = False, f"{type(exc).__name__}: {exc}"
         if ok:
             delivery.delivered_at, delivery.last_error = now, None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
@@ -88,7 +89,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await call_next(request)
 
     app.include_router(web.router)
+
+    @app.exception_handler(web.LoginRequired)
+    async def to_login(request: Request, _exc: web.LoginRequired) -> Response:
+        return web.login_redirect(request)
+
     app.mount("/static", StaticFiles(directory=str(Path(web.__file__).parent / "static")), name="static")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Where and why, without echoing the input: a refused Infinity cannot be written as JSON.
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(RecordError)
     async def record_error(_request: Request, exc: RecordError) -> JSONResponse:

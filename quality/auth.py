@@ -18,6 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from zerodefect.quality.models import ROLES, User, UserSession
+from zerodefect.quality.store import hash_key
 
 SESSION_COOKIE = "zd_session"
 SESSION_HOURS = 12  # one long shift
@@ -50,8 +51,23 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+_DUMMY_HASH = hash_password(secrets.token_hex(16))
+
+
 def role_at_least(role: str, needed: str) -> bool:
     return ROLES.index(role) >= ROLES.index(needed)
+
+
+def set_password(session: Session, username: str, password: str) -> None:
+    """Replace a user's password (and end their sessions)."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise AuthError(f"no user {username!r}")
+    if len(password) < 8:
+        raise AuthError("a password needs at least 8 characters")
+    user.password_hash = hash_password(password)
+    session.execute(delete(UserSession).where(UserSession.user_id == user.id))
+    session.commit()
 
 
 def create_user(session: Session, username: str, password: str, role: str) -> User:
@@ -73,14 +89,14 @@ def create_user(session: Session, username: str, password: str, role: str) -> Us
 def login(session: Session, username: str, password: str) -> tuple[str, UserSession]:
     """Check a password and open a session; returns (cookie token, session row)."""
     user = session.scalar(select(User).where(User.username == username))
-    # The same work whether or not the user exists: no timing oracle for usernames.
-    stored = user.password_hash if user is not None else hash_password(secrets.token_hex(8))
+    # One scrypt check whether or not the user exists: no timing oracle for usernames.
+    stored = user.password_hash if user is not None else _DUMMY_HASH
     if not verify_password(password, stored) or user is None or not user.active:
         raise AuthError("wrong username or password")
     token = secrets.token_urlsafe(32)
     now = datetime.now(UTC)
     row = UserSession(
-        token_hash=hashlib.sha256(token.encode()).hexdigest(),
+        token_hash=hash_key(token),
         csrf_token=secrets.token_urlsafe(24),
         user_id=user.id,
         created_at=now,
@@ -96,9 +112,7 @@ def session_for_token(session: Session, token: str | None) -> UserSession | None
     """The live session behind a cookie token, or None (unknown, expired, or user disabled)."""
     if not token:
         return None
-    row = session.scalar(
-        select(UserSession).where(UserSession.token_hash == hashlib.sha256(token.encode()).hexdigest())
-    )
+    row = session.scalar(select(UserSession).where(UserSession.token_hash == hash_key(token)))
     if row is None or not row.user.active:
         return None
     expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
@@ -109,7 +123,5 @@ def session_for_token(session: Session, token: str | None) -> UserSession | None
 
 def logout(session: Session, token: str | None) -> None:
     if token:
-        session.execute(
-            delete(UserSession).where(UserSession.token_hash == hashlib.sha256(token.encode()).hexdigest())
-        )
+        session.execute(delete(UserSession).where(UserSession.token_hash == hash_key(token)))
         session.commit()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 from sqlalchemy import func, select
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.quality.models import Inspection, Station
 from zerodefect.quality.spc import PChart, p_chart
+from zerodefect.quality.store import as_utc
 
 
 @dataclass
@@ -31,12 +32,8 @@ class Dashboard:
     versions: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _hour(value: datetime) -> str:
-    return _utc(value).strftime("%Y-%m-%dT%H:00Z")
+    return as_utc(value).strftime("%Y-%m-%dT%H:00Z")
 
 
 # Three 8-hour shifts, starting at these UTC hours.
@@ -46,7 +43,7 @@ SHIFT_STARTS = (6, 14, 22)
 def _shift(value: datetime) -> str:
     """The shift a time falls in, named by its start (the night shift before 06:00 belongs to
     the previous day's 22:00 shift)."""
-    value = _utc(value)
+    value = as_utc(value)
     start = max((h for h in SHIFT_STARTS if h <= value.hour), default=None)
     if start is None:
         value, start = value - timedelta(days=1), SHIFT_STARTS[-1]
@@ -61,7 +58,7 @@ def build_dashboard(
     newest = session.scalar(select(func.max(Inspection.captured_at)))
     if newest is None:
         return Dashboard(None)
-    end = _utc(newest)
+    end = as_utc(newest)
     start = end - timedelta(hours=hours)
     query = (
         select(Inspection)
@@ -90,7 +87,7 @@ def build_dashboard(
             counts[1] += part.verdict == "reject"
             if part.latency_ms is not None:
                 latencies[hour].append(part.latency_ms)
-            stamp = _utc(part.captured_at).isoformat(timespec="seconds")
+            stamp = as_utc(part.captured_at).isoformat(timespec="seconds")
             span = versions.setdefault(part.model_version, [stamp, stamp])
             span[1] = stamp
             reviews[part.review_status or "unreviewed"] += 1

@@ -1,6 +1,7 @@
 """FastAPI dependencies of the record service: a database session, the calling station, and
 the logged-in person with at least the role an endpoint needs."""
 
+import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -52,7 +53,8 @@ def require(role: str):
         user = login.user
         if not role_at_least(user.role, role):
             raise HTTPException(403, f"this needs the {role} role; {user.username} is a {user.role}")
-        if request.method not in SAFE_METHODS and request.headers.get("x-csrf-token") != login.csrf_token:
+        sent = request.headers.get("x-csrf-token") or ""
+        if request.method not in SAFE_METHODS and not hmac.compare_digest(sent, login.csrf_token):
             raise HTTPException(403, "missing or wrong CSRF token (header X-CSRF-Token)")
         request.state.login = login
         return user

@@ -159,6 +159,8 @@ class Alert(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     resolved_by: Mapped[str | None] = mapped_column(String(100))
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # For conditions that last (a false-reject rate above its limit): when it went back under.
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     station: Mapped[Station] = relationship()
 
     __table_args__ = (UniqueConstraint("station_id", "rule", "breach", name="uq_alert_breach"),)

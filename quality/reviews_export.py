@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 from zerodefect.datasets.manifest import Box, Manifest, Sample
 from zerodefect.quality.images import ImageStore
 from zerodefect.quality.models import Inspection, Review
+from zerodefect.quality.store import as_utc
 
 
 @dataclass
@@ -47,15 +48,19 @@ def manifest_from_reviews(
     if model_name:
         query = query.where(Inspection.model_name == model_name)
     if since:
-        query = query.where(Inspection.reviewed_at >= since)
-    samples, skipped = [], {"no stored image": 0, "escape without boxes": 0}
+        query = query.where(Inspection.reviewed_at >= as_utc(since))
+    samples, skipped = [], {"no stored image": 0, "escape without boxes": 0, "defect without a class": 0}
     for row in session.scalars(query):
         path = images.find(row.image_sha256) if row.image_sha256 else None
         if path is None:
             skipped["no stored image"] += 1
             continue
-        last = session.scalars(
-            select(Review).where(Review.inspection_id == row.id).order_by(Review.id.desc()).limit(1)
+        # The newest review that drew boxes: a later relabel without drawing keeps them.
+        drawn = session.scalars(
+            select(Review)
+            .where(Review.inspection_id == row.id, Review.boxes_json.is_not(None))
+            .order_by(Review.id.desc())
+            .limit(1)
         ).first()
         decision = row.review_status
         clean = decision in ("false_reject", "good")
@@ -64,11 +69,14 @@ def manifest_from_reviews(
             if clean
             else (row.review_label or (row.defects[0].class_name if row.defects else None))
         )
+        if label is None:  # a fail-safe reject confirmed without saying what the defect is
+            skipped["defect without a class"] += 1
+            continue
         boxes: list[Box] = []
         if task == "detection" and not clean:
-            if last is not None and last.boxes_json:
+            if drawn is not None:
                 boxes = [
-                    Box(str(b[0]), *map(float, b[1:5])) for b in json.loads(last.boxes_json) if len(b) == 5
+                    Box(str(b[0]), *map(float, b[1:5])) for b in json.loads(drawn.boxes_json) if len(b) == 5
                 ]
             elif decision == "confirmed":  # the model's boxes, under the reviewer's class if relabelled
                 boxes = [

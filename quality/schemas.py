@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 
 class DefectIn(BaseModel):
+    # JSON numbers only: Infinity or NaN would break every later read of the record.
+    model_config = ConfigDict(allow_inf_nan=False)
+
     class_name: str = Field(min_length=1, max_length=100)
     score: float = Field(ge=0, le=1)
     box: list[float] | None = Field(default=None, description="[x1, y1, x2, y2] in image pixels")
@@ -23,6 +26,9 @@ class DefectIn(BaseModel):
 
 class InspectionIn(BaseModel):
     """One judged part, posted by a station (its identity comes from its API key)."""
+
+    # JSON numbers only: Infinity or NaN would break every later read of the record.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     key: str = Field(
         min_length=8,
@@ -108,6 +114,9 @@ class UserIn(BaseModel):
 class ReviewIn(BaseModel):
     """A reviewer's verdict. A rejected part is `confirmed` (with `label` to relabel its class)
     or a `false_reject`; an audited passed part is `good` or an `escape` (with its class)."""
+
+    # JSON numbers only: Infinity or NaN would break every later read of the record.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     decision: Literal["confirmed", "false_reject", "good", "escape"]
     label: str | None = Field(default=None, min_length=1, max_length=100)

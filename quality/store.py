@@ -219,9 +219,8 @@ def add_review(session: Session, inspection_id: int, user: User, review: ReviewI
     boxes = None
     if review.boxes is not None:
         boxes = json.dumps([[b.class_name, *(b.box or [])] for b in review.boxes])
+    # Only a label the reviewer gave: a plain confirmation keeps each defect's own class.
     label = review.label
-    if label is None and review.decision == "confirmed":
-        label = row.defects[0].class_name if row.defects else None
     entry = Review(
         inspection_id=row.id,
         user_id=user.id,

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.quality import charts
 from zerodefect.quality.auth import SESSION_COOKIE, AuthError, login, session_for_token
 from zerodefect.quality.dashboard import build_dashboard
 from zerodefect.quality.deps import DB, set_session_cookie
-from zerodefect.quality.models import Alert, Defect, Inspection, Line, Station
+from zerodefect.quality.models import Alert, Defect, Inspection, Line, Station, UserSession
 from zerodefect.quality.store import to_out
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -30,15 +30,28 @@ router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 60
 
 
-def _login_redirect(request: Request) -> RedirectResponse:
+def login_redirect(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
 
-def _render(request: Request, session: Session, name: str, page: str, **context) -> Response:
+class LoginRequired(Exception):
+    """Raised by a page's dependency before the page does any work; answered by a redirect."""
+
+
+def page_login(request: Request, session: DB) -> UserSession:
     login_row = session_for_token(session, request.cookies.get(SESSION_COOKIE))
     if login_row is None:
-        return _login_redirect(request)
+        raise LoginRequired()
+    return login_row
+
+
+PageLogin = Annotated[UserSession, Depends(page_login)]
+
+
+def _render(
+    request: Request, session: Session, login_row: UserSession, name: str, page: str, **context
+) -> Response:
     open_alerts = session.scalar(select(func.count(Alert.id)).where(Alert.state == "open"))
     return templates.TemplateResponse(
         request,
@@ -60,9 +73,9 @@ def home() -> RedirectResponse:
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request, next: str = "/review", error: str | None = None) -> Response:
+def login_form(request: Request, next: str = "/review") -> Response:
     return templates.TemplateResponse(
-        request, "login.html", {"user": None, "csrf": "", "title": "Log in", "next": next, "error": error}
+        request, "login.html", {"user": None, "csrf": "", "title": "Log in", "next": next, "error": None}
     )
 
 
@@ -90,16 +103,19 @@ def login_submit(
 
 
 def _day(value: str | None, end: bool = False) -> datetime | None:
-    if not value:
+    """A date filter as a UTC time (the end of the day for `end`); None if absent or invalid."""
+    try:
+        day = date.fromisoformat(value) if value else None
+        return datetime.combine(day + timedelta(days=1) if end else day, time(), tzinfo=UTC) if day else None
+    except (ValueError, OverflowError):
         return None
-    day = date.fromisoformat(value)
-    return datetime.combine(day + timedelta(days=1) if end else day, time(), tzinfo=UTC)
 
 
 @router.get("/review", response_class=HTMLResponse)
 def review_page(
     request: Request,
     session: DB,
+    login_row: PageLogin,
     queue: Literal["flagged", "audit"] = "flagged",
     station: str | None = None,
     line: str | None = None,
@@ -131,11 +147,13 @@ def review_page(
     if model_version:
         query = query.where(Inspection.model_version == model_version)
     if defect_class:
-        query = query.where(Inspection.defects.any(Defect.class_name == defect_class))
-    try:
-        start, end = _day(since), _day(until, end=True)
-    except ValueError:
-        start = end = None
+        query = query.where(
+            or_(
+                Inspection.defects.any(Defect.class_name == defect_class),
+                Inspection.review_label == defect_class,
+            )
+        )
+    start, end = _day(since), _day(until, end=True)
     if start:
         query = query.where(Inspection.captured_at >= start)
     if end:
@@ -166,6 +184,7 @@ def review_page(
     return _render(
         request,
         session,
+        login_row,
         "review.html",
         "review" if queue == "flagged" else "audit",
         title="Flagged parts" if queue == "flagged" else "Audit of passed parts",
@@ -181,7 +200,8 @@ def review_page(
 def dashboard_page(
     request: Request,
     session: DB,
-    hours: int = 24,
+    login_row: PageLogin,
+    hours: Annotated[int, Query(ge=1, le=2160)] = 24,
     station: str | None = None,
     bucket: Literal["hour", "shift"] = "hour",
 ) -> Response:
@@ -189,6 +209,7 @@ def dashboard_page(
     return _render(
         request,
         session,
+        login_row,
         "dashboard.html",
         "dashboard",
         title="Dashboard",
@@ -207,11 +228,11 @@ def dashboard_page(
 
 
 @router.get("/alerts", response_class=HTMLResponse)
-def alerts_page(request: Request, session: DB) -> Response:
+def alerts_page(request: Request, session: DB, login_row: PageLogin) -> Response:
     from zerodefect.quality.andon import alert_json
 
     rows = session.scalars(
         select(Alert).options(selectinload(Alert.station)).order_by(Alert.id.desc()).limit(200)
     )
     alerts = [alert_json(a) | {"acknowledged_by": a.acknowledged_by} for a in rows]
-    return _render(request, session, "alerts.html", "alerts", title="Alerts", alerts=alerts)
+    return _render(request, session, login_row, "alerts.html", "alerts", title="Alerts", alerts=alerts)

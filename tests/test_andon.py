@@ -13,9 +13,9 @@ from fastapi import FastAPI, Request, Response
 from zerodefect.quality.andon import AndonConfig, Rules, deliver_due, evaluate_all, load_config
 from zerodefect.quality.app import create_app
 from zerodefect.quality.images import ImageStore
-from zerodefect.quality.models import Alert, AlertDelivery
-from zerodefect.quality.schemas import InspectionIn
-from zerodefect.quality.store import add_station, record_inspection
+from zerodefect.quality.models import Alert, AlertDelivery, Inspection
+from zerodefect.quality.schemas import InspectionIn, ReviewIn
+from zerodefect.quality.store import add_review, add_station, record_inspection
 from zerodefect.settings import get_settings
 
 from .people import client_for
@@ -173,3 +173,79 @@ def test_andon_config_errors_name_the_file(tmp_path: Path) -> None:
         config.rules_for("st-01").consecutive_defects == 9
         and config.rules_for("other").consecutive_defects == 5
     )
+
+
+def test_a_streak_ended_between_evaluations_is_still_raised(record) -> None:
+    app, images = record
+    add_parts(app, images, "rrrrrp", T0)  # five rejects, then a pass, before anyone looked
+    with app.state.sessions() as session:
+        assert len(evaluate_all(session, rules(consecutive_defects=5), T0)) == 1
+        assert evaluate_all(session, rules(consecutive_defects=5), T0) == []
+
+
+def test_the_control_limit_ignores_unfinished_and_thin_hours(record) -> None:
+    app, images = record
+    config = rules(ucl=True, ucl_min_parts=20)
+    for hour in range(4):
+        add_parts(app, images, "r" + "p" * 49, T0 + timedelta(hours=hour))
+    add_parts(app, images, "rr", T0 + timedelta(hours=4))  # 2 of 2 parts: far above any limit
+    with app.state.sessions() as session:
+        # During that hour: not finished. After it: finished but thin. Neither raises.
+        assert evaluate_all(session, config, T0 + timedelta(hours=4, minutes=30)) == []
+        assert evaluate_all(session, config, T0 + timedelta(hours=5, minutes=1)) == []
+
+
+def test_a_false_reject_rate_alert_fires_once_per_episode(record) -> None:
+    app, images = record
+    config = rules(false_reject_rate_above=0.5, min_reviews=4)
+    add_parts(app, images, "rrrrrr", T0)
+    reviewer = add_reviewer(app)
+
+    def review(decisions: str) -> None:
+        with app.state.sessions() as session:
+            rows = (
+                session.query(Inspection).filter(Inspection.verdict == "reject").order_by(Inspection.id).all()
+            )
+            for row, d in zip(rows, decisions, strict=False):
+                add_review(
+                    session,
+                    row.id,
+                    reviewer(session),
+                    ReviewIn(decision="false_reject" if d == "f" else "confirmed"),
+                )
+
+    review("fffccc")  # 3 of 6 false: not above 0.5
+    now = datetime.now(UTC)
+    with app.state.sessions() as session:
+        assert evaluate_all(session, config, now) == []
+    review("ffff")  # now 4 of 6 (the newest review of a part counts)
+    with app.state.sessions() as session:
+        assert len(evaluate_all(session, config, now)) == 1
+        assert evaluate_all(session, config, now) == []  # the same episode
+    review("cccccc")  # all confirmed: the episode clears...
+    with app.state.sessions() as session:
+        assert evaluate_all(session, config, now) == []
+    review("ffffff")  # ...and a new one begins
+    with app.state.sessions() as session:
+        assert len(evaluate_all(session, config, now)) == 1
+    assert [b for r, b in alerts(app)] == ["episode 1", "episode 2"]
+
+
+def add_reviewer(app):
+    from .people import add_user
+
+    name = add_user(app.state.sessions, "qa", "reviewer")
+
+    def get(session):
+        from zerodefect.quality.models import User
+
+        return session.query(User).filter_by(username=name).one()
+
+    return get
+
+
+def test_a_webhook_url_must_be_a_url(tmp_path: Path) -> None:
+    bad = tmp_path / "andon.yaml"
+    bad.write_text("webhooks: ['http://host:80a/']\n")
+    with pytest.raises(ValueError, match="invalid andon configuration"):
+        load_config(bad)

@@ -116,7 +116,9 @@ def test_a_reviewer_acknowledges_an_alert(browser, site) -> None:
     url, app = site
     # The first hour (12 rejects in 17) is over its control limit: one alert.
     rules = AndonConfig(
-        defaults=Rules(consecutive_defects=None, silent_seconds=None, false_reject_rate_above=None)
+        defaults=Rules(
+            ucl_min_parts=10, consecutive_defects=None, silent_seconds=None, false_reject_rate_above=None
+        )
     )
     with app.state.sessions() as session:
         (alert,) = evaluate_all(session, rules, T0 + timedelta(hours=2))

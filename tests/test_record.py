@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -141,9 +142,14 @@ def test_bad_input_is_a_4xx_with_a_reason(record, reader) -> None:
             image_sha256="0" * 64,
         ),
         part("k-00000007", "S", defects=[{"class_name": "crack", "score": 0.5, "box": [5, 5, 1, 1]}]),
+        part("k-00000008", "S", latency_ms=float("inf")),  # would break every later read
     ]
     for body in cases:
-        r = httpx.post(f"{url}/v1/inspections", json=body, headers=headers)
+        # json.dumps writes Infinity as JSON's common extension does; the record must refuse it.
+        raw = json.dumps(body).encode()
+        r = httpx.post(
+            f"{url}/v1/inspections", content=raw, headers={**headers, "content-type": "application/json"}
+        )
         assert r.status_code == 422, (body, r.text)
         assert r.json()["detail"]
     r = httpx.post(

@@ -45,6 +45,9 @@ def test_pages_need_a_login(app_with_parts) -> None:
     assert answer.status_code == 303 and answer.headers["location"] == "/login?next=/dashboard%3Fhours%3D12"
     wrong = httpx.post(f"{url}/login", data={"username": "rita", "password": "nope", "next": "/review"})
     assert wrong.status_code == 401 and "wrong username or password" in wrong.text
+    # A page checks the login before it does any work; its parameters are bounded.
+    assert httpx.get(f"{url}/dashboard?hours=100000000").status_code == 303
+    assert browser_login(url, "rita").get("/dashboard", params={"hours": 100000000}).status_code == 422
     # An open redirect through `next` is refused.
     client = httpx.Client(base_url=url)
     answer = client.post("/login", data={"username": "rita", "password": PASSWORD, "next": "//evil.example"})

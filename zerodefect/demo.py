@@ -164,19 +164,28 @@ def demo_login() -> tuple[str, str]:
     import json
     import secrets
 
-    from zerodefect.quality.auth import create_user
+    from sqlalchemy import select
+
+    from zerodefect.quality.auth import create_user, set_password, verify_password
     from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.models import User
 
     settings = get_settings()
     saved = settings.data_dir / "demo-login.json"
-    if saved.is_file():
-        data = json.loads(saved.read_text())
-        return data["username"], data["password"]
     url = settings.record_database_url
     migrate(url)
-    password = secrets.token_urlsafe(12)
     with session_factory(make_engine(url))() as session:
-        create_user(session, DEMO_USER, password, "reviewer")
+        user = session.scalar(select(User).where(User.username == DEMO_USER))
+        if saved.is_file() and user is not None:
+            data = json.loads(saved.read_text())
+            if verify_password(data["password"], user.password_hash):
+                return data["username"], data["password"]
+        # First demo, or the record or the file was reset: a fresh password for the demo user.
+        password = secrets.token_urlsafe(12)
+        if user is None:
+            create_user(session, DEMO_USER, password, "reviewer")
+        else:
+            set_password(session, DEMO_USER, password)
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({"username": DEMO_USER, "password": password}))
     saved.chmod(0o600)

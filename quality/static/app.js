@@ -83,7 +83,7 @@ if (queue) {
       if (!start) return;
       const [x, y] = point(event);
       const img = shot.querySelector("img");
-      if (!img.naturalWidth) { box.remove(); say("the image has not loaded yet; draw again", true); return; }
+      if (!img || !img.naturalWidth) { box.remove(); say("the image has not loaded yet; draw again", true); return; }
       const sx = img.naturalWidth / shot.clientWidth;
       const sy = img.naturalHeight / shot.clientHeight;
       const xyxy = [Math.min(x, start[0]) * sx, Math.min(y, start[1]) * sy, Math.max(x, start[0]) * sx, Math.max(y, start[1]) * sy];
@@ -120,7 +120,7 @@ if (queue) {
   }
   const audit = queue.dataset.queue === "audit";
   document.addEventListener("keydown", (event) => {
-    if (event.target.tagName === "INPUT" || event.altKey || event.ctrlKey || event.metaKey) return;
+    if (["INPUT", "SELECT", "TEXTAREA"].includes(event.target.tagName) || event.altKey || event.ctrlKey || event.metaKey) return;
     const keys = audit
       ? { g: () => review("good"), e: () => review("escape", true) }
       : { c: () => review("confirmed"), f: () => review("false_reject"), r: () => review("confirmed", true) };
@@ -129,6 +129,19 @@ if (queue) {
     keys.j = keys.ArrowDown = () => select(current + 1);
     keys.k = keys.ArrowUp = () => select(current - 1);
     if (keys[event.key]) { event.preventDefault(); keys[event.key](); }
+  });
+  // A chosen class hands the keys back to the queue.
+  queue.addEventListener("change", (event) => {
+    if (event.target.matches("select.label")) event.target.blur();
+  });
+  // Touching a part (its class list, its image) makes it the one the keys act on.
+  queue.addEventListener("focusin", (event) => {
+    const el = event.target.closest("li.part");
+    if (el) select(parts().indexOf(el));
+  });
+  queue.addEventListener("click", (event) => {
+    const el = event.target.closest("li.part");
+    if (el) select(parts().indexOf(el));
   });
   const firstOpen = parts().findIndex((el) => !el.classList.contains("done"));
   select(firstOpen >= 0 ? firstOpen : 0);
