@@ -18,16 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from zerodefect.edge.model import LoadedModel, ModelHolder
+from zerodefect.inference.result import InspectionResult
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Scored:
-    """One image's share of a batch: each graph output's row [1, ...] and the image's size."""
+    """One image's verdict from a batch, and the model that gave it."""
 
-    outputs: list[np.ndarray]
-    size: tuple[int, int]
+    result: InspectionResult
     model: LoadedModel
     batch_size: int
 
@@ -82,12 +82,14 @@ class MicroBatcher:
             model = self.holder.current
             try:
                 stacked = np.stack([model.engine.prepare(img) for img, _ in live])
-                outputs = model.engine.infer(stacked)
+                # Verdicts here, in the worker: a detector's NMS stays off the event loop.
+                results = model.engine.judge_outputs(
+                    model.engine.infer(stacked), [img.shape[:2] for img, _ in live]
+                )
             except Exception as exc:  # a model failure must fail these requests, not the worker
                 log.exception("batch of %d failed", len(live))
                 for _, fut in live:
                     fut.set_exception(exc)
                 continue
-            for i, (img, fut) in enumerate(live):
-                rows = [out[i : i + 1] for out in outputs]
-                fut.set_result(Scored(rows, img.shape[:2], model, len(live)))
+            for (_, fut), result in zip(live, results, strict=True):
+                fut.set_result(Scored(result, model, len(live)))

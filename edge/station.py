@@ -112,10 +112,7 @@ class Inspector:
                 future.cancel()
         latency_ms = (time.perf_counter() - started) * 1000.0
         key = idempotency_key(meta)
-        # A detector's post-processing (top-k, NMS) is numpy work: off the event loop.
-        payload, response = await loop.run_in_executor(
-            None, self._result, key, meta, data, kind, scored, latency_ms
-        )
+        payload, response = self._result(key, meta, data, kind, scored, latency_ms)
         _, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
         self.metrics.observe(response, latency_ms, scored.batch_size if scored else None)
         return response
@@ -128,7 +125,7 @@ class Inspector:
         threshold = meta_b.threshold
         defects: list[dict[str, Any]] = []
         if scored is not None:
-            result = model.engine.judge_outputs(scored.outputs, [scored.size])[0]
+            result = scored.result
             verdict, score, defect_class, failsafe = result.verdict, result.score, result.defect_class, False
             threshold = result.threshold
             defects = defect_rows(result, meta_b.classes)
