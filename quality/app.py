@@ -15,12 +15,12 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from zerodefect.inference.preprocess import ImageDecodeError
 from zerodefect.quality import web
 from zerodefect.quality.andon import AndonWorker, alert_json, load_config
-from zerodefect.quality.auth import SESSION_COOKIE, AuthError, create_user, login, logout
+from zerodefect.quality.auth import SESSION_COOKIE, AuthError, LoginThrottled, create_user, login, logout
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.deps import DB, Admin, CallingStation, Reviewer, Viewer, set_session_cookie
 from zerodefect.quality.images import ImageStore, draw_overlay
@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             token, row = login(session, body.username, body.password)
         except AuthError as exc:
-            raise HTTPException(401, str(exc)) from None
+            raise HTTPException(429 if isinstance(exc, LoginThrottled) else 401, str(exc)) from None
         set_session_cookie(response, request, token)
         return LoginOut(username=row.user.username, role=row.user.role, csrf_token=row.csrf_token)
 
@@ -203,15 +203,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if alert is None:
             raise HTTPException(404, f"no alert {alert_id}")
         now = datetime.now(UTC)
+        # One conditional UPDATE: of two people acting at once, one wins, the other gets a 409,
+        # and a resolved alert never goes back to acknowledged.
         if action == "acknowledge":
-            if alert.state != "open":
-                raise HTTPException(409, f"alert {alert_id} is {alert.state}, not open")
-            alert.state, alert.acknowledged_by, alert.acknowledged_at = "acknowledged", user.username, now
+            allowed, values = (
+                ("open",),
+                {"state": "acknowledged", "acknowledged_by": user.username, "acknowledged_at": now},
+            )
         else:
-            if alert.state == "resolved":
-                raise HTTPException(409, f"alert {alert_id} is already resolved")
-            alert.state, alert.resolved_by, alert.resolved_at = "resolved", user.username, now
+            allowed, values = (
+                ("open", "acknowledged"),
+                {"state": "resolved", "resolved_by": user.username, "resolved_at": now},
+            )
+        changed = session.execute(
+            update(Alert).where(Alert.id == alert_id, Alert.state.in_(allowed)).values(**values)
+        ).rowcount
         session.commit()
+        session.refresh(alert)
+        if not changed:
+            raise HTTPException(409, f"alert {alert_id} is {alert.state}; cannot {action} it")
         return alert_json(alert) | _handled(alert)
 
     @app.get("/v1/inspections", response_model=InspectionPage)

@@ -12,9 +12,12 @@ import base64
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from zerodefect.quality.models import ROLES, User, UserSession
@@ -28,6 +31,23 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 
 class AuthError(ValueError):
     """A user that cannot be created or a login that fails; the message says why."""
+
+
+class LoginThrottled(AuthError):
+    """Too many failed logins for a name: refused without a password check (HTTP 429)."""
+
+
+# Failed logins per username in a sliding window; over the limit, attempts are refused before
+# any scrypt work, so guessing is slow and cannot tie up the CPU.
+MAX_FAILURES, FAILURE_WINDOW_SECONDS = 5, 300
+_failures: dict[str, list[float]] = {}
+_failures_lock = threading.Lock()
+
+
+def _recent_failures(username: str, now: float) -> list[float]:
+    recent = [t for t in _failures.get(username, []) if now - t < FAILURE_WINDOW_SECONDS]
+    _failures[username] = recent
+    return recent
 
 
 def hash_password(password: str) -> str:
@@ -82,17 +102,31 @@ def create_user(session: Session, username: str, password: str, role: str) -> Us
         raise AuthError(f"user {username!r} exists")
     user = User(username=username, password_hash=hash_password(password), role=role)
     session.add(user)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # created by someone else a moment ago
+        session.rollback()
+        raise AuthError(f"user {username!r} exists") from None
     return user
 
 
 def login(session: Session, username: str, password: str) -> tuple[str, UserSession]:
     """Check a password and open a session; returns (cookie token, session row)."""
+    now = time.monotonic()
+    with _failures_lock:
+        recent = _recent_failures(username, now)
+        if len(recent) >= MAX_FAILURES:
+            wait = int(FAILURE_WINDOW_SECONDS - (now - recent[0])) + 1
+            raise LoginThrottled(f"too many failed logins for {username!r}; try again in {wait} s")
     user = session.scalar(select(User).where(User.username == username))
     # One scrypt check whether or not the user exists: no timing oracle for usernames.
     stored = user.password_hash if user is not None else _DUMMY_HASH
     if not verify_password(password, stored) or user is None or not user.active:
+        with _failures_lock:
+            _recent_failures(username, now).append(now)
         raise AuthError("wrong username or password")
+    with _failures_lock:
+        _failures.pop(username, None)
     token = secrets.token_urlsafe(32)
     now = datetime.now(UTC)
     row = UserSession(

@@ -19,7 +19,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.quality import charts
-from zerodefect.quality.auth import SESSION_COOKIE, AuthError, login, session_for_token
+from zerodefect.quality.auth import SESSION_COOKIE, AuthError, LoginThrottled, login, session_for_token
 from zerodefect.quality.dashboard import build_dashboard
 from zerodefect.quality.deps import DB, set_session_cookie
 from zerodefect.quality.models import Alert, Defect, Inspection, Line, Station, UserSession
@@ -94,7 +94,7 @@ def login_submit(
             request,
             "login.html",
             {"user": None, "csrf": "", "title": "Log in", "next": next, "error": str(exc)},
-            status_code=401,
+            status_code=429 if isinstance(exc, LoginThrottled) else 401,
         )
     target = next if next.startswith("/") and not next.startswith("//") else "/review"
     response = RedirectResponse(target, status_code=303)
