@@ -93,6 +93,12 @@ def write_bundle(folder: str | Path, onnx_bytes: bytes, meta: BundleMeta) -> Pat
     return folder
 
 
+def discard_bundle(folder: str | Path) -> None:
+    """Remove a half-written bundle (an export that failed its parity check)."""
+    for name in (ONNX_FILE, BUNDLE_JSON):
+        (Path(folder) / name).unlink(missing_ok=True)
+
+
 def update_meta(folder: str | Path, **changes: Any) -> BundleMeta:
     """Change metadata fields of an existing bundle (e.g. metrics after evaluation)."""
     folder = Path(folder)

@@ -21,7 +21,7 @@ from torch import nn
 from zerodefect.inference.engine import Engine
 from zerodefect.inference.postprocess import above, box_iou
 from zerodefect.inference.result import Detections
-from zerodefect.models.bundle import BundleMeta, write_bundle
+from zerodefect.models.bundle import BundleMeta, discard_bundle, write_bundle
 from zerodefect.models.classifier import InspectionClassifier, static_same_padding
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,7 @@ def export_bundle(
     report = check_parity(engine, parity_images, torch_probabilities, atol)
     log.info("export parity: %s", asdict(report))
     if not report.ok:
-        for name in ("model.onnx", "bundle.json"):
-            (folder / name).unlink(missing_ok=True)
+        discard_bundle(folder)
         raise ExportParityError(
             f"ONNX Runtime differs from PyTorch on {report.images} validation images: max |dp| "
             f"{report.max_abs_diff:.2e} (allowed {atol:.0e}), {report.differing_decisions} decisions differ"
@@ -175,8 +174,7 @@ def export_detector_bundle(
     report = check_detection_parity(Engine.from_bundle(folder), parity_images, torch_detections, min_iou)
     log.info("detector export parity: %s", asdict(report))
     if not report.ok:
-        for name in ("model.onnx", "bundle.json"):
-            (folder / name).unlink(missing_ok=True)
+        discard_bundle(folder)
         raise ExportParityError(
             f"ONNX Runtime differs from PyTorch on {report.images} validation images: "
             f"{report.differing_images} images with different detections over threshold, "
