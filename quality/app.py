@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select, update
 
 from zerodefect.inference.preprocess import ImageDecodeError
-from zerodefect.quality import web
+from zerodefect.quality import promotions, web
 from zerodefect.quality.andon import AndonWorker, alert_json, load_config
 from zerodefect.quality.auth import SESSION_COOKIE, AuthError, LoginThrottled, create_user, login, logout
 from zerodefect.quality.db import make_engine, migrate, session_factory
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await call_next(request)
 
     app.include_router(web.router)
+    app.include_router(promotions.router)
 
     @app.exception_handler(web.LoginRequired)
     async def to_login(request: Request, _exc: web.LoginRequired) -> Response:

@@ -179,3 +179,24 @@ class AlertDelivery(Base):
     gave_up: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(String(500))
     alert: Mapped[Alert] = relationship()
+
+
+class ModelPromotion(Base):
+    """A move of a registry alias (champion) to a model version, as the promotion gate decided.
+
+    The audit trail of which model was allowed to judge parts, and why: a FORCED promotion
+    over a failed gate keeps its user's reason here and on the version in MLflow.
+    """
+
+    __tablename__ = "model_promotions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200), index=True)
+    model_version: Mapped[str] = mapped_column(String(100))
+    alias: Mapped[str] = mapped_column(String(100))
+    previous_version: Mapped[str | None] = mapped_column(String(100))
+    gate: Mapped[str] = mapped_column(String(16))  # passed | FORCED
+    reason: Mapped[str | None] = mapped_column(String(1000))
+    promoted_by: Mapped[str] = mapped_column(String(100))
+    promoted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The gate's rows: metric, challenger, champion, floor, ok, note.
+    gate_rows_json: Mapped[str] = mapped_column(String(4000), default="[]")

@@ -20,16 +20,21 @@ PASS_ALL = 1.01
 
 
 def make_bundle(
-    folder: Path, threshold: float, name: str = "test-model", size: int = 64, seed: int = 0
+    folder: Path,
+    threshold: float,
+    name: str = "test-model",
+    size: int = 64,
+    seed: int = 0,
+    classes: tuple[str, str] = ("good", "crack"),
 ) -> Path:
     torch.manual_seed(seed)
-    model, _ = build_classifier("tf_efficientnet_lite0", ["good", "crack"], "good", None)
+    model, _ = build_classifier("tf_efficientnet_lite0", list(classes), "good", None)
     images = np.random.default_rng(seed).integers(0, 255, (4, size, size, 3), dtype=np.uint8)
     probs = predict(model, images, torch.device("cpu"))
     meta = BundleMeta(
         name=name,
         task="classification",
-        classes=["good", "crack"],
+        classes=list(classes),
         good_class="good",
         input=InputSpec(height=size, width=size, mean=[0.5] * 3, std=[0.5] * 3),
         outputs={"probabilities": "[N, C]"},

@@ -26,6 +26,8 @@ from zerodefect.training.pipeline import run_training
 from zerodefect.training.registry import CHALLENGER, CHAMPION, alias_version, promote
 from zerodefect.training.train import fit_classifier, predict
 
+from .bundles import PASS_ALL, make_bundle, register
+
 MODEL = "synthetic-parts"
 
 
@@ -41,9 +43,10 @@ def tiny_config(folder: Path, dataset: Path, **changes) -> Path:
             },
         },
         "model": {"input_size": 64},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 0.003},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 0.003},
         "augment": [{"name": "D4"}],
         "export": {"tta": "flips"},
+        "gate": {},
         "mlflow": {"experiment": "tests", "registered_model": MODEL},
     }
     for key, value in changes.items():
@@ -103,7 +106,7 @@ def test_mlflow_run_version_and_alias(first_run) -> None:
         "parity_max_abs_diff",
     ):
         assert key in run.data.metrics
-    assert len(client.get_metric_history(outcome.run_id, "train_loss")) == 2
+    assert len(client.get_metric_history(outcome.run_id, "train_loss")) == 3
     artifacts = {
         a.path
         for folder in ("bundle", "eval", "dataset")
@@ -124,31 +127,77 @@ def test_mlflow_run_version_and_alias(first_run) -> None:
     assert Engine.from_bundle(local).meta.run_id == outcome.run_id
 
 
-def test_promotion_gate_blocks_a_worse_model_unless_forced(first_run, folder_dataset: Path) -> None:
+def _register_random(folder: Path, name: str, manifest: Path, threshold: float = PASS_ALL) -> str:
+    """A version no better than chance (random weights, passing every part), as a careless or
+    collapsed run would register it, tagged with the manifest the gate evaluates it on."""
+    import mlflow
+
+    version = register(make_bundle(folder, threshold, name, classes=("good", "scratch")), name, CHALLENGER)
+    mlflow.MlflowClient().set_model_version_tag(name, version, "manifest", str(manifest))
+    return version
+
+
+def _promotions(name: str) -> list:
+    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.models import ModelPromotion
+    from zerodefect.settings import get_settings
+
+    url = get_settings().record_database_url
+    migrate(url)
+    with session_factory(make_engine(url))() as session:
+        return list(session.query(ModelPromotion).filter_by(model_name=name).order_by(ModelPromotion.id))
+
+
+def test_gate_floors_refuse_a_chance_model_without_a_champion(first_run, tmp_path: Path) -> None:
+    _, folder = first_run
+    name = "floors-only"
+    version = _register_random(tmp_path / "random", name, folder / "manifest.jsonl")
+    gate = promote(name)
+    assert gate.champion is None and not gate.passed and not gate.promoted
+    assert alias_version(name, CHAMPION) is None
+    failed = {row.metric: row for row in gate.failures}
+    # Passing every part: every defect escapes; a random model ranks at chance.
+    assert failed["escape_rate"].challenger == 1.0 and failed["escape_rate"].note == "over the floor"
+    assert failed["auroc"].challenger < 0.75 and failed["auroc"].floor == 0.75
+    result = CliRunner().invoke(app, ["models", "promote", name])
+    assert result.exit_code == 1 and "not promoted: escape_rate over the floor" in result.output
+    assert alias_version(name, CHALLENGER).version == int(version)
+
+
+def test_promotion_gate_blocks_a_worse_model_unless_forced(first_run, tmp_path: Path) -> None:
     outcome, folder = first_run
     first = promote(MODEL)
-    assert (
-        first.promoted
-        and first.champion is None
-        and alias_version(MODEL, CHAMPION).version == int(outcome.version)
-    )
-
-    # A model that barely trained from random weights is worse than the champion.
-    path = tiny_config(folder, folder_dataset, model__pretrained=None, train__epochs=1, train__lr=1e-6)
-    worse = run_training(load_config(path), path)
-    assert alias_version(MODEL, CHALLENGER).version == int(worse.version)
-    gate = promote(MODEL)
-    assert not gate.passed and not gate.promoted
+    assert first.passed, [row.as_dict() for row in first.rows]
+    assert first.promoted and first.champion is None and first.recorded
     assert alias_version(MODEL, CHAMPION).version == int(outcome.version)
-    failed = [row for row in gate.rows if not row[3]]
-    assert failed, gate.rows
+
+    # With a champion, the chance model fails both its floors and the comparison.
+    worse = _register_random(tmp_path / "random", MODEL, folder / "manifest.jsonl")
+    gate = promote(MODEL)
+    assert not gate.passed and not gate.promoted and gate.champion == outcome.version
+    assert alias_version(MODEL, CHAMPION).version == int(outcome.version)
+    auroc = next(row for row in gate.rows if row.metric == "auroc")
+    assert not auroc.ok and "under the floor" in auroc.note and "worse than the champion" in auroc.note
 
     result = CliRunner().invoke(app, ["models", "promote", MODEL])
     assert result.exit_code == 1 and "not promoted" in result.output
+    # --force needs a reason; without one nothing moves.
     result = CliRunner().invoke(app, ["models", "promote", MODEL, "--force"])
-    assert result.exit_code == 0 and "FORCED" in result.output
+    assert result.exit_code == 2 and "--reason" in result.output
+    assert alias_version(MODEL, CHAMPION).version == int(outcome.version)
+    why = "line 2 retooled; QA inspects 100% until v3"
+    result = CliRunner().invoke(app, ["models", "promote", MODEL, "--force", "--reason", why])
+    assert result.exit_code == 0 and "FORCED" in result.output and why in result.output
     champion = alias_version(MODEL, CHAMPION)
-    assert champion.version == int(worse.version) and champion.tags["promotion_gate"] == "FORCED"
+    assert champion.version == int(worse) and champion.tags["promotion_gate"] == "FORCED"
+    assert champion.tags["forced_reason"] == why and why in champion.description
+    # ... and the quality record keeps the audit trail of both promotions.
+    rows = _promotions(MODEL)
+    assert [(r.model_version, r.gate, r.reason) for r in rows] == [
+        (outcome.version, "passed", None),
+        (worse, "FORCED", why),
+    ]
+    assert rows[-1].previous_version == outcome.version
 
 
 def test_tampered_model_is_refused(first_run, tmp_path: Path) -> None:

@@ -82,8 +82,13 @@ class TrainConfig(Strict):
     # Leading backbone stages (stem first) kept at their pretrained weights; 0 trains everything.
     freeze_stages: int = Field(default=0, ge=0)
     seed: int = 0
-    threads: int | None = None
+    # torch's intra-op threads; None keeps torch's default (one per core). On a machine shared
+    # with other work, 1 thread, or OMP_WAIT_POLICY=PASSIVE (the default zerodefect sets),
+    # keeps waiting threads from spinning on a core another process needs (README, Training).
+    threads: int | None = Field(default=None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Without a terminal (nohup, CI, a log file), a plain progress line every this many seconds.
+    log_every_seconds: float = Field(default=20.0, gt=0)
 
 
 class CalibrationConfig(Strict):
@@ -95,6 +100,22 @@ class ExportConfig(Strict):
     tta: Literal["none", "flips", "dihedral"] = "none"
     opset: int = 17
     parity_atol: float = 1e-4
+
+
+class GateConfig(Strict):
+    """Absolute floors a version must meet to become @champion, with or without a champion.
+
+    They travel inside the bundle (its training config), so `models promote` holds each version
+    to the floors it was trained for. Metrics that do not apply to a task are ignored: AUROC for
+    classifiers, mAP@0.5 for detectors; rates are measured at the calibrated threshold(s) on the
+    gate's test split. The defaults refuse a model no better than chance: a chance model that
+    meets an escape target must reject most good parts too.
+    """
+
+    min_auroc: float = Field(default=0.75, ge=0, le=1)
+    min_map50: float = Field(default=0.30, ge=0, le=1)
+    max_escape_rate: float = Field(default=0.20, ge=0, le=1)
+    max_false_reject_rate: float = Field(default=0.50, ge=0, le=1)
 
 
 class MlflowConfig(Strict):
@@ -112,6 +133,7 @@ class Config(Strict):
     augment: list[dict[str, Any]] = Field(default_factory=list)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from zerodefect.inference.postprocess import above, box_iou
 from zerodefect.inference.result import Detections
+from zerodefect.training.metrics import rate_notes, ratio
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,12 @@ def part_report(
         "clean_images": n_good,
         "escapes": escapes,
         "false_rejects": false_rejects,
-        "escape_rate": escapes / n_bad if n_bad else None,
+        "escape_rate": ratio(escapes, n_bad),
         # Undefined without clean parts (NEU-DET has none): reported as null, not as 0.
-        "false_reject_rate": false_rejects / n_good if n_good else None,
-        "box_precision": tp / (tp + fp) if tp + fp else 0.0,
-        "box_recall": tp / (tp + missed) if tp + missed else 0.0,
+        "false_reject_rate": ratio(false_rejects, n_good),
+        "notes": rate_notes(n_bad, n_good),
+        "box_precision": ratio(tp, tp + fp),
+        "box_recall": ratio(tp, tp + missed),
         "false_detections_per_image": fp / max(len(truths), 1),
     }
 

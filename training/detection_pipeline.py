@@ -14,13 +14,11 @@ import numpy as np
 from rich.console import Console
 
 from zerodefect.datasets.manifest import DatasetError, Manifest
+from zerodefect.formatting import fmt_rate
 from zerodefect.models.bundle import BundleMeta, InputSpec, update_meta
 from zerodefect.settings import Settings
 from zerodefect.training.config import Config
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+from zerodefect.training.progress import progress_bar
 
 
 def build_from_config(cfg: Config, classes: list[str], pretrained: str | None):
@@ -72,8 +70,8 @@ def calibrate_and_export_detector(
     console.print(
         "class thresholds "
         + ", ".join(f"{c} {t:.3f}" for c, t in zip(manifest.classes, thresholds, strict=True))
-        + f": val escape rate {_fmt(val_report['escape_rate'])}, "
-        f"box precision {val_report['box_precision']:.3f}, recall {val_report['box_recall']:.3f}"
+        + f": val escape rate {fmt_rate(val_report['escape_rate'], 3)}, "
+        f"box precision {fmt_rate(val_report['box_precision'], 3)}, recall {fmt_rate(val_report['box_recall'], 3)}"
     )
     size = cfg.model.input_size
     meta = BundleMeta(
@@ -111,11 +109,10 @@ def calibrate_and_export_detector(
 
 def load_split_data(cfg: Config, manifest: Manifest, console: Console, names: tuple[str, ...]):
     from zerodefect.training.detection import load_detection_data
-    from zerodefect.training.pipeline import _progress
 
     splits = [manifest.split(n) for n in names]
     out = []
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("decoding images", total=sum(len(s) for s in splits), info="")
         for samples in splits:
             out.append(
@@ -145,11 +142,13 @@ def run_detection_training(
 
     from zerodefect.datasets.augment import build_augmentations
     from zerodefect.training.detection import fit_detector
+    from zerodefect.training.train import seed_everything
     from zerodefect.training.evaluate import evaluate_detector_bundle, write_report
     from zerodefect.training.pipeline import (
         TrainOutcome,
-        _progress,
+        announce_preflight,
         epoch_progress,
+        refuse_failed_run,
         register_and_summarize,
         start_mlflow_run,
     )
@@ -164,15 +163,20 @@ def run_detection_training(
                 f"{cfg.data.manifest}: the {split} split has no boxes; a detector cannot learn or be calibrated"
             )
     augment = build_augmentations(cfg.augment, "detection")
+    seed_everything(cfg.train.seed)  # the head's initial weights, whatever ran before in the process
     model, weights = build_from_config(cfg, manifest.classes, cfg.model.pretrained)
     (train_images, train_truths), (val_images, val_truths) = load_split_data(
         cfg, manifest, console, ("train", "val")
     )
 
+    steps_per_epoch = max(len(train_images) // cfg.train.batch_size, 1)
+    pre = announce_preflight(cfg, manifest, steps_per_epoch, console, [t.boxes for t in train_truths])
     run = start_mlflow_run(cfg, run_dir, check, settings, config_path, extra_data, weights)
     try:
-        steps_per_epoch = max(len(train_images) // cfg.train.batch_size, 1)
-        with epoch_progress(console, cfg.train.epochs, steps_per_epoch) as (on_batch, on_epoch):
+        with epoch_progress(console, cfg.train.epochs, steps_per_epoch, cfg.train.log_every_seconds) as (
+            on_batch,
+            on_epoch,
+        ):
             result = fit_detector(
                 cfg,
                 model,
@@ -191,6 +195,7 @@ def run_detection_training(
             f"best val mAP@0.5 {result.best_score:.4f} at epoch {result.best_epoch + 1}; "
             f"{result.epochs_run} epochs in {result.seconds / 60:.1f} min"
         )
+        refuse_failed_run(cfg, result, pre, run_dir)
         model.load_state_dict(result.best_state)
         bundle_dir = run_dir / "bundle"
         thresholds, val_report, parity = calibrate_and_export_detector(
@@ -206,7 +211,7 @@ def run_detection_training(
             console,
         )
         eval_dir = run_dir / "eval"
-        with _progress(console) as progress:
+        with progress_bar(console) as progress:
             task = progress.add_task("evaluating bundle on test", total=len(manifest.split("test")), info="")
             report = evaluate_detector_bundle(
                 bundle_dir, manifest, "test", eval_dir, progress=lambda n: progress.advance(task, n)
@@ -229,13 +234,12 @@ def run_detection_training(
         metrics = {
             "test_map50": report["map50"],
             "test_map50_95": report["map50_95"],
-            "test_box_precision": report["box_precision"],
-            "test_box_recall": report["box_recall"],
             "parity_min_matched_iou": parity.min_matched_iou,
             "training_minutes": result.seconds / 60,
             **{f"test_ap50_{c}": v for c, v in report["per_class_ap"].items() if v is not None},
         }
-        for key in ("escape_rate", "false_reject_rate"):
+        # Undefined rates (no denominator) are left out of MLflow, never logged as 0.
+        for key in ("escape_rate", "false_reject_rate", "box_precision", "box_recall"):
             if report[key] is not None:
                 metrics[f"test_{key}"] = report[key]
         if report.get("ms_per_image_1core") is not None:

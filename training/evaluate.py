@@ -28,8 +28,13 @@ def evaluate_bundle(
     plots_dir: Path | None = None,
     threads: int | None = None,
     progress=None,
+    timing_images: int = 50,
 ) -> dict[str, Any]:
-    """Plant report for `split` of `manifest`; per-group breakdown by metadata keys."""
+    """Plant report for `split` of `manifest`; per-group breakdown by metadata keys.
+
+    Like a detector's, it carries the model-only latency on one core (`ms_per_image_1core`,
+    over `timing_images` test images; 0 skips it) so every task reports the same plant fields.
+    """
     engine = Engine.from_bundle(bundle, threads=threads)
     samples = manifest.split(split)
     if not samples:
@@ -46,6 +51,7 @@ def evaluate_bundle(
     report = plant_report(defective, scores, engine.meta.threshold, groups)
     report.update(
         {
+            "task": "classification",
             "model": engine.meta.name,
             "run_id": engine.meta.run_id,
             "onnx_sha256": engine.meta.onnx_sha256,
@@ -55,8 +61,14 @@ def evaluate_bundle(
             "manifest": manifest.name,
             "split": split,
             "target_escape_rate": engine.meta.target_escape_rate,
+            "input_size": [engine.meta.input.height, engine.meta.input.width],
+            "ms_per_image_1core": None,
         }
     )
+    if timing_images:
+        timing = latency_1core(bundle, [manifest.resolve(s) for s in samples[:timing_images]])
+        report["ms_per_image_1core"] = round(timing["median"], 2)
+        report["ms_per_image_1core_p99"] = round(timing["p99"], 2)
     if plots_dir is not None:
         plots_dir.mkdir(parents=True, exist_ok=True)
         if report["auroc"] is not None:
@@ -165,9 +177,10 @@ def evaluate_any(
     rates for detectors."""
     from zerodefect.models.bundle import read_meta
 
+    timing_images = 50 if timing else 0
     if read_meta(bundle).task == "detection":
-        return evaluate_detector_bundle(bundle, manifest, split, plots_dir, timing_images=50 if timing else 0)
-    return evaluate_bundle(bundle, manifest, split, None, plots_dir)
+        return evaluate_detector_bundle(bundle, manifest, split, plots_dir, timing_images=timing_images)
+    return evaluate_bundle(bundle, manifest, split, None, plots_dir, timing_images=timing_images)
 
 
 def _spread(samples: list, count: int) -> list[int]:
@@ -186,16 +199,22 @@ def _spread(samples: list, count: int) -> list[int]:
 COMPARED = ("accuracy", "auroc", "f1", "escape_rate", "false_reject_rate")
 
 
+def _delta(this: float | None, base: float | None) -> float | None:
+    return None if this is None or base is None else this - base
+
+
 def compare_reports(report: dict[str, Any], baseline: dict[str, Any], name: str) -> dict[str, Any]:
-    """Each metric's change against a baseline bundle evaluated on the same images."""
+    """Each metric's change against a baseline bundle evaluated on the same images (None where
+    either side is undefined)."""
     rows = {
-        m: {"this": report[m], "baseline": baseline[m], "delta": report[m] - baseline[m]} for m in COMPARED
+        m: {"this": report[m], "baseline": baseline[m], "delta": _delta(report[m], baseline[m])}
+        for m in COMPARED
     }
     ref = "accuracy"
     rows["accuracy_at_0.5"] = {
         "this": report["at_threshold_0.5"][ref],
         "baseline": baseline["at_threshold_0.5"][ref],
-        "delta": report["at_threshold_0.5"][ref] - baseline["at_threshold_0.5"][ref],
+        "delta": _delta(report["at_threshold_0.5"][ref], baseline["at_threshold_0.5"][ref]),
     }
     return {"bundle": name, "onnx_sha256": baseline["onnx_sha256"], "metrics": rows}
 

@@ -13,8 +13,30 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 
+def ratio(numerator: int, denominator: int) -> float | None:
+    """A rate, or None when it has no denominator: 0/0 is unknown, not a perfect 0.0."""
+    return numerator / denominator if denominator else None
+
+
+def rate_notes(defective: int, good: int) -> list[str]:
+    """What a reader must know before trusting the escape and false-reject rates of a set."""
+    notes = []
+    if not good:
+        notes.append(
+            "no clean parts: the false-reject rate is undefined, and an escape rate of 0 is what "
+            "rejecting every part would score"
+        )
+    if not defective:
+        notes.append("no defective parts: the escape rate is undefined")
+    return notes
+
+
 def binary_report(defective: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Metrics at one threshold, defect as the positive class; reject when score >= threshold."""
+    """Metrics at one threshold, defect as the positive class; reject when score >= threshold.
+
+    A rate with no denominator (no defective parts for the escape rate, no good ones for the
+    false-reject rate, no rejects for precision) is None, and `notes` says why.
+    """
     defective = np.asarray(defective, dtype=bool)
     reject = np.asarray(scores) >= threshold
     tp = int(np.sum(reject & defective))
@@ -22,19 +44,24 @@ def binary_report(defective: np.ndarray, scores: np.ndarray, threshold: float) -
     fn = int(np.sum(~reject & defective))
     tn = int(np.sum(~reject & ~defective))
     n = tp + fp + fn + tn
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+    precision = ratio(tp, tp + fp)
+    recall = ratio(tp, tp + fn)
     both = len(np.unique(defective)) == 2
+    if precision is None or recall is None:
+        f1 = None
+    else:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
         "n": n,
         "defective": tp + fn,
-        "accuracy": (tp + tn) / n if n else 0.0,
+        "accuracy": ratio(tp + tn, n),
         "precision": precision,
         "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "f1": f1,
         "auroc": float(roc_auc_score(defective, scores)) if both else None,
-        "escape_rate": fn / (tp + fn) if tp + fn else 0.0,
-        "false_reject_rate": fp / (fp + tn) if fp + tn else 0.0,
+        "escape_rate": ratio(fn, tp + fn),
+        "false_reject_rate": ratio(fp, fp + tn),
+        "notes": rate_notes(tp + fn, fp + tn),
         "threshold": float(threshold),
         # Rows: true good, true defective; columns: passed, rejected.
         "confusion": {"labels": ["good", "defective"], "matrix": [[tn, fp], [fn, tp]]},

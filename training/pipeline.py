@@ -19,15 +19,17 @@ from typing import Any
 import numpy as np
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zerodefect.datasets.importers import IMPORTERS
 from zerodefect.datasets.manifest import DatasetError, Manifest
 from zerodefect.datasets.splits import assign_splits
 from zerodefect.datasets.validate import validate
+from zerodefect.formatting import fmt_rate
 from zerodefect.models.bundle import BundleMeta, InputSpec, update_meta
 from zerodefect.settings import Settings, get_settings
 from zerodefect.training.config import Config
+from zerodefect.training.health import Preflight, TrainingFailed, check_run, preflight
+from zerodefect.training.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +81,6 @@ def new_run_dir(settings: Settings, name: str, resume: bool | Path) -> Path:
     return run_dir
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 def calibrate_and_export(
     cfg: Config,
     model,
@@ -123,8 +113,8 @@ def calibrate_and_export(
         threshold = calibrate_threshold(val_defective, val_scores, cfg.calibration.target_escape_rate)
     val_report = binary_report(val_defective, val_scores, threshold)
     console.print(
-        f"threshold {threshold:.4f}: val escape rate {val_report['escape_rate']:.3f}, "
-        f"false-reject rate {val_report['false_reject_rate']:.3f}"
+        f"threshold {threshold:.4f}: val escape rate {fmt_rate(val_report['escape_rate'], 3)}, "
+        f"false-reject rate {fmt_rate(val_report['false_reject_rate'], 3)}"
     )
     size = cfg.model.input_size
     meta = BundleMeta(
@@ -243,12 +233,13 @@ def export_run(
 
 
 @contextmanager
-def epoch_progress(console: Console, epochs: int, steps_per_epoch: int):
-    """A training progress bar; yields (on_batch, on_epoch) callbacks for `fit`. Each epoch's
-    validation metrics are printed and logged to the active MLflow run."""
+def epoch_progress(console: Console, epochs: int, steps_per_epoch: int, every_seconds: float = 20.0):
+    """A training progress bar (timed plain lines without a terminal); yields (on_batch,
+    on_epoch) callbacks for `fit`. Each epoch's validation metrics are printed and logged to
+    the active MLflow run."""
     import mlflow
 
-    with _progress(console) as progress:
+    with progress_bar(console, every_seconds) as progress:
         task = progress.add_task("training", total=epochs * steps_per_epoch, info="")
         state = {"loss": None}
 
@@ -269,6 +260,39 @@ def epoch_progress(console: Console, epochs: int, steps_per_epoch: int):
             )
 
         yield on_batch, on_epoch
+
+
+def announce_preflight(
+    cfg: Config,
+    manifest: Manifest,
+    steps_per_epoch: int,
+    console: Console,
+    boxes_at_input: list[np.ndarray] | None = None,
+) -> Preflight:
+    """Print the schedule's numbers once before the first step, with what looks wrong in them."""
+    pre = preflight(cfg, manifest, manifest.split("train"), steps_per_epoch, boxes_at_input)
+    console.print(pre.summary(), highlight=False, soft_wrap=True)
+    for warning in pre.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    return pre
+
+
+def refuse_failed_run(cfg: Config, result, pre: Preflight, run_dir: Path) -> None:
+    """Stop a collapsed run before export and registration (TrainingFailed), leaving its files
+    and a failure.json in the run folder, and the reason on its MLflow run."""
+    import mlflow
+
+    try:
+        check_run(cfg, result, pre, run_dir)
+    except TrainingFailed as exc:
+        (run_dir / "failure.json").write_text(
+            json.dumps(
+                {"what": exc.what, "causes": exc.causes, "history": result.history}, indent=2, default=str
+            )
+        )
+        mlflow.set_tag("failure", exc.what[:500])
+        mlflow.log_text(str(exc), "failure.txt")
+        raise
 
 
 def start_mlflow_run(
@@ -338,9 +362,9 @@ def register_and_summarize(
     version = None
     if cfg.mlflow.registered_model:
         headline = (
-            {"test_map50": f"{report['map50']:.4f}"}
+            {"test_map50": fmt_rate(report["map50"])}
             if cfg.task == "detection"
-            else {"test_auroc": f"{report['auroc']:.4f}"}
+            else {"test_auroc": fmt_rate(report["auroc"])}
         )
         escape = report.get("escape_rate")
         version = register_bundle(
@@ -351,7 +375,7 @@ def register_and_summarize(
                 "dataset_hash": check.dataset_hash,
                 "manifest": str(cfg.data.manifest.resolve()),
                 **headline,
-                "test_escape_rate": f"{escape:.4f}" if escape is not None else "n/a",
+                "test_escape_rate": fmt_rate(escape),
             },
         )
         console.print(
@@ -386,7 +410,7 @@ def run_training(
     from zerodefect.datasets.augment import build_augmentations
     from zerodefect.models.classifier import build_classifier
     from zerodefect.training.evaluate import evaluate_bundle, write_report
-    from zerodefect.training.train import fit_classifier
+    from zerodefect.training.train import fit_classifier, seed_everything
 
     settings = settings or get_settings()
     console = console or Console()
@@ -411,6 +435,9 @@ def run_training(
             cfg, manifest, check, run_dir, config_path, resume, extra_data, settings, console
         )
     augment = build_augmentations(cfg.augment, cfg.task)
+    # The new head's initial weights come from torch's global RNG: seed it first, or the run
+    # depends on whatever drew random numbers earlier in the process.
+    seed_everything(cfg.train.seed)
     model, weights = build_classifier(
         cfg.model.arch,
         manifest.classes,
@@ -424,7 +451,7 @@ def run_training(
     from zerodefect.training.data import load_images, targets_for
 
     size = cfg.model.input_size
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("decoding images", total=len(train_s) + len(val_s), info="")
         advance = lambda n: progress.advance(task, n)  # noqa: E731
         train_images = load_images(manifest, train_s, size, cfg.model.interpolation, advance)
@@ -432,10 +459,14 @@ def run_training(
     train_targets = targets_for(manifest, train_s, cfg.data.soft_label_key)
     val_defective = np.array([manifest.is_defective(s) for s in val_s])
 
+    steps_per_epoch = max(len(train_s) // cfg.train.batch_size, 1)
+    pre = announce_preflight(cfg, manifest, steps_per_epoch, console)
     run = start_mlflow_run(cfg, run_dir, check, settings, config_path, extra_data, weights)
     try:
-        steps_per_epoch = max(len(train_s) // cfg.train.batch_size, 1)
-        with epoch_progress(console, cfg.train.epochs, steps_per_epoch) as (on_batch, on_epoch):
+        with epoch_progress(console, cfg.train.epochs, steps_per_epoch, cfg.train.log_every_seconds) as (
+            on_batch,
+            on_epoch,
+        ):
             result = fit_classifier(
                 cfg,
                 model,
@@ -455,6 +486,7 @@ def run_training(
             f"best val AUROC {result.best_score:.4f} at epoch {result.best_epoch + 1}; "
             f"{result.epochs_run} epochs in {result.seconds / 60:.1f} min"
         )
+        refuse_failed_run(cfg, result, pre, run_dir)
 
         model.load_state_dict(result.best_state)
         bundle_dir = run_dir / "bundle"
@@ -472,7 +504,7 @@ def run_training(
         )
 
         eval_dir = run_dir / "eval"
-        with _progress(console) as progress:
+        with progress_bar(console) as progress:
             task = progress.add_task("evaluating bundle on test", total=len(manifest.split("test")), info="")
             report = evaluate_bundle(
                 bundle_dir,
@@ -489,27 +521,29 @@ def run_training(
         }
         report["val"] = {k: val_report[k] for k in ("escape_rate", "false_reject_rate", "accuracy", "auroc")}
         report["training_minutes"] = round(result.seconds / 60, 2)
+        report["epochs_run"] = result.epochs_run
         report_path = write_report(report, eval_dir / "report.json")
         update_meta(
             bundle_dir,
             metrics={k: report[k] for k in ("accuracy", "auroc", "f1", "escape_rate", "false_reject_rate")},
         )
 
-        mlflow.log_metrics(
-            {
-                "test_accuracy": report["accuracy"],
-                "test_auroc": report["auroc"],
-                "test_f1": report["f1"],
-                "test_escape_rate": report["escape_rate"],
-                "test_false_reject_rate": report["false_reject_rate"],
-                "test_accuracy_at_0.5": report["at_threshold_0.5"]["accuracy"],
-                "threshold": threshold,
-                "val_escape_rate": val_report["escape_rate"],
-                "val_false_reject_rate": val_report["false_reject_rate"],
-                "parity_max_abs_diff": parity.max_abs_diff,
-                "training_minutes": result.seconds / 60,
-            }
-        )
+        metrics = {
+            "test_accuracy": report["accuracy"],
+            "test_auroc": report["auroc"],
+            "test_f1": report["f1"],
+            "test_escape_rate": report["escape_rate"],
+            "test_false_reject_rate": report["false_reject_rate"],
+            "test_accuracy_at_0.5": report["at_threshold_0.5"]["accuracy"],
+            "threshold": threshold,
+            "val_escape_rate": val_report["escape_rate"],
+            "val_false_reject_rate": val_report["false_reject_rate"],
+            "parity_max_abs_diff": parity.max_abs_diff,
+            "training_minutes": result.seconds / 60,
+            "ms_per_image_1core": report["ms_per_image_1core"],
+        }
+        # Undefined rates (no denominator) are left out of MLflow, never logged as 0.
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
         mlflow.log_artifacts(str(eval_dir), "eval")
         version = register_and_summarize(
             cfg, run.info.run_id, check, bundle_dir, report_path, report, run_dir, console

@@ -2,7 +2,9 @@
 
 Bundles are logged as run artifacts and registered as model versions. Versions move through
 aliases (`challenger`, `champion`), never stages. Promotion to champion is gated: the
-challenger must be no worse than the champion on the same test split, both evaluated afresh.
+challenger must meet its absolute floors (AUROC or mAP@0.5, escape and false-reject rates:
+the config's `gate:` section, carried in the bundle) even when there is no champion, and must
+be no worse than the champion on the same test split, both evaluated afresh.
 """
 
 from __future__ import annotations
@@ -83,33 +85,95 @@ def alias_version(name: str, alias: str) -> Any | None:
 
 
 @dataclass
+class GateRow:
+    """One metric of the gate: the challenger against its absolute floor and the champion."""
+
+    metric: str
+    challenger: float | None
+    champion: float | None
+    # The floor (a minimum when higher is better, else a maximum) from the bundle's `gate:`.
+    floor: float | None
+    higher_is_better: bool
+    ok: bool
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "challenger": self.challenger,
+            "champion": self.champion,
+            "floor": self.floor,
+            "ok": self.ok,
+            "note": self.note,
+        }
+
+
+@dataclass
 class GateResult:
     passed: bool
     challenger: str
     champion: str | None
-    rows: list[tuple[str, float, float | None, bool]] = field(default_factory=list)
+    rows: list[GateRow] = field(default_factory=list)
     forced: bool = False
     promoted: bool = False
     split: str = "test"
     manifest: str = ""
+    reason: str | None = None
+    recorded: bool = False
+
+    @property
+    def failures(self) -> list[GateRow]:
+        return [row for row in self.rows if not row.ok]
 
 
-def compare(
-    challenger: dict[str, Any], champion: dict[str, Any] | None, tolerance: float
-) -> tuple[bool, list]:
-    """Gate rows (metric, challenger, champion, ok): not worse than the champion by > tolerance."""
+def gate_floors(meta: Any) -> Any:
+    """The floors a bundle was trained for (its config's `gate:`), or the defaults for bundles
+    made before floors existed."""
+    from zerodefect.training.config import GateConfig
+
+    section = (meta.training or {}).get("config", {}).get("gate") or {}
+    return GateConfig.model_validate(section)
+
+
+def judge(
+    challenger: dict[str, Any],
+    champion: dict[str, Any] | None,
+    floors: Any,
+    tolerance: float,
+) -> tuple[bool, list[GateRow]]:
+    """Gate rows: each metric must meet its absolute floor, and, when a champion exists, be no
+    worse than the champion's by more than `tolerance` on the same split.
+
+    An undefined headline metric or escape rate fails (the gate cannot see what it must check);
+    an undefined false-reject rate (no clean parts in the split) is skipped and says so.
+    """
+    task = challenger.get("task", "classification")
+    floor_of = {
+        "auroc": floors.min_auroc,
+        "map50": floors.min_map50,
+        "escape_rate": floors.max_escape_rate,
+        "false_reject_rate": floors.max_false_reject_rate,
+    }
     rows, passed = [], True
-    for metric, higher_better in GATE_METRICS[challenger.get("task", "classification")].items():
+    for metric, higher_better in GATE_METRICS[task].items():
         new = challenger.get(metric)
         old = champion.get(metric) if champion else None
-        if old is None or new is None:
-            ok = True
-        elif higher_better:
-            ok = new >= old - tolerance
+        floor = floor_of[metric]
+        note = ""
+        if new is None:
+            ok = metric == "false_reject_rate"
+            note = "no clean parts in the split" if ok else "undefined on this split"
         else:
-            ok = new <= old + tolerance
+            ok = new >= floor if higher_better else new <= floor
+            if not ok:
+                note = f"{'under' if higher_better else 'over'} the floor"
+            if old is not None:
+                no_worse = new >= old - tolerance if higher_better else new <= old + tolerance
+                if not no_worse:
+                    note = "; ".join(filter(None, [note, "worse than the champion"]))
+                ok = ok and no_worse
         passed &= ok
-        rows.append((metric, new, old, ok))
+        rows.append(GateRow(metric, new, old, floor, higher_better, ok, note))
     return passed, rows
 
 
@@ -121,18 +185,25 @@ def promote(
     manifest_path: Path | None = None,
     split: str = "test",
     settings: Settings | None = None,
+    reason: str | None = None,
 ) -> GateResult:
     """Move `champion` to the challenger (or `version`) if the gate passes, or if forced.
 
-    Both models are evaluated through ONNX Runtime on the same split of the challenger's
-    manifest (or `manifest_path`), so the comparison never mixes test sets.
+    The gate holds the version to its absolute floors (the `gate:` section it was trained
+    with), and, when a champion exists, to "no worse than the champion". Both models are
+    evaluated through ONNX Runtime on the same split of the challenger's manifest (or
+    `manifest_path`), so the comparison never mixes test sets. `force` needs a `reason`, which
+    is kept on the version in MLflow and in the quality record's promotions.
     """
     import mlflow
 
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.source import fetch_bundle
+    from zerodefect.models.bundle import read_meta
     from zerodefect.training.evaluate import evaluate_any
 
+    if force and not (reason and reason.strip()):
+        raise ValueError("--force needs --reason: say why this version must serve despite the gate")
     settings = settings or get_settings()
     client = mlflow.MlflowClient()
     candidate = client.get_model_version(name, version) if version else alias_version(name, CHALLENGER)
@@ -142,15 +213,14 @@ def promote(
     manifest_file = manifest_path or Path(candidate.tags.get("manifest", ""))
     manifest = Manifest.read(manifest_file)
     cache = settings.data_dir / "registry-cache"
-    new_report = evaluate_any(
-        fetch_bundle(f"models:/{name}/{candidate.version}", cache), manifest, split, timing=False
-    )
+    bundle = fetch_bundle(f"models:/{name}/{candidate.version}", cache)
+    new_report = evaluate_any(bundle, manifest, split, timing=False)
     old_report = None
     if champion is not None and champion.version != candidate.version:
         old_report = evaluate_any(
             fetch_bundle(f"models:/{name}/{champion.version}", cache), manifest, split, timing=False
         )
-    passed, rows = compare(new_report, old_report, tolerance)
+    passed, rows = judge(new_report, old_report, gate_floors(read_meta(bundle)), tolerance)
     result = GateResult(
         passed,
         str(candidate.version),
@@ -159,17 +229,66 @@ def promote(
         forced=force and not passed,
         split=split,
         manifest=str(manifest_file),
+        reason=reason.strip() if force and reason else None,
     )
     if passed or force:
         client.set_registered_model_alias(name, CHAMPION, candidate.version)
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        client.set_model_version_tag(name, candidate.version, "promoted_at", stamp)
-        client.set_model_version_tag(
-            name, candidate.version, "promotion_gate", "passed" if passed else "FORCED"
-        )
-        for metric, new, old, _ in rows:
-            client.set_model_version_tag(name, candidate.version, f"gate.{metric}", f"{new} vs {old}")
+        gate = "passed" if passed else "FORCED"
+        tags = {"promoted_at": stamp, "promotion_gate": gate, "promoted_by": _who()}
+        tags.update({f"gate.{r.metric}": f"{r.challenger} vs {r.champion} (floor {r.floor})" for r in rows})
         if result.forced:
-            log.warning("FORCED promotion of %s v%s over a failed gate", name, candidate.version)
+            tags.update({"forced_reason": result.reason, "forced_at": stamp})
+            client.update_model_version(
+                name,
+                candidate.version,
+                description=f"FORCED to @{CHAMPION} over a failed gate by {_who()} at {stamp}: {result.reason}",
+            )
+            log.warning(
+                "FORCED promotion of %s v%s over a failed gate: %s", name, candidate.version, result.reason
+            )
+        for key, value in tags.items():
+            client.set_model_version_tag(name, candidate.version, key, str(value)[:5000])
         result.promoted = True
+        result.recorded = record_promotion(name, result, settings)
     return result
+
+
+def _who() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def record_promotion(name: str, result: GateResult, settings: Settings) -> bool:
+    """Write the promotion into the quality record's audit trail (ZD_RECORD_URL); a record that
+    cannot be reached is logged loudly, and the promotion in MLflow stands."""
+    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.promotions import add_promotion
+
+    try:
+        url = settings.record_database_url
+        migrate(url)
+        engine = make_engine(url)
+        try:
+            with session_factory(engine)() as session:
+                add_promotion(
+                    session,
+                    name,
+                    result.challenger,
+                    CHAMPION,
+                    result.champion,
+                    "FORCED" if result.forced else "passed",
+                    result.reason,
+                    _who(),
+                    [row.as_dict() for row in result.rows],
+                )
+        finally:
+            engine.dispose()
+    except Exception as exc:  # the registry's decision is made; the audit copy must not undo it
+        log.error("promotion of %s v%s not written to the quality record: %s", name, result.challenger, exc)
+        return False
+    return True

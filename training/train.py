@@ -26,6 +26,7 @@ from zerodefect.models.bundle import TTA_VIEWS
 from zerodefect.models.classifier import InspectionClassifier
 from zerodefect.training.config import Config
 from zerodefect.training.data import ImageDataset
+from zerodefect.training.health import DIVERGENCE_FACTOR
 from zerodefect.training.metrics import binary_report
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ def compute_loss(loss_fn: nn.Module, logits: torch.Tensor, targets: torch.Tensor
 BatchLoss = Callable[[nn.Module, Any, torch.device], torch.Tensor]
 
 
+class NonFiniteLoss(ArithmeticError):
+    """A batch loss became NaN or infinite: the weights are lost, training cannot go on."""
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -88,8 +93,11 @@ def train_one_epoch(
     """
     model.train()
     total, count = 0.0, 0
-    for batch in loader:
+    for step, batch in enumerate(loader):
         loss = batch_loss(model, batch, device)
+        if not torch.isfinite(loss):
+            # Stepping on it would turn every weight into NaN; stop here, with the step named.
+            raise NonFiniteLoss(f"the loss became {loss.item()} at step {step + 1} of the epoch")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -138,6 +146,8 @@ class FitResult:
     epochs_run: int
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Why training stopped abnormally (a NaN loss, a diverging loss), or None.
+    failure: str | None = None
 
 
 def _eval_model(model: nn.Module, ema: AveragedModel | None) -> nn.Module:
@@ -256,6 +266,7 @@ def fit(
         )
 
     started = time.perf_counter()
+    failure = None
     epoch = start_epoch - 1
     # A resumed run that had already stopped early goes straight to its results.
     last_epoch = start_epoch if stale >= cfg.train.early_stopping_patience else cfg.train.epochs
@@ -265,9 +276,22 @@ def fit(
             # albumentations keeps its own RNG: seeded per epoch, so a run and its resumption
             # augment the same way as an uninterrupted run.
             augment.set_random_seed(cfg.train.seed * 1000 + epoch)
-        loss = train_one_epoch(
-            model, loader, batch_loss, optimizer, scheduler, device, ema, on_batch, cfg.train.grad_clip
-        )
+        try:
+            loss = train_one_epoch(
+                model, loader, batch_loss, optimizer, scheduler, device, ema, on_batch, cfg.train.grad_clip
+            )
+        except NonFiniteLoss as exc:
+            failure = f"epoch {epoch + 1}: {exc}"
+            log.error("training stopped: %s", failure)
+            break
+        lowest = min((row["train_loss"] for row in history), default=None)
+        if lowest is not None and loss > DIVERGENCE_FACTOR * max(lowest, 1e-8):
+            failure = (
+                f"epoch {epoch + 1}: the training loss diverged to {loss:.4g}, over "
+                f"{DIVERGENCE_FACTOR:g}x the best epoch's {lowest:.4g}"
+            )
+            log.error("training stopped: %s", failure)
+            break
         evaluated = _eval_model(model, ema)
         metrics = validate(evaluated, device)
         score = metrics.pop("score")
@@ -309,4 +333,4 @@ def fit(
             break
     torch.save({"model": best_state, "epoch": best_epoch, "val_score": best_score}, run_dir / "best.pt")
     seconds = spent + time.perf_counter() - started
-    return FitResult(best_state, best_epoch, best_score, len(history), seconds, history)
+    return FitResult(best_state, best_epoch, best_score, len(history), seconds, history, failure)

@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
+from zerodefect.formatting import fmt_rate
 from zerodefect.settings import get_settings, prepare_process_environment
 
 app = typer.Typer(
@@ -191,9 +192,20 @@ def train(
         Path | None, typer.Option(help="Another manifest to add (e.g. from reviews).")
     ] = None,
 ) -> None:
-    """Train, calibrate the threshold on val, export a verified bundle, evaluate on test, register."""
+    """Train, calibrate the threshold on val, export a verified bundle, evaluate on test, register.
+
+    Before the first step it prints a pre-flight summary (steps per epoch, warm-up, EMA
+    half-life, smallest box) with warnings. A run that collapses (best val AUROC <= 0.55 or
+    mAP@0.5 < 0.05, a NaN or diverging loss, or an early stop at epoch 1 under the gate's floor)
+    exits with code 3 and the likely causes; it registers nothing and never moves @challenger.
+
+    Without a terminal (nohup, CI, a log file) progress is a plain line every
+    train.log_every_seconds (20). On a machine shared with other work, train.threads=1 or the
+    default OMP_WAIT_POLICY=PASSIVE keeps training from stalling (README, "Training").
+    """
     from zerodefect.training.config import load_config
     from zerodefect.training.export import ExportParityError
+    from zerodefect.training.health import TrainingFailed
     from zerodefect.training.pipeline import run_training
 
     try:
@@ -201,6 +213,9 @@ def train(
         outcome = run_training(cfg, config, resume_dir or resume, extra_data, console=console)
     except (*user_errors(), ExportParityError) as exc:
         raise fail(str(exc)) from None
+    except TrainingFailed as exc:
+        console.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
+        raise typer.Exit(code=3) from None
     _print_report(outcome.report)
     console.print(
         f"bundle:  {outcome.bundle_dir}\nreport:  {outcome.report_path}\nMLflow run: {outcome.run_id}"
@@ -229,24 +244,35 @@ def export(
     console.print(f"bundle: {bundle}")
 
 
+def _print_notes(report: dict) -> None:
+    for note in report.get("notes", []):
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+
+
+def _print_common(table: Table, report: dict) -> None:
+    """The rows every task's report shares: latency, parity, training time."""
+    table.add_row("ms per image, 1 core", fmt_rate(report.get("ms_per_image_1core"), 1))
+    if "training_minutes" in report:
+        table.add_row("training minutes", fmt_rate(report.get("training_minutes"), 1))
+
+
 def _print_detector_report(report: dict) -> None:
     title = f"{report.get('model')} on {report.get('manifest')}/{report.get('split')}"
     table = Table("metric", "test", title=title)
     for key in ("map50", "map50_95", "escape_rate", "false_reject_rate", "box_precision", "box_recall"):
-        value = report.get(key)
-        table.add_row(key, "- (no clean parts)" if value is None else f"{value:.4f}")
-    table.add_row("ms per image, 1 core", f"{report.get('ms_per_image_1core') or float('nan'):.1f}")
+        table.add_row(key, fmt_rate(report.get(key)))
+    _print_common(table, report)
     console.print(table)
     classes = Table("class", "AP@0.5", "AP@[.5:.95]", "threshold", title="per class")
     for name, ap in report["per_class_ap"].items():
-        ap_all = report["per_class_ap50_95"].get(name)
         classes.add_row(
             name,
-            "-" if ap is None else f"{ap:.4f}",
-            "-" if ap_all is None else f"{ap_all:.4f}",
+            fmt_rate(ap),
+            fmt_rate(report["per_class_ap50_95"].get(name)),
             f"{report['class_thresholds'][name]:.3f}",
         )
     console.print(classes)
+    _print_notes(report)
 
 
 def _print_report(report: dict) -> None:
@@ -268,10 +294,9 @@ def _print_report(report: dict) -> None:
         "false_reject_rate",
         "threshold",
     ):
-        value = report.get(key)
-        table.add_row(key, "-" if value is None else f"{value:.4f}")
-    ref = report.get("at_threshold_0.5", {})
-    table.add_row("accuracy at 0.5", f"{ref.get('accuracy', 0):.4f}")
+        table.add_row(key, fmt_rate(report.get(key)))
+    table.add_row("accuracy at 0.5", fmt_rate(report.get("at_threshold_0.5", {}).get("accuracy")))
+    _print_common(table, report)
     console.print(table)
     for key, groups in report.get("groups", {}).items():
         gt = Table(key, "n", "accuracy", "acc at 0.5", "AUROC", "escape", "false reject", title=f"by {key}")
@@ -279,13 +304,14 @@ def _print_report(report: dict) -> None:
             gt.add_row(
                 name,
                 str(g["n"]),
-                f"{g['accuracy']:.4f}",
-                f"{g['accuracy_at_0.5']:.4f}",
-                "-" if g["auroc"] is None else f"{g['auroc']:.4f}",
-                f"{g['escape_rate']:.4f}",
-                f"{g['false_reject_rate']:.4f}",
+                fmt_rate(g["accuracy"]),
+                fmt_rate(g["accuracy_at_0.5"]),
+                fmt_rate(g["auroc"]),
+                fmt_rate(g["escape_rate"]),
+                fmt_rate(g["false_reject_rate"]),
             )
         console.print(gt)
+    _print_notes(report)
 
 
 @app.command()
@@ -296,7 +322,14 @@ def evaluate(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the machine-readable report here.")
     ] = None,
-    plots: Annotated[Path | None, typer.Option(help="Folder for roc.png, pr.png, confusion.png.")] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the plots. Classifiers: roc.png, pr.png, confusion.png and scores.npz. "
+            "Detectors: pr_curves.png (per class) and samples-*.png sheets (true boxes green, "
+            "predicted red, with a legend)."
+        ),
+    ] = None,
     group_by: Annotated[list[str] | None, typer.Option(help="Metadata keys to break down by.")] = None,
     baseline: Annotated[
         str | None, typer.Option(help="Another bundle to compare with (e.g. the fp32 one of an INT8 bundle).")
@@ -329,7 +362,8 @@ def evaluate(
         raise fail(str(exc)) from None
     _print_report(report)
     for metric, row in report.get("versus_baseline", {}).get("metrics", {}).items():
-        console.print(f"{metric}: {row['this']:.4f} vs baseline {row['baseline']:.4f} ({row['delta']:+.4f})")
+        delta = "n/a" if row["delta"] is None else f"{row['delta']:+.4f}"
+        console.print(f"{metric}: {fmt_rate(row['this'])} vs baseline {fmt_rate(row['baseline'])} ({delta})")
     if json_path:
         console.print(f"report: {write_report(report, json_path)}")
 
@@ -366,19 +400,30 @@ def models_list(name: Annotated[str, typer.Argument(help="Registered model name.
 def models_promote(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str | None, typer.Option(help="Version to promote (default: @challenger).")] = None,
-    force: Annotated[bool, typer.Option(help="Promote even if the gate fails (logged).")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(help="Promote even if the gate fails; needs --reason (kept in MLflow and the record)."),
+    ] = False,
+    reason: Annotated[str | None, typer.Option(help="Why a --force promotion must happen.")] = None,
     tolerance: Annotated[float, typer.Option(help="Allowed worsening per gate metric.")] = 0.005,
     manifest: Annotated[
         Path | None, typer.Option(help="Manifest for the gate (default: the challenger's).")
     ] = None,
 ) -> None:
-    """Move @champion to the challenger if it is no worse than the champion on the same test split."""
+    """Move @champion to the challenger if it passes the gate on the test split.
+
+    The gate needs both: the absolute floors of the config's `gate:` section (defaults: AUROC
+    >= 0.75 or mAP@0.5 >= 0.30, escape rate <= 0.20, false-reject rate <= 0.50 at the
+    calibrated threshold), which hold even when there is no champion; and, when a champion
+    exists, no metric worse than the champion's by more than --tolerance on the same split.
+    Every promotion is written to the quality record (GET /v1/model-promotions).
+    """
     from zerodefect.settings import configure_mlflow
     from zerodefect.training.registry import promote
 
     configure_mlflow()
     try:
-        result = promote(name, version, force, tolerance, manifest)
+        result = promote(name, version, force, tolerance, manifest, reason=reason)
     except (*user_errors(), ValueError) as exc:
         raise fail(str(exc)) from None
     _print_gate(name, result)
@@ -390,23 +435,34 @@ def _print_gate(name: str, result) -> None:
     table = Table(
         "metric",
         f"challenger v{result.challenger}",
-        f"champion v{result.champion or '-'}",
+        f"champion {'v' + result.champion if result.champion else '(none)'}",
+        "floor",
         "ok",
+        "note",
         title=f"promotion gate ({result.split} split of {result.manifest})",
     )
-    for metric, new, old, ok in result.rows:
+    for row in result.rows:
         table.add_row(
-            metric,
-            "- (undefined)" if new is None else f"{new:.4f}",
-            "-" if old is None else f"{old:.4f}",
-            "yes" if ok else "[red]no[/]",
+            row.metric,
+            fmt_rate(row.challenger),
+            fmt_rate(row.champion),
+            f"{'>=' if row.higher_is_better else '<='} {row.floor:g}",
+            "yes" if row.ok else "[red]no[/]",
+            row.note,
         )
     console.print(table)
     if result.promoted:
-        how = "[yellow]FORCED over a failed gate[/]" if result.forced else "gate passed"
-        console.print(f"{name} v{result.challenger} is now @champion ({how})")
+        how = (
+            f"[yellow]FORCED over a failed gate: {escape(result.reason or '')}[/]"
+            if result.forced
+            else "gate passed"
+        )
+        console.print(f"{name} v{result.challenger} is now @champion ({how})", soft_wrap=True)
+        if not result.recorded:
+            console.print("[red]the promotion was not written to the quality record (see the log)[/]")
     else:
-        console.print(f"[red]{name} v{result.challenger} not promoted: worse than the champion[/]")
+        why = "; ".join(f"{r.metric} {r.note}" for r in result.failures)
+        console.print(f"[red]{name} v{result.challenger} not promoted: {escape(why)}[/]", soft_wrap=True)
 
 
 @app.command()

@@ -17,6 +17,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from zerodefect.formatting import fmt_rate
 from zerodefect.settings import get_settings
 
 RECORD_PORT = 8100
@@ -53,16 +54,16 @@ def run_demo(
         status = "not registered"
     console.rule("demo results (test split)")
     console.print(
-        f"accuracy {report['accuracy']:.4f} (at 0.5: {report['at_threshold_0.5']['accuracy']:.4f})  "
-        f"AUROC {report['auroc']:.4f}  F1 {report['f1']:.4f}\n"
+        f"accuracy {fmt_rate(report['accuracy'])} (at 0.5: {fmt_rate(report['at_threshold_0.5']['accuracy'])})  "
+        f"AUROC {fmt_rate(report['auroc'])}  F1 {fmt_rate(report['f1'])}\n"
         f"threshold {report['threshold']:.4f} (val escape target {cfg.calibration.target_escape_rate}): "
-        f"escape rate {report['escape_rate']:.4f}, false-reject rate {report['false_reject_rate']:.4f}"
+        f"escape rate {fmt_rate(report['escape_rate'])}, false-reject rate {fmt_rate(report['false_reject_rate'])}"
     )
     for key, groups in report.get("groups", {}).items():
         for name, g in groups.items():
             console.print(
-                f"  {key}={name}: n={g['n']} accuracy {g['accuracy']:.4f} AUROC {g['auroc']:.4f} "
-                f"escape {g['escape_rate']:.4f} false reject {g['false_reject_rate']:.4f}"
+                f"  {key}={name}: n={g['n']} accuracy {fmt_rate(g['accuracy'])} AUROC {fmt_rate(g['auroc'])} "
+                f"escape {fmt_rate(g['escape_rate'])} false reject {fmt_rate(g['false_reject_rate'])}"
             )
     console.print(
         f"\nbundle:      {outcome.bundle_dir}\n"
@@ -255,10 +256,10 @@ def run_line(
         f"station {cfg.station} served {model_name} v{served['model_version']} "
         f"(threshold from the bundle), batch {batch}\n"
         f"verdicts: {dict(tally.verdicts)}  fail-safe: {tally.failsafe}  refused: {dict(tally.errors) or 0}\n"
-        f"observed escape rate {tally.escape_rate:.4f} ({tally.escapes}/{tally.defective} defective passed); "
-        f"offline evaluation {report['escape_rate']:.4f}\n"
-        f"observed false-reject rate {tally.false_reject_rate:.4f} "
-        f"({tally.false_rejects}/{tally.good} good rejected); offline evaluation {report['false_reject_rate']:.4f}\n"
+        f"observed escape rate {fmt_rate(tally.escape_rate)} ({tally.escapes}/{tally.defective} defective passed); "
+        f"offline evaluation {fmt_rate(report['escape_rate'])}\n"
+        f"observed false-reject rate {fmt_rate(tally.false_reject_rate)} "
+        f"({tally.false_rejects}/{tally.good} good rejected); offline evaluation {fmt_rate(report['false_reject_rate'])}\n"
         f"quality record: {recorded['pass']} pass + {recorded['reject']} reject rows for this batch; "
         f"outbox {served['outbox']}"
     )

@@ -70,6 +70,11 @@ def prepare_process_environment(settings: Settings | None = None) -> None:
         "MPLBACKEND": "Agg",
         "NO_ALBUMENTATIONS_UPDATE": "1",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # OpenMP threads that wait at a barrier sleep instead of spinning: on a machine shared
+        # with other work, a spinning thread burns the core its partner needs. Measured on 2
+        # cores with one competing process: 3.3 s per training step spinning, 2.2 s passive
+        # (docs/results/README.md, "Threads"). Read when torch loads, so set before it does.
+        "OMP_WAIT_POLICY": "PASSIVE",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
