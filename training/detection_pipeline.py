@@ -142,7 +142,6 @@ def run_detection_training(
 
     from zerodefect.datasets.augment import build_augmentations
     from zerodefect.training.detection import fit_detector
-    from zerodefect.training.train import seed_everything
     from zerodefect.training.evaluate import evaluate_detector_bundle, write_report
     from zerodefect.training.pipeline import (
         TrainOutcome,
@@ -152,6 +151,7 @@ def run_detection_training(
         register_and_summarize,
         start_mlflow_run,
     )
+    from zerodefect.training.train import seed_everything
 
     if manifest.task != "detection":
         raise DatasetError(
