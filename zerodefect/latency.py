@@ -99,54 +99,84 @@ def floor_for(scores: np.ndarray, candidates: int | None, default: float) -> flo
     return float(np.nextafter(flat[candidates], np.float32(1)))
 
 
+class StageClock:
+    """Wall and thread-CPU milliseconds of each stage. On one ORT thread the graph runs in the
+    calling thread, so CPU time is the work itself and wall minus CPU is the wait for a core."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
+        self._marks = (time.perf_counter(), time.thread_time())
+
+    def start(self) -> None:
+        self._marks = (time.perf_counter(), time.thread_time())
+
+    def lap(self, stage: str) -> None:
+        """Record the time since the last mark under `stage` and set a new mark."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        self.wall.setdefault(stage, []).append((wall - self._marks[0]) * 1000)
+        self.cpu.setdefault(stage, []).append((cpu - self._marks[1]) * 1000)
+        self._marks = (wall, cpu)
+
+    def medians(self) -> dict[str, dict[str, float]]:
+        return {
+            "wall": {k: statistics.median(v) for k, v in self.wall.items()},
+            "cpu": {k: statistics.median(v) for k, v in self.cpu.items()},
+        }
+
+
 def time_stages(
     engine: Engine,
-    encoded: list[bytes],
+    sources: dict[str, list[bytes]],
     candidates: list[int | None],
     repeats: int,
-) -> dict[str, Any]:
-    """Median ms per image of each stage over `repeats` passes over `encoded`.
+) -> dict[str, dict[str, Any]]:
+    """Median ms per image of each stage, per source, over `repeats` passes.
 
+    Every pass goes through all sources in turn, so drift on a shared machine hits them alike.
     Post-processing is timed once per candidate count on the same graph outputs. The total is
-    the sum of the stage medians at the bundle's own floor: what `Engine.predict` on encoded
-    bytes costs.
+    the sum of the stage medians at the bundle's own floor: what `Engine.predict` costs on
+    encoded bytes.
     """
     post = engine.meta.postprocess
-    times: dict[str, list[float]] = {"decode": [], "resize": [], "run": []}
-    counts: dict[str, list[int]] = {}
-    clock = time.perf_counter
+    clocks = {key: StageClock() for key in sources}
+    counts: dict[str, dict[str, list[int]]] = {key: {} for key in sources}
     for _ in range(repeats):
-        for data in encoded:
-            t0 = clock()
-            image = decode_image(data)
-            t1 = clock()
-            prepared = engine.prepare(image)
-            t2 = clock()
-            boxes, scores = (out[0] for out in engine.infer(prepared[None]))
-            t3 = clock()
-            times["decode"].append((t1 - t0) * 1000)
-            times["resize"].append((t2 - t1) * 1000)
-            times["run"].append((t3 - t2) * 1000)
-            for count in candidates:
-                key = "post_floor" if count is None else f"post_{count}"
-                floor = floor_for(scores, count, post["score_thresh"])
-                t4 = clock()
-                det = detections_from_dense(
-                    boxes,
-                    scores,
-                    post["level_sizes"],
-                    floor,
-                    post["nms_thresh"],
-                    post["topk_candidates"],
-                    post["detections_per_img"],
-                )
-                times.setdefault(key, []).append((clock() - t4) * 1000)
-                counts.setdefault(key, []).append(int((scores > floor).sum()))
-                counts.setdefault(key + "_kept", []).append(len(det))
-    result: dict[str, Any] = {k: statistics.median(v) for k, v in times.items()}
-    result["over_floor"] = {k: int(statistics.median(v)) for k, v in counts.items()}
-    result["total_floor"] = result["decode"] + result["resize"] + result["run"] + result["post_floor"]
-    result["images"] = len(encoded) * repeats
+        for key, encoded in sources.items():
+            clock = clocks[key]
+            for data in encoded:
+                clock.start()
+                image = decode_image(data)
+                clock.lap("decode")
+                prepared = engine.prepare(image)
+                clock.lap("resize")
+                boxes, scores = (out[0] for out in engine.infer(prepared[None]))
+                clock.lap("run")
+                for count in candidates:
+                    stage = "post_floor" if count is None else f"post_{count}"
+                    floor = floor_for(scores, count, post["score_thresh"])
+                    clock.start()
+                    det = detections_from_dense(
+                        boxes,
+                        scores,
+                        post["level_sizes"],
+                        floor,
+                        post["nms_thresh"],
+                        post["topk_candidates"],
+                        post["detections_per_img"],
+                    )
+                    clock.lap(stage)
+                    counts[key].setdefault(stage, []).append(int((scores > floor).sum()))
+                    counts[key].setdefault(stage + "_kept", []).append(len(det))
+    result = {}
+    for key, clock in clocks.items():
+        row: dict[str, Any] = clock.medians()
+        for kind in ("wall", "cpu"):
+            m = row[kind]
+            m["total_floor"] = m["decode"] + m["resize"] + m["run"] + m["post_floor"]
+        row["over_floor"] = {k: int(statistics.median(v)) for k, v in counts[key].items()}
+        row["images"] = len(sources[key]) * repeats
+        result[key] = row
     return result
 
 
@@ -165,6 +195,11 @@ def run(
     warm = engine.prepare(part_image(np.random.default_rng(0), engine.size[0]))
     for _ in range(3):
         engine.infer(warm[None])
+    sources: dict[str, list[bytes]] = {}
+    for side in sides:
+        pixels = [part_image(np.random.default_rng(100 + i), side) for i in range(images)]
+        for fmt in formats:
+            sources[f"{side}-{fmt}"] = [encode(p, fmt) for p in pixels]
     out: dict[str, Any] = {
         "bundle": str(bundle),
         "input_size": engine.size[0],
@@ -176,18 +211,15 @@ def run(
     for spinners in sorted({0, contend}):
         procs = [spin() for _ in range(spinners)]
         try:
-            for side in sides:
-                pixels = [part_image(np.random.default_rng(100 + i), side) for i in range(images)]
-                for fmt in formats:
-                    encoded = [encode(p, fmt) for p in pixels]
-                    row = {"side": side, "format": fmt, "spinners": spinners}
-                    row["bytes"] = int(np.median([len(e) for e in encoded]))
-                    row.update(time_stages(engine, encoded, candidates, repeats))
-                    out["rows"].append(row)
+            measured = time_stages(engine, sources, candidates, repeats)
         finally:
             for proc in procs:
                 proc.kill()
                 proc.wait()
+        for key, row in measured.items():
+            side, fmt = key.split("-")
+            size = int(np.median([len(e) for e in sources[key]]))
+            out["rows"].append({"side": int(side), "format": fmt, "bytes": size, "spinners": spinners, **row})
     return out
 
 
@@ -197,17 +229,20 @@ def spin() -> subprocess.Popen:
 
 
 def table(result: dict[str, Any]) -> str:
-    """A markdown table, one row per source size and format."""
-    posts = [k for k in result["rows"][0] if k.startswith("post_") and not k.endswith("_kept")]
+    """A markdown table, one row per source size, format and number of busy processes:
+    wall-clock median, thread-CPU median in brackets."""
+    first = result["rows"][0]
+    posts = [k for k in first["wall"] if k.startswith("post_")]
     head = ["source", "busy procs", "decode", "resize", "ONNX run"]
     for k in posts:
-        over = result["rows"][0]["over_floor"][k]
-        head.append(f"post, {over} over floor" if k != "post_floor" else f"post at 0.05 ({over} over floor)")
-    head.append("total at 0.05")
+        over = first["over_floor"][k]
+        head.append(f"post at the floor ({over} over)" if k == "post_floor" else f"post, {over} over floor")
+    head.append("total at the floor")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         cells = [f"{r['side']} px {r['format'].upper()} ({r['bytes'] // 1024} KiB)", str(r["spinners"])]
-        cells += [f"{r[k]:.1f}" for k in ("decode", "resize", "run", *posts, "total_floor")]
+        for k in ("decode", "resize", "run", *posts, "total_floor"):
+            cells.append(f"{r['wall'][k]:.1f} ({r['cpu'][k]:.1f})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
