@@ -11,38 +11,83 @@ import numpy as np
 
 from zerodefect.inference.result import Detections
 
+# Candidates compared at once: a block's IoU matrix, then the kept boxes against the rest.
+NMS_BLOCK = 128
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS; indices kept, highest score first. A box is suppressed by a kept box when
-    their IoU is strictly above the threshold (torchvision's rule)."""
+
+def _suppresses(
+    x1: np.ndarray,
+    y1: np.ndarray,
+    x2: np.ndarray,
+    y2: np.ndarray,
+    areas: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    iou_threshold: float,
+) -> np.ndarray:
+    """[len(a), len(b)]: does box a[i] suppress box b[j]? torchvision's kernel arithmetic: IoU
+    in float32 (a zero union gives NaN, which suppresses nothing), compared in float64."""
+    w = np.maximum(0.0, np.minimum(x2[a, None], x2[None, b]) - np.maximum(x1[a, None], x1[None, b]))
+    h = np.maximum(0.0, np.minimum(y2[a, None], y2[None, b]) - np.maximum(y1[a, None], y1[None, b]))
+    inter = w * h
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (areas[a, None] + areas[None, b] - inter)
+    return iou.astype(np.float64) > iou_threshold
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int | None = None) -> np.ndarray:
+    """Greedy NMS; indices kept, highest score first, at most `limit` of them. A box is
+    suppressed by a kept box when their IoU is strictly above the threshold (torchvision's rule).
+
+    The same decisions as the one-box-at-a-time loop, in blocks: an early model can pass
+    thousands of candidates and keep most of them, and a numpy call per kept box then cost
+    more than the graph itself. The first `limit` boxes kept do not depend on later ones, so
+    the search stops there.
+    """
     order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[order, k]) for k in range(4))
     areas = (x2 - x1) * (y2 - y1)
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
-        order = rest[iou <= iou_threshold]
-    return np.array(keep, dtype=np.int64)
+    n = len(order)
+    limit = n if limit is None else limit
+    alive = np.ones(n, bool)  # not suppressed by a box kept in an earlier block
+    keep: list[int] = []
+    for start in range(0, n, NMS_BLOCK):
+        stop = start + NMS_BLOCK
+        block = start + np.flatnonzero(alive[start:stop])
+        if len(keep) >= limit or not block.size:
+            continue
+        over = _suppresses(x1, y1, x2, y2, areas, block, block, iou_threshold)
+        free = np.ones(len(block), bool)
+        kept = []
+        for r in range(len(block)):
+            if free[r]:
+                kept.append(r)
+                if len(keep) + len(kept) == limit:
+                    break
+                free[r + 1 :] &= ~over[r, r + 1 :]
+        keep.extend(block[kept].tolist())
+        rest = stop + np.flatnonzero(alive[stop:])
+        if len(keep) < limit and rest.size:
+            alive[rest] = ~_suppresses(x1, y1, x2, y2, areas, block[kept], rest, iou_threshold).any(axis=0)
+    return order[np.array(keep, dtype=np.int64)]
 
 
 def batched_nms(
-    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float, limit: int | None = None
 ) -> np.ndarray:
-    """NMS within each class; indices kept, sorted by decreasing score."""
-    keep = [
-        np.flatnonzero(labels == c)[nms(boxes[labels == c], scores[labels == c], iou_threshold)]
-        for c in np.unique(labels)
-    ]
+    """NMS within each class; indices kept, sorted by decreasing score, the first `limit`.
+
+    Each class keeps at most `limit` boxes: a class's later boxes score no higher than its
+    first `limit`, so they never reach the overall first `limit`.
+    """
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keep.append(members[nms(boxes[members], scores[members], iou_threshold, limit)])
     if not keep:
         return np.zeros(0, np.int64)
     kept = np.concatenate(keep)
-    return kept[np.argsort(-scores[kept], kind="stable")]
+    return kept[np.argsort(-scores[kept], kind="stable")][:limit]
 
 
 def detections_from_dense(
@@ -72,7 +117,7 @@ def detections_from_dense(
     all_boxes = np.concatenate(picked_boxes).astype(np.float32)
     all_scores = np.concatenate(picked_scores).astype(np.float32)
     all_labels = np.concatenate(picked_labels).astype(np.int64)
-    keep = batched_nms(all_boxes, all_scores, all_labels, nms_thresh)[:detections_per_img]
+    keep = batched_nms(all_boxes, all_scores, all_labels, nms_thresh, detections_per_img)
     return Detections(all_boxes[keep], all_scores[keep], all_labels[keep])
 
 

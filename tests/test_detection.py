@@ -258,3 +258,21 @@ def test_the_promotion_gate_compares_detectors_by_map(trained) -> None:
     result = CliRunner().invoke(app, ["models", "promote", "tiny-detector"])
     assert result.exit_code == 0, result.output
     assert "map50" in result.output and "tiny-detector v1 is now @champion" in result.output
+
+
+def test_the_latency_command_times_every_stage(trained, tmp_path: Path) -> None:
+    """`python -m zerodefect.latency` on a bundle: every stage timed for every source."""
+    from zerodefect.latency import main as latency_main
+
+    _, outcome = trained
+    out = tmp_path / "latency.json"
+    args = ["--bundle", str(outcome.bundle_dir), "--sides", "96", "256", "--candidates", "0", "floor"]
+    assert latency_main([*args, "--images", "1", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["input_size"] == 128 and result["ort_threads"] == 1
+    sources = [(r["side"], r["format"]) for r in result["rows"]]
+    assert sources == [(96, "jpeg"), (96, "png"), (256, "jpeg"), (256, "png")]
+    for row in result["rows"]:
+        assert all(row["wall"][k] > 0 for k in ("decode", "resize", "run", "post_0", "post_floor"))
+        assert row["cpu"]["run"] > 0 and row["wall"]["total_floor"] > row["wall"]["run"]
+        assert row["over_floor"]["post_0"] == 0 and row["over_floor"]["post_0_kept"] == 0
