@@ -15,8 +15,8 @@ from pathlib import Path
 
 import cv2
 
-from zerodefect.edge.imagecheck import InputError
 from zerodefect.edge.station import Inspector, PartMeta
+from zerodefect.inference.imagecheck import InputError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
