@@ -17,11 +17,12 @@ from pydantic import AwareDatetime, BaseModel, Field
 from zerodefect.edge.batcher import MicroBatcher
 from zerodefect.edge.config import StationConfig
 from zerodefect.edge.forwarder import Forwarder
-from zerodefect.edge.imagecheck import InputError
 from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.station import Inspector, PartMeta
+from zerodefect.http_limits import BodyLimit
+from zerodefect.inference.imagecheck import InputError
 from zerodefect.quality.schemas import DefectIn
 from zerodefect.settings import get_settings
 
@@ -69,12 +70,14 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         holder = ModelHolder(config.model, settings.data_dir / "registry-cache", config.threads)
         outbox = Outbox(config.outbox)
         batcher = MicroBatcher(holder, config.max_batch, config.batch_wait_ms)
-        metrics = EdgeMetrics(lambda: batcher.depth, lambda: outbox.counts()["pending"])
+        metrics = EdgeMetrics(
+            lambda: batcher.depth, lambda: outbox.counts()["pending"], lambda: outbox.counts()["dead"]
+        )
         metrics.set_model(holder.current.name, holder.current.version)
         batcher.start()
         forwarder = None
         if config.record_url:
-            forwarder = Forwarder(outbox, config.record_url, config.record_api_key())
+            forwarder = Forwarder(outbox, config.record_url, config.record_api_key(), metrics=metrics)
             forwarder.start()
         state.update(
             holder=holder,
@@ -113,12 +116,8 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         if not any(hmac.compare_digest(digest, h) for h in config.api_key_hashes):
             raise HTTPException(403, "unknown API key")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > config.max_request_bytes + 64 * 1024:
-            return JSONResponse({"detail": f"request over {config.max_request_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    # Bytes counted as they stream; the upload's limit leaves room for the form around the image.
+    app.add_middleware(BodyLimit, routes={"/v1/inspect": config.max_request_bytes + 64 * 1024})
 
     @app.exception_handler(InputError)
     async def input_error(_request: Request, exc: InputError) -> JSONResponse:

@@ -42,6 +42,10 @@ class StationConfig(BaseModel):
     pass_sample_rate: float = Field(default=0.02, ge=0, le=1)
     max_request_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 25_000_000
+    # A camera's captured_at further than this from the station clock is refused (422): a
+    # camera with a dead clock battery must not write year 0001 or 9999 into the record, which
+    # itself refuses times before 2000 or more than a day ahead of its own clock.
+    max_clock_skew_seconds: float = Field(default=86400.0, gt=0)
 
     def record_api_key(self) -> str | None:
         return os.environ.get(self.record_api_key_env)

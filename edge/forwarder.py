@@ -7,20 +7,37 @@ import threading
 
 import httpx
 
+from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
+# 4xx answers that say nothing about the part, so it is retried until an operator fixes the
+# cause: a missing or revoked key (401, 403), a record_url that points at the wrong service
+# (404, 405: the record never answers them to a well-addressed POST /v1/inspections), a timeout
+# (408) or throttling (429). Every other 4xx is the record refusing this part's content, which
+# no retry can change: the part goes to the dead state at once, kept in the outbox, counted in
+# /metrics (zd_outbox_dead, zd_record_refusals_total) and /readyz, and logged at ERROR.
+RETRIED_4XX = frozenset({401, 403, 404, 405, 408, 429})
+
 
 class Forwarder:
-    """A background thread: deliver due results; 2xx marks delivered, a 4xx (the record refuses
-    the content) parks it as dead, anything else (down, 5xx, timeout) retries with backoff."""
+    """A background thread: deliver due results; 2xx marks delivered, a 4xx refusing the content
+    parks it as dead, anything else (down, 5xx, timeout, RETRIED_4XX) retries with backoff."""
 
-    def __init__(self, outbox: Outbox, record_url: str, api_key: str | None, max_backoff: float = 30.0):
+    def __init__(
+        self,
+        outbox: Outbox,
+        record_url: str,
+        api_key: str | None,
+        max_backoff: float = 30.0,
+        metrics: EdgeMetrics | None = None,
+    ):
         self.outbox = outbox
         self.url = record_url.rstrip("/") + "/v1/inspections"
         self.headers = {"X-API-Key": api_key or ""}
         self.max_backoff = max_backoff
+        self.metrics = metrics
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
         self.record_up = False
@@ -48,9 +65,18 @@ class Forwarder:
                 self.outbox.delivered(key)
                 self.record_up = True
                 sent += 1
-            elif 400 <= response.status_code < 500 and response.status_code not in (401, 403, 408, 429):
+            elif 400 <= response.status_code < 500 and response.status_code not in RETRIED_4XX:
                 self.outbox.dead(key, f"{response.status_code}: {response.text}")
-                log.error("record refused %s: %s %s", key, response.status_code, response.text[:200])
+                self.record_up = True
+                if self.metrics:
+                    self.metrics.refused.labels(str(response.status_code)).inc()
+                log.error(
+                    "ALERT: the record refused part %s (serial %r) with %s, parked as dead: %s",
+                    key,
+                    payload.get("serial"),
+                    response.status_code,
+                    response.text[:300],
+                )
             else:
                 # 5xx, or a key problem an operator can fix: keep retrying, never drop.
                 self.record_up = response.status_code < 500

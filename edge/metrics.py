@@ -11,7 +11,12 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0
 
 
 class EdgeMetrics:
-    def __init__(self, queue_depth: Callable[[], float], outbox_pending: Callable[[], float]):
+    def __init__(
+        self,
+        queue_depth: Callable[[], float],
+        outbox_pending: Callable[[], float],
+        outbox_dead: Callable[[], float] = lambda: 0.0,
+    ):
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "zd_inspection_latency_seconds",
@@ -37,6 +42,16 @@ class EdgeMetrics:
         Gauge(
             "zd_outbox_pending", "Results not yet in the quality record", registry=self.registry
         ).set_function(outbox_pending)
+        # Alert on either: a part the record refused is kept at the station but not in the record.
+        Gauge(
+            "zd_outbox_dead", "Results the quality record refused (kept, not retried)", registry=self.registry
+        ).set_function(outbox_dead)
+        self.refused = Counter(
+            "zd_record_refusals",
+            "Results the quality record refused with a 4xx, by status",
+            ["status"],
+            registry=self.registry,
+        )
 
     def observe(self, response: dict[str, Any], latency_ms: float, batch_size: int | None) -> None:
         self.latency.observe(latency_ms / 1000.0)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import cv2
 
-from zerodefect.edge.imagecheck import InputError
 from zerodefect.edge.station import Inspector, PartMeta
+from zerodefect.inference.imagecheck import InputError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
@@ -55,8 +55,12 @@ async def pull_loop(inspector: Inspector, source: str, serial_prefix: str) -> in
             log.info("source %s ended after %d frames", source, count)
             return count
         data, kind = item
+        # The record keeps 100 characters of a camera name: a long folder path keeps its end.
         meta = PartMeta(
-            f"{serial_prefix}-{count:06d}", inspector.config.station, camera=source, frame_id=str(count)
+            f"{serial_prefix}-{count:06d}",
+            inspector.config.station,
+            camera=source[-100:],
+            frame_id=str(count),
         )
         try:
             await inspector.inspect(data, kind, meta, time.perf_counter())

@@ -20,12 +20,12 @@ import numpy as np
 
 from zerodefect.edge.batcher import MicroBatcher, Scored
 from zerodefect.edge.config import StationConfig
-from zerodefect.edge.imagecheck import InputError, check_image
 from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
-from zerodefect.inference.preprocess import ImageDecodeError, decode_image
+from zerodefect.inference.imagecheck import InputError, decode_checked
 from zerodefect.inference.result import InspectionResult
+from zerodefect.quality.schemas import check_text
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,37 @@ class PartMeta:
     camera: str | None = None
     frame_id: str | None = None
     captured_at: datetime | None = None
+
+
+# The record's limits on a part's text fields (its wire schema), checked before the outbox.
+TEXT_LIMITS = {"serial": 100, "station": 100, "batch": 100, "camera": 100, "frame_id": 100}
+
+
+def check_meta(meta: PartMeta, max_skew_seconds: float, now: datetime | None = None) -> None:
+    """Refuse, with a 422 and the reason, what the record would refuse: text with control
+    characters or over its length, and a capture time outside the window around the station
+    clock. Checked before the outbox, so a bad value never becomes a part stuck in it."""
+    for name, limit in TEXT_LIMITS.items():
+        value = getattr(meta, name)
+        if value is None:
+            continue
+        if len(value) > limit:
+            raise InputError(422, f"{name} is {len(value)} characters long; at most {limit}")
+        try:
+            check_text(value)
+        except ValueError as exc:
+            raise InputError(422, f"{name}: {exc}") from None
+    if meta.captured_at is None:
+        return
+    if meta.captured_at.utcoffset() is None:
+        raise InputError(422, "captured_at needs a time zone")
+    skew = (meta.captured_at - (now or datetime.now(UTC))).total_seconds()
+    if abs(skew) > max_skew_seconds:
+        raise InputError(
+            422,
+            f"captured_at {meta.captured_at.isoformat()} is {skew / 3600:+.1f} h from the station "
+            f"clock; at most {max_skew_seconds / 3600:g} h either way",
+        )
 
 
 def idempotency_key(meta: PartMeta) -> str:
@@ -84,11 +115,7 @@ class Inspector:
         self.metrics = metrics
 
     def decode(self, data: bytes, content_type: str | None) -> tuple[np.ndarray, str]:
-        kind = check_image(data, content_type, self.config.max_request_bytes, self.config.max_pixels)
-        try:
-            return decode_image(data), kind
-        except ImageDecodeError as exc:
-            raise InputError(400, f"corrupt image ({exc})") from exc
+        return decode_checked(data, content_type, self.config.max_request_bytes, self.config.max_pixels)
 
     async def inspect(
         self, data: bytes, content_type: str | None, meta: PartMeta, started: float
@@ -99,6 +126,7 @@ class Inspector:
             raise InputError(
                 422, f"unknown station {meta.station!r}; this edge serves {self.config.station!r}"
             )
+        check_meta(meta, self.config.max_clock_skew_seconds)
         loop = asyncio.get_running_loop()
         image, kind = await loop.run_in_executor(None, self.decode, data, content_type)
         budget = self.config.budget_ms / 1000.0

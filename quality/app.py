@@ -17,7 +17,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select, update
 
-from zerodefect.inference.preprocess import ImageDecodeError
+from zerodefect.http_limits import BodyLimit
+from zerodefect.inference.imagecheck import InputError
 from zerodefect.quality import promotions, web
 from zerodefect.quality.andon import AndonWorker, alert_json, load_config
 from zerodefect.quality.auth import SESSION_COOKIE, AuthError, LoginThrottled, create_user, login, logout
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     migrate(url)
     engine = make_engine(url)
     sessions = session_factory(engine)
-    images = ImageStore(settings.image_dir)
+    images = ImageStore(settings.image_dir, settings.record_max_image_pixels)
     andon = AndonWorker(sessions, load_config(settings.andon_config))
 
     @asynccontextmanager
@@ -81,12 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.andon = andon
     app.state.engine, app.state.sessions, app.state.images = engine, sessions, images
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+    # Bytes counted as they stream: JSON endpoints get a small limit, posted parts their image.
+    app.add_middleware(BodyLimit, routes={"/v1/inspections": MAX_BODY_BYTES})
 
     app.include_router(web.router)
     app.include_router(promotions.router)
@@ -263,10 +260,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"inspection {inspection_id} has no stored image")
         boxes = [(d.class_name, d.score, [d.x1, d.y1, d.x2, d.y2]) for d in row.defects if d.x1 is not None]
         try:
-            return Response(draw_overlay(path, boxes), media_type="image/png")
-        except ImageDecodeError as exc:
+            return Response(draw_overlay(path, boxes, images.max_pixels), media_type="image/png")
+        except InputError as exc:
             raise HTTPException(
-                500, f"stored image of inspection {inspection_id} is unreadable: {exc}"
+                422, f"stored image of inspection {inspection_id} cannot be drawn: {exc.reason}"
             ) from None
 
     @app.get("/v1/images/{sha256}")

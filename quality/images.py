@@ -1,5 +1,10 @@
 """Content-addressed image storage: a file's name is its sha256, so a stored image cannot be
-silently replaced, the same image is stored once, and a record's hash finds its pixels."""
+silently replaced, the same image is stored once, and a record's hash finds its pixels.
+
+The record checks every image it stores and every one it draws with the station's checker
+(header size from a real decoder, then a full decode), never trusting the sender: random bytes
+declared as PNG, or a decompression bomb, are refused before they reach the disk or a reviewer.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,20 @@ import hashlib
 import os
 from pathlib import Path
 
+from zerodefect.inference.imagecheck import MAX_PIXELS, decode_checked
+
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
+TYPES = {ext: kind for kind, ext in EXTENSIONS.items()}
 
 
 class ImageStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, max_pixels: int = MAX_PIXELS):
         self.root = root
+        self.max_pixels = max_pixels
+
+    def check(self, data: bytes, kind: str) -> None:
+        """Decode the image as the station does; raises InputError (status and reason)."""
+        decode_checked(data, kind, None, self.max_pixels)
 
     def path_for(self, sha256: str, ext: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.{ext}"
@@ -38,17 +51,20 @@ class ImageStore:
         return matches[0] if matches else None
 
 
-def draw_overlay(path: Path, boxes: list[tuple[str, float, list[float]]]) -> bytes:
+def draw_overlay(
+    path: Path, boxes: list[tuple[str, float, list[float]]], max_pixels: int = MAX_PIXELS
+) -> bytes:
     """PNG of a stored image with its defects' boxes and labels drawn in red.
 
     Drawn on request, never stored: the stored image stays the exact bytes the camera sent.
+    Checked again before decoding (images stored by older versions were not); raises
+    InputError, whose reason never names the file.
     """
     import cv2
 
-    from zerodefect.inference.preprocess import read_image
-
     # The station's decoder (no EXIF rotation): boxes land where the model saw them.
-    image = cv2.cvtColor(read_image(path), cv2.COLOR_RGB2BGR)
+    rgb, _ = decode_checked(path.read_bytes(), TYPES.get(path.suffix.lstrip(".")), None, max_pixels)
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     size = max(image.shape[:2])
     thickness = max(1, round(size / 300))
     font = min(0.5, max(0.2, size / 800))  # legible on a 40 px crop and a 4000 px frame alike

@@ -2,17 +2,58 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+# Control characters (NUL included: PostgreSQL refuses it in text) and lone surrogates (not
+# UTF-8, so no database or JSON encoder takes them) have no place in a serial or a name.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# A note may have lines and tabs.
+NOTE_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# Parts come from cameras installed this century; a station's clock may run up to a day ahead.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_AHEAD = timedelta(days=1)
+
+
+def check_text(value: str, pattern: re.Pattern[str] = CONTROL) -> str:
+    """Refuse control characters and lone surrogates (shared with the station's checks)."""
+    bad = pattern.search(value)
+    if bad:
+        raise ValueError(
+            f"control character U+{ord(bad.group()):04X} at position {bad.start()} is not allowed"
+        )
+    return value
+
+
+def check_captured_at(value: datetime) -> datetime:
+    """A capture time the record can store and chart: from 2000 to a day ahead of its clock.
+
+    Parts delivered late (an outbox that waited out an outage) are fine; year 0001 at +14:00
+    (no UTC form) and year 9999 (a dashboard stretched over millennia) are not."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} has no UTC time") from None
+    if utc < EARLIEST:
+        raise ValueError(f"{value.isoformat()} is before {EARLIEST:%Y-%m-%d}")
+    if utc > datetime.now(UTC) + MAX_AHEAD:
+        raise ValueError(f"{value.isoformat()} is more than {MAX_AHEAD} ahead of the record's clock")
+    return value
+
+
+Text = Annotated[str, AfterValidator(check_text)]
+NoteText = Annotated[str, AfterValidator(lambda v: check_text(v, NOTE_CONTROL))]
+CaptureTime = Annotated[AwareDatetime, AfterValidator(check_captured_at)]
 
 
 class DefectIn(BaseModel):
     # JSON numbers only: Infinity or NaN would break every later read of the record.
     model_config = ConfigDict(allow_inf_nan=False)
 
-    class_name: str = Field(min_length=1, max_length=100)
+    class_name: Text = Field(min_length=1, max_length=100)
     score: float = Field(ge=0, le=1)
     box: list[float] | None = Field(default=None, description="[x1, y1, x2, y2] in image pixels")
 
@@ -36,13 +77,13 @@ class InspectionIn(BaseModel):
         pattern=r"^[A-Za-z0-9_.:-]+$",
         description="Idempotency key: the same key is stored once",
     )
-    serial: str = Field(min_length=1, max_length=100)
-    batch: str | None = Field(default=None, max_length=100)
-    camera: str | None = Field(default=None, max_length=100)
-    frame_id: str | None = Field(default=None, max_length=100)
-    captured_at: AwareDatetime
-    model_name: str = Field(min_length=1, max_length=200)
-    model_version: str = Field(min_length=1, max_length=100)
+    serial: Text = Field(min_length=1, max_length=100)
+    batch: Text | None = Field(default=None, max_length=100)
+    camera: Text | None = Field(default=None, max_length=100)
+    frame_id: Text | None = Field(default=None, max_length=100)
+    captured_at: CaptureTime
+    model_name: Text = Field(min_length=1, max_length=200)
+    model_version: Text = Field(min_length=1, max_length=100)
     threshold: float
     score: float | None = None
     verdict: Literal["pass", "reject"]
@@ -94,7 +135,7 @@ class InspectionPage(BaseModel):
 
 
 class LoginIn(BaseModel):
-    username: str = Field(min_length=1, max_length=100)
+    username: Text = Field(min_length=1, max_length=100)
     password: str = Field(min_length=1, max_length=200)
 
 
@@ -106,7 +147,7 @@ class LoginOut(BaseModel):
 
 
 class UserIn(BaseModel):
-    username: str = Field(min_length=1, max_length=100)
+    username: Text = Field(min_length=1, max_length=100)
     password: str = Field(min_length=8, max_length=200)
     role: Literal["viewer", "reviewer", "admin"]
 
@@ -119,9 +160,9 @@ class ReviewIn(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
     decision: Literal["confirmed", "false_reject", "good", "escape"]
-    label: str | None = Field(default=None, min_length=1, max_length=100)
+    label: Text | None = Field(default=None, min_length=1, max_length=100)
     boxes: list[DefectIn] | None = Field(default=None, max_length=200)
-    note: str | None = Field(default=None, max_length=1000)
+    note: NoteText | None = Field(default=None, max_length=1000)
 
 
 class ReviewOut(BaseModel):
@@ -137,4 +178,4 @@ class ReviewOut(BaseModel):
 
 class StationIn(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
-    line: str | None = Field(default=None, max_length=100)
+    line: Text | None = Field(default=None, max_length=100)

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from zerodefect.inference.imagecheck import InputError
 from zerodefect.quality.images import EXTENSIONS, ImageStore
 from zerodefect.quality.models import Defect, Inspection, Line, Review, Station, User, utcnow
 from zerodefect.quality.schemas import DefectIn, DefectOut, InspectionIn, InspectionOut, ReviewIn, ReviewOut
@@ -28,10 +29,16 @@ class RecordError(ValueError):
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; every stored time is UTC."""
+    """SQLite returns naive datetimes; every stored time is UTC.
+
+    A time whose UTC form is outside years 1-9999 (0001-01-01T00:00+14:00) is a 422, not an
+    OverflowError."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise RecordError(f"time {value.isoformat()} is out of range") from None
 
 
 def hash_key(api_key: str) -> str:
@@ -88,9 +95,14 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
             raw = base64.b64decode(data.image_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise RecordError("image_b64 is not valid base64") from exc
-        sha, path = images.put(raw, EXTENSIONS[data.image_type])
-        if image_sha and image_sha != sha:
+        if image_sha and image_sha != hashlib.sha256(raw).hexdigest():
             raise RecordError("image_sha256 does not match the image bytes")
+        try:
+            images.check(raw, data.image_type)
+        except InputError as exc:
+            # A JSON field, so 422 (or 413 for a bomb), whatever the station would answer.
+            raise RecordError(f"image_b64: {exc.reason}", 413 if exc.status == 413 else 422) from None
+        sha, path = images.put(raw, EXTENSIONS[data.image_type])
         image_sha, image_path = sha, str(path.relative_to(images.root))
     row = Inspection(
         key=data.key,

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     # Andon rules and webhooks (YAML, see configs/andon.yaml); without it the default rules
     # run and alerts show only in the app.
     andon_config: Path | None = None
+    # The largest image the record stores or draws (a station's max_pixels should not exceed it).
+    record_max_image_pixels: int = 25_000_000
 
     @property
     def record_database_url(self) -> str:
