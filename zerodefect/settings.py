@@ -26,10 +26,17 @@ class Settings(BaseSettings):
     # Andon rules and webhooks (YAML, see configs/andon.yaml); without it the default rules
     # run and alerts show only in the app.
     andon_config: Path | None = None
+    # The private key (PEM) that export signs bundles with; stations trust its public half.
+    # Unset: DATA_DIR/keys/bundle-signing.key, created on first use (single-machine set-up).
+    signing_key: Path | None = None
 
     @property
     def record_database_url(self) -> str:
         return self.record_url or f"sqlite:///{(self.data_dir / 'record.db').resolve()}"
+
+    @property
+    def default_signing_key(self) -> Path:
+        return (self.data_dir / "keys" / "bundle-signing.key").resolve()
 
     @property
     def image_dir(self) -> Path:
