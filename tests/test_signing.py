@@ -22,9 +22,11 @@ from zerodefect.models.signing import (
     SIGNATURE_JSON,
     SigningKeyError,
     key_id,
+    load_public_key,
     public_key_b64,
     sign_bundle,
     signing_key,
+    verify_bundle,
 )
 from zerodefect.settings import get_settings
 
@@ -179,8 +181,8 @@ def test_model_reload_needs_a_station_admin_key(data_dir: Path, tmp_path: Path, 
         assert post(url, png(), key=KEY).status_code == 200
 
 
-def test_keys_are_made_by_the_cli_and_on_first_use(
-    data_dir: Path, tmp_path: Path, caplog, monkeypatch
+def test_keys_are_made_and_used_from_the_cli_and_on_first_use(
+    data_dir: Path, tmp_path: Path, signed, caplog, monkeypatch
 ) -> None:
     result = CliRunner().invoke(cli, ["keys", "new", "--out", str(tmp_path / "keys")])
     assert result.exit_code == 0, result.output
@@ -205,3 +207,10 @@ def test_keys_are_made_by_the_cli_and_on_first_use(
     monkeypatch.setenv("ZD_SIGNING_KEY", str(private))
     get_settings.cache_clear()
     assert public_key_b64(signing_key()) == public.read_text().strip()
+
+    # A bundle from before signing is signed by hand with the configured key, and then served.
+    legacy = shutil.copytree(signed["reject"], tmp_path / "legacy")
+    (legacy / SIGNATURE_JSON).unlink()
+    result = CliRunner().invoke(cli, ["keys", "sign", str(legacy)])
+    assert result.exit_code == 0 and key_id(signing_key()) in result.output, result.output
+    assert verify_bundle(legacy, [load_public_key(str(public))]) == key_id(signing_key())

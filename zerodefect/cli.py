@@ -578,6 +578,21 @@ def keys_new(
     print(public_key_b64(key))
 
 
+@keys_app.command("sign")
+def keys_sign(bundle: Annotated[Path, typer.Argument(help="A bundle folder.")]) -> None:
+    """Sign a bundle with the configured key (ZD_SIGNING_KEY, else the data dir's): for bundles
+    made before signing, which stations refuse. Sign only bundles you vouch for."""
+    from zerodefect.models.bundle import load_bundle
+    from zerodefect.models.signing import sign_bundle
+
+    try:
+        load_bundle(bundle)  # a model that does not match its sha256 is not signed
+        record = sign_bundle(bundle)
+    except user_errors() as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{bundle}: signed by key {record['key_id']} ({len(record['files'])} files)")
+
+
 @app.command("new-key")
 def new_key() -> None:
     """Make an API key for a station's own endpoints: prints the key, then the sha256 for its config."""
