@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel, Field
 
 from zerodefect.edge.batcher import MicroBatcher
-from zerodefect.edge.config import StationConfig
+from zerodefect.edge.config import StationConfig, StationConfigError
 from zerodefect.edge.forwarder import Forwarder
 from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
@@ -23,6 +23,7 @@ from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.station import Inspector, PartMeta
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.imagecheck import InputError
+from zerodefect.models.bundle import BundleError
 from zerodefect.quality.schemas import DefectIn
 from zerodefect.settings import get_settings
 
@@ -53,6 +54,8 @@ async def follow_alias(holder: ModelHolder, metrics: EdgeMetrics, every: float) 
             new = await run_in_threadpool(holder.follow)
             if new is not None:
                 metrics.set_model(holder.current.name, new)
+        except BundleError:  # refused (unsigned, tampered...) and logged by the holder
+            metrics.model_refusals.inc()
         except Exception as exc:  # the line keeps running on the model it has
             log.warning("could not check %s for a new version: %s", holder.uri, exc)
 
@@ -67,7 +70,16 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        holder = ModelHolder(config.model, settings.data_dir / "registry-cache", config.threads)
+        try:
+            holder = ModelHolder(
+                config.model,
+                settings.data_dir / "registry-cache",
+                config.threads,
+                trusted_keys=config.trusted_public_keys(),
+            )
+        except (BundleError, StationConfigError) as exc:
+            log.error("station %s cannot start: %s", config.station, exc)
+            raise
         outbox = Outbox(config.outbox)
         batcher = MicroBatcher(holder, config.max_batch, config.batch_wait_ms)
         metrics = EdgeMetrics(
@@ -109,12 +121,25 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
     app = FastAPI(title=f"zerodefect edge: {config.station}", version="1", lifespan=lifespan)
     app.state.station = state
 
-    def require_key(x_api_key: Annotated[str | None, Header(description="Station API key")] = None) -> None:
+    def check_key(x_api_key: str | None, hashes: list[str], refusal: str) -> None:
         if not x_api_key:
             raise HTTPException(401, "missing API key (header X-API-Key)")
         digest = hashlib.sha256(x_api_key.encode()).hexdigest()
-        if not any(hmac.compare_digest(digest, h) for h in config.api_key_hashes):
-            raise HTTPException(403, "unknown API key")
+        if not any(hmac.compare_digest(digest, h) for h in hashes):
+            raise HTTPException(403, refusal)
+
+    def require_key(x_api_key: Annotated[str | None, Header(description="Station API key")] = None) -> None:
+        check_key(x_api_key, config.api_key_hashes, "unknown API key")
+
+    def require_admin(
+        x_api_key: Annotated[str | None, Header(description="Station-admin API key")] = None,
+    ) -> None:
+        """Station-admin scope (model reload): a camera's key is not enough."""
+        check_key(
+            x_api_key,
+            config.admin_key_hashes,
+            "a station-admin key is needed (admin_key_hashes in the station config)",
+        )
 
     # Bytes counted as they stream; the upload's limit leaves room for the form around the image.
     app.add_middleware(BodyLimit, routes={"/v1/inspect": config.max_request_bytes + 64 * 1024})
@@ -160,10 +185,24 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
     def metrics() -> Response:
         return Response(generate_latest(state["metrics"].registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/model/reload", dependencies=[Depends(require_key)])
+    @app.post(
+        "/v1/model/reload",
+        dependencies=[Depends(require_admin)],
+        responses={409: {"description": "The bundle was refused; the previous model keeps serving"}},
+    )
     async def reload() -> dict:
-        """Reload the model from its URI (an alias may have moved) without dropping requests."""
-        old, new = await run_in_threadpool(state["holder"].reload)
+        """Reload the model from its URI (an alias may have moved) without dropping requests.
+
+        A bundle that is unsigned, signed by an untrusted key, tampered or malformed is refused
+        with a 409 naming the reason, and the model serving before keeps serving."""
+        holder = state["holder"]
+        try:
+            old, new = await run_in_threadpool(holder.reload)
+        except BundleError as exc:
+            state["metrics"].model_refusals.inc()
+            raise HTTPException(
+                409, f"model not reloaded, still serving version {holder.current.version}: {exc}"
+            ) from None
         state["metrics"].set_model(state["holder"].current.name, new)
         return {"previous_version": old, "version": new}
 

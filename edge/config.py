@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from zerodefect.models.signing import SigningKeyError, load_public_key
 
 
 class StationConfigError(ValueError):
@@ -28,8 +31,13 @@ class StationConfig(BaseModel):
     record_url: str | None = None
     # The record API key is a secret: read from this environment variable, never from YAML.
     record_api_key_env: str = "ZD_RECORD_API_KEY"
-    # sha256 hashes of the keys that cameras and operators use on this service's write endpoints.
+    # sha256 hashes of the keys that cameras use on this service's write endpoints.
     api_key_hashes: list[str] = Field(default_factory=list)
+    # sha256 hashes of station-admin keys: only these may POST /v1/model/reload (camera keys may not).
+    admin_key_hashes: list[str] = Field(default_factory=list)
+    # Public keys whose signatures this station accepts on model bundles: paths of .pub files
+    # (one base64 line) or inline base64 keys. Unsigned or otherwise signed bundles are refused.
+    trusted_keys: list[str] = Field(default_factory=list)
     budget_ms: float = Field(default=250.0, gt=0)
     failsafe_verdict: Literal["reject", "pass"] = "reject"
     max_batch: int = Field(default=8, ge=1, le=64)
@@ -49,6 +57,19 @@ class StationConfig(BaseModel):
 
     def record_api_key(self) -> str | None:
         return os.environ.get(self.record_api_key_env)
+
+    def trusted_public_keys(self) -> list[Ed25519PublicKey]:
+        """The keys of `trusted_keys`, read now; a station without any cannot serve a model."""
+        if not self.trusted_keys:
+            raise StationConfigError(
+                f"station {self.station}: no trusted_keys; a station serves only signed bundles, so list "
+                "the public key(s) of the training side (a .pub file from `zerodefect keys new`, or "
+                "var/keys/bundle-signing.pub on a single machine)"
+            )
+        try:
+            return [load_public_key(entry) for entry in self.trusted_keys]
+        except SigningKeyError as exc:
+            raise StationConfigError(f"station {self.station}: trusted_keys: {exc}") from exc
 
 
 def load_station_config(path: str | Path, overrides: dict | None = None) -> StationConfig:

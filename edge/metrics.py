@@ -36,6 +36,11 @@ class EdgeMetrics:
         self.model = Gauge(
             "zd_model_info", "The served model (value 1)", ["name", "version"], registry=self.registry
         )
+        self.model_refusals = Counter(
+            "zd_model_refusals",
+            "Model loads refused (unsigned, untrusted signer, tampered or malformed bundle)",
+            registry=self.registry,
+        )
         Gauge("zd_queue_depth", "Images waiting for a batch", registry=self.registry).set_function(
             queue_depth
         )

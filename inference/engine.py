@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -19,6 +20,9 @@ from zerodefect.inference.postprocess import above, class_thresholds, detections
 from zerodefect.inference.preprocess import read_image, resize
 from zerodefect.inference.result import Detections, InspectionResult
 from zerodefect.models.bundle import TTA_VIEWS, BundleError, BundleMeta, load_bundle
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +53,14 @@ class Engine:
         self.batch_size = max(1, 32 // TTA_VIEWS[meta.tta])
 
     @classmethod
-    def from_bundle(cls, folder: str | Path, threads: int | None = None) -> Engine:
-        """Load and verify (sha256) a bundle folder."""
-        meta, onnx_path = load_bundle(folder)
+    def from_bundle(
+        cls,
+        folder: str | Path,
+        threads: int | None = None,
+        trusted_keys: Sequence[Ed25519PublicKey] | None = None,
+    ) -> Engine:
+        """Load and verify a bundle folder: its sha256, and with `trusted_keys` its signature."""
+        meta, onnx_path = load_bundle(folder, trusted_keys)
         return cls(meta, onnx_path, threads)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:

@@ -3,19 +3,25 @@
 A bundle is a folder with `model.onnx` and `bundle.json`. The JSON says what task the model does,
 its classes, how to prepare pixels, the operating threshold chosen at calibration, and where it
 came from (training run, dataset hash). Inference reads all of it from here, so the edge cannot
-disagree with training. The ONNX file's sha256 is checked on every load: a swapped or corrupted
-model is refused. This module never imports torch.
+disagree with training. The ONNX file's sha256 is checked on every load: a corrupted model is
+refused. Every write signs the bundle (`zerodefect.models.signing`, `signature.json`), and a
+station loads only bundles signed by a key it trusts, so a swapped model with a rewritten hash is
+refused too. This module never imports torch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 BUNDLE_JSON = "bundle.json"
 ONNX_FILE = "model.onnx"
@@ -83,27 +89,41 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_bundle(folder: str | Path, onnx_bytes: bytes, meta: BundleMeta) -> Path:
-    """Write model.onnx and bundle.json (with the ONNX file's sha256) into `folder`."""
+def write_bundle(
+    folder: str | Path, onnx_bytes: bytes, meta: BundleMeta, signing_key: Ed25519PrivateKey | None = None
+) -> Path:
+    """Write model.onnx and bundle.json (with the ONNX file's sha256) into `folder`, and sign
+    them with `signing_key` (default: the configured key, `zerodefect.models.signing`)."""
+    from zerodefect.models.signing import sign_bundle
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ONNX_FILE).write_bytes(onnx_bytes)
     meta = meta.model_copy(update={"onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest()})
     (folder / BUNDLE_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
+    sign_bundle(folder, signing_key)
     return folder
 
 
 def discard_bundle(folder: str | Path) -> None:
     """Remove a half-written bundle (an export that failed its parity check)."""
-    for name in (ONNX_FILE, BUNDLE_JSON):
+    from zerodefect.models.signing import SIGNATURE_JSON
+
+    for name in (ONNX_FILE, BUNDLE_JSON, SIGNATURE_JSON):
         (Path(folder) / name).unlink(missing_ok=True)
 
 
-def update_meta(folder: str | Path, **changes: Any) -> BundleMeta:
-    """Change metadata fields of an existing bundle (e.g. metrics after evaluation)."""
+def update_meta(
+    folder: str | Path, signing_key: Ed25519PrivateKey | None = None, **changes: Any
+) -> BundleMeta:
+    """Change metadata fields of an existing bundle (e.g. metrics after evaluation) and sign it
+    again: the signature covers bundle.json as it ships."""
+    from zerodefect.models.signing import sign_bundle
+
     folder = Path(folder)
     meta = read_meta(folder).model_copy(update=changes)
     (folder / BUNDLE_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
+    sign_bundle(folder, signing_key)
     return meta
 
 
@@ -118,13 +138,22 @@ def read_meta(folder: str | Path) -> BundleMeta:
         raise BundleError(f"{meta_path}: invalid bundle metadata: {exc}") from exc
 
 
-def load_bundle(folder: str | Path) -> tuple[BundleMeta, Path]:
+def load_bundle(
+    folder: str | Path, trusted_keys: Sequence[Ed25519PublicKey] | None = None
+) -> tuple[BundleMeta, Path]:
     """Read a bundle's metadata and verify its ONNX file; returns (meta, onnx path).
 
-    Raises BundleError when the ONNX file is missing or its sha256 differs from the one the
-    bundle was written with.
+    With `trusted_keys` (a station always passes them), the bundle must first be signed by one
+    of them, over exactly the files it holds now. None skips the signature: training and
+    evaluation read bundles they have just written. Raises BundleError (SignatureError for the
+    signature) when the ONNX file is missing or its sha256 differs from the one the bundle was
+    written with.
     """
     folder = Path(folder)
+    if trusted_keys is not None:
+        from zerodefect.models.signing import verify_bundle
+
+        verify_bundle(folder, trusted_keys)
     meta = read_meta(folder)
     onnx_path = folder / ONNX_FILE
     if not onnx_path.is_file():

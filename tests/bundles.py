@@ -1,6 +1,7 @@
 """Small verified bundles for service tests: a random-init Lite0 at 64 px, exported with parity.
 
-Their threshold fixes their behaviour: 0.0 rejects every part, 1.01 passes every part.
+Their threshold fixes their behaviour: 0.0 rejects every part, 1.01 passes every part. They are
+signed with a fixed test key (never the data dir's), which test stations trust as TRUSTED_KEY.
 """
 
 from __future__ import annotations
@@ -9,14 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zerodefect.models.bundle import BundleMeta, InputSpec
 from zerodefect.models.classifier import build_classifier
+from zerodefect.models.signing import public_key_b64
 from zerodefect.training.export import export_bundle
 from zerodefect.training.train import predict
 
 REJECT_ALL = 0.0
 PASS_ALL = 1.01
+SIGNING_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+TRUSTED_KEY = public_key_b64(SIGNING_KEY)
 
 
 def make_bundle(
@@ -40,7 +45,7 @@ def make_bundle(
         outputs={"probabilities": "[N, C]"},
         threshold=threshold,
     )
-    export_bundle(model, meta, folder, images, probs)
+    export_bundle(model, meta, folder, images, probs, signing_key=SIGNING_KEY)
     return folder
 
 

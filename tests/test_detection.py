@@ -179,8 +179,11 @@ def test_evaluate_cli_writes_the_detector_report(trained, tmp_path: Path) -> Non
     assert report["map50"] == pytest.approx(outcome.report["map50"])
 
 
-def test_edge_serves_boxes_into_the_record(trained, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_edge_serves_boxes_into_the_record(
+    trained, module_store: Path, data_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
     _, outcome = trained
+    training_key = module_store / "keys" / "bundle-signing.pub"  # made by training on first use
     manifest = Manifest.read(outcome.run_dir / "manifest.jsonl")
     sample = next(s for s in manifest.split("test") if len(s.boxes) == 2)
     data = manifest.resolve(sample).read_bytes()
@@ -189,7 +192,13 @@ def test_edge_serves_boxes_into_the_record(trained, data_dir: Path, tmp_path: Pa
         _, record_key = add_station(session, "st-01", line="L1")
     monkeypatch.setenv("ZD_RECORD_API_KEY", record_key)
     with serve(record_app) as record_url:
-        config = station(tmp_path, str(outcome.bundle_dir), record_url=record_url, store_images="all")
+        config = station(
+            tmp_path,
+            str(outcome.bundle_dir),
+            record_url=record_url,
+            store_images="all",
+            trusted_keys=[str(training_key)],
+        )
         with serve(create_edge(config)) as url:
             answer = post(url, data, serial="SN-D1", frame_id="d1")
             assert answer.status_code == 200, answer.text

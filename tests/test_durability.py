@@ -20,7 +20,7 @@ import yaml
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.store import add_station
 
-from .bundles import REJECT_ALL, make_bundle
+from .bundles import REJECT_ALL, TRUSTED_KEY, make_bundle
 from .people import add_user, logged_in
 from .test_edge import png
 
@@ -77,6 +77,7 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
                 "model": str(make_bundle(tmp_path / "bundle", REJECT_ALL)),
                 "record_url": record_url,
                 "api_key_hashes": [hashlib.sha256(CAMERA_KEY.encode()).hexdigest()],
+                "trusted_keys": [TRUSTED_KEY],
                 "outbox": str(tmp_path / "outbox.db"),
                 "store_images": "none",
             }

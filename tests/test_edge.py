@@ -16,12 +16,13 @@ from zerodefect.quality.app import create_app as create_record
 from zerodefect.quality.store import add_station
 from zerodefect.settings import get_settings
 
-from .bundles import PASS_ALL, REJECT_ALL, make_bundle, register
+from .bundles import PASS_ALL, REJECT_ALL, TRUSTED_KEY, make_bundle, register
 from .corpus import png_bomb
 from .people import client_for
 from .servers import serve
 
 KEY = "zd_test_camera_key"
+ADMIN_KEY = "zd_test_station_admin_key"
 
 
 def key_hash(key: str) -> str:
@@ -63,6 +64,8 @@ def station(tmp_path: Path, model: str, **changes) -> StationConfig:
         "station": "st-01",
         "model": model,
         "api_key_hashes": [key_hash(KEY)],
+        "admin_key_hashes": [key_hash(ADMIN_KEY)],
+        "trusted_keys": [TRUSTED_KEY],
         "outbox": tmp_path / "outbox.db",
     }
     return StationConfig(**(base | changes))
@@ -188,7 +191,7 @@ def test_hot_swap_by_alias_drops_no_request(tmp_path: Path, data_dir: Path, bund
             first = list(pool.map(shoot, range(12)))
             v2 = register(bundles["pass"], "line-model", "champion")
             reload = pool.submit(
-                lambda: httpx.post(f"{url}/v1/model/reload", headers={"X-API-Key": KEY}, timeout=60)
+                lambda: httpx.post(f"{url}/v1/model/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=60)
             )
             during = list(pool.map(shoot, range(12, 40)))
             assert reload.result().json() == {"previous_version": v1, "version": v2}

@@ -14,6 +14,7 @@ from zerodefect.cli import app as cli
 from zerodefect.datasets.manifest import Manifest
 from zerodefect.edge.app import create_app as create_edge
 from zerodefect.edge.simulator import Part, parts_from_manifest, play
+from zerodefect.models.signing import public_key_b64, signing_key
 from zerodefect.quality.app import create_app as create_record
 from zerodefect.quality.store import add_station
 from zerodefect.settings import get_settings
@@ -65,6 +66,7 @@ def test_reviews_retrain_promote_and_serve_the_next_version(
             record_url=record_url,
             store_images="all",
             model_poll_seconds=0.2,  # follow the alias (a plant polls about once a minute)
+            trusted_keys=[public_key_b64(signing_key())],  # the key training signed with
         )
         with serve(create_edge(edge_config)) as edge_url:
             tally = play(parts, edge_url, KEY, "st-01", batch="LOT-1")

@@ -19,6 +19,7 @@ from zerodefect.inference.engine import Engine
 from zerodefect.inference.source import fetch_bundle
 from zerodefect.models.bundle import BundleError, sha256_file
 from zerodefect.models.classifier import build_classifier
+from zerodefect.models.signing import key_id, signing_key
 from zerodefect.training.config import ConfigError, load_config
 from zerodefect.training.data import load_images
 from zerodefect.training.export import ExportParityError, export_bundle
@@ -115,6 +116,7 @@ def test_mlflow_run_version_and_alias(first_run) -> None:
     assert {
         "bundle/bundle.json",
         "bundle/model.onnx",
+        "bundle/signature.json",
         "eval/roc.png",
         "eval/report.json",
         "dataset/manifest.jsonl",
@@ -124,7 +126,10 @@ def test_mlflow_run_version_and_alias(first_run) -> None:
         version is not None and version.run_id == outcome.run_id and str(version.version) == outcome.version
     )
     local = fetch_bundle(f"models:/{MODEL}@{CHALLENGER}")
-    assert Engine.from_bundle(local).meta.run_id == outcome.run_id
+    # Signed (after its metrics were written) by the data dir's key, made on first use.
+    training_key = signing_key()
+    assert Engine.from_bundle(local, trusted_keys=[training_key.public_key()]).meta.run_id == outcome.run_id
+    assert version.tags["signing_key_id"] == key_id(training_key)
 
 
 def _register_random(folder: Path, name: str, manifest: Path, threshold: float = PASS_ALL) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 
 from zerodefect.inference.engine import Engine
@@ -94,13 +95,15 @@ def export_bundle(
     torch_probabilities: np.ndarray,
     opset: int = 17,
     atol: float = 1e-4,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> ParityReport:
-    """Write the bundle to `folder` only if ORT matches PyTorch on `parity_images`.
+    """Write the bundle to `folder`, signed with `signing_key` (default: the configured key),
+    only if ORT matches PyTorch on `parity_images`.
 
     Raises ExportParityError (and removes the half-written bundle) otherwise.
     """
     onnx_bytes = export_onnx(model, meta.input.height, meta.input.width, opset)
-    write_bundle(folder, onnx_bytes, meta)
+    write_bundle(folder, onnx_bytes, meta, signing_key)
     engine = Engine.from_bundle(folder)
     report = check_parity(engine, parity_images, torch_probabilities, atol)
     log.info("export parity: %s", asdict(report))
@@ -167,10 +170,11 @@ def export_detector_bundle(
     torch_detections: list[Detections],
     opset: int = 17,
     min_iou: float = 0.99,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> DetectionParityReport:
-    """Write a detector bundle only if ORT + numpy post-processing reproduce torchvision."""
+    """Write a signed detector bundle only if ORT + numpy post-processing reproduce torchvision."""
     onnx_bytes = export_onnx(model, meta.input.height, meta.input.width, opset, ("boxes", "scores"))
-    write_bundle(folder, onnx_bytes, meta)
+    write_bundle(folder, onnx_bytes, meta, signing_key)
     report = check_detection_parity(Engine.from_bundle(folder), parity_images, torch_detections, min_iou)
     log.info("detector export parity: %s", asdict(report))
     if not report.ok:

@@ -68,9 +68,31 @@ def register_bundle(run_id: str, name: str, alias: str, tags: dict[str, str]) ->
     except MlflowException:
         client.create_registered_model(name, description="zerodefect inspection model bundles")
     source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
+    tags = {**tags, **signature_tags(run_id)}
     version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
     client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
+
+
+def signature_tags(run_id: str) -> dict[str, str]:
+    """The signer's key id and the signature of a run's `bundle/`, kept as tags of its model
+    version (the signature file itself is inside the registered artifact). Registering an
+    unsigned bundle is refused: no station would serve it."""
+    import tempfile
+
+    import mlflow
+
+    from zerodefect.models.signing import SIGNATURE_JSON, SignatureError, read_signature
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"bundle/{SIGNATURE_JSON}", dst_path=tmp
+            )
+            record = read_signature(Path(local).parent)
+        except Exception as exc:  # MLflow raises several types for a missing artifact
+            raise SignatureError(f"run {run_id}: its bundle has no valid {SIGNATURE_JSON}; sign it") from exc
+    return {"signing_key_id": record["key_id"], "signature": record["signature"]}
 
 
 def alias_version(name: str, alias: str) -> Any | None:

@@ -196,7 +196,10 @@ def edge_load(
     env: dict[str, str],
     log: Path,
 ) -> dict[str, Any]:
-    """B: the edge service in its own process, loaded by 1..n cameras, then 2 cameras at 15 fps."""
+    """B: the edge service in its own process, loaded by 1..n cameras, then 2 cameras at 15 fps.
+    The station trusts this machine's training key, which signed the bundles measured."""
+    from zerodefect.models.signing import public_key_b64, signing_key
+
     edge_port = _free_port()
     config = work / "station.yaml"
     config.write_text(
@@ -205,6 +208,7 @@ def edge_load(
                 "station": "bench",
                 "model": str(bundle),
                 "api_key_hashes": [hashlib.sha256(BENCH_KEY.encode()).hexdigest()],
+                "trusted_keys": [public_key_b64(signing_key())],
                 "outbox": str(work / f"outbox-{bundle.parent.name}-{bundle.name}.db"),
                 "threads": threads,
                 "budget_ms": 2000,

@@ -41,6 +41,8 @@ users_app = typer.Typer(help="People of the review app and their roles.", no_arg
 app.add_typer(serve_app, name="serve")
 app.add_typer(record_app, name="record")
 app.add_typer(users_app, name="users")
+keys_app = typer.Typer(help="Ed25519 keys that sign model bundles.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 
 
@@ -605,6 +607,46 @@ def record_rotate_key(name: Annotated[str, typer.Argument(help="Existing station
             raise fail(str(exc)) from None
     console.print(f"station {name}: new API key (store it now, it is not shown again):")
     print(key)
+
+
+@keys_app.command("new")
+def keys_new(
+    out: Annotated[Path, typer.Option(help="Folder for NAME.key (private, mode 0600) and NAME.pub.")],
+    name: Annotated[str, typer.Option(help="File name of the pair.")] = "bundle-signing",
+) -> None:
+    """Make a bundle-signing key pair: training signs with NAME.key (ZD_SIGNING_KEY), stations
+    list NAME.pub (or its base64 line) in trusted_keys."""
+    from zerodefect.models.signing import (
+        SigningKeyError,
+        key_id,
+        public_key_b64,
+        read_private_key,
+        write_key_pair,
+    )
+
+    try:
+        private, public = write_key_pair(out, name)
+    except SigningKeyError as exc:
+        raise fail(str(exc)) from None
+    key = read_private_key(private)
+    console.print(f"private key {private} (id {key_id(key)}): export ZD_SIGNING_KEY={private}")
+    console.print(f"public key  {public}: add it (or the line below) to each station's trusted_keys")
+    print(public_key_b64(key))
+
+
+@keys_app.command("sign")
+def keys_sign(bundle: Annotated[Path, typer.Argument(help="A bundle folder.")]) -> None:
+    """Sign a bundle with the configured key (ZD_SIGNING_KEY, else the data dir's): for bundles
+    made before signing, which stations refuse. Sign only bundles you vouch for."""
+    from zerodefect.models.bundle import load_bundle
+    from zerodefect.models.signing import sign_bundle
+
+    try:
+        load_bundle(bundle)  # a model that does not match its sha256 is not signed
+        record = sign_bundle(bundle)
+    except user_errors() as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{bundle}: signed by key {record['key_id']} ({len(record['files'])} files)")
 
 
 @app.command("new-key")

@@ -206,6 +206,7 @@ def run_line(
     from zerodefect.edge.app import create_app as create_edge
     from zerodefect.edge.config import load_station_config
     from zerodefect.edge.simulator import parts_from_manifest, play
+    from zerodefect.models.signing import public_key_b64, signing_key
     from zerodefect.services import serve_in_thread
 
     settings = get_settings()
@@ -218,6 +219,8 @@ def run_line(
             "model": f"models:/{model_name}@champion",
             "record_url": record_url,
             "api_key_hashes": [hashlib.sha256(camera_key.encode()).hexdigest()],
+            # The station trusts the key this machine's training signed the champion with.
+            "trusted_keys": [public_key_b64(signing_key())],
             "outbox": settings.data_dir / "edge" / "demo-outbox.db",
         },
     )

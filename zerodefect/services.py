@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,12 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
         started.set()
 
     server.startup = startup
-    thread = threading.Thread(target=server.run, name=f"uvicorn:{port}", daemon=True)
+
+    def run() -> None:
+        with contextlib.suppress(SystemExit):  # uvicorn's way out when the app's startup fails (it logs why)
+            server.run()
+
+    thread = threading.Thread(target=run, name=f"uvicorn:{port}", daemon=True)
     thread.start()
     while not started.wait(0.1):
         if not thread.is_alive():

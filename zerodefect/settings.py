@@ -28,10 +28,17 @@ class Settings(BaseSettings):
     andon_config: Path | None = None
     # The largest image the record stores or draws (a station's max_pixels should not exceed it).
     record_max_image_pixels: int = 25_000_000
+    # The private key (PEM) that export signs bundles with; stations trust its public half.
+    # Unset: DATA_DIR/keys/bundle-signing.key, created on first use (single-machine set-up).
+    signing_key: Path | None = None
 
     @property
     def record_database_url(self) -> str:
         return self.record_url or f"sqlite:///{(self.data_dir / 'record.db').resolve()}"
+
+    @property
+    def default_signing_key(self) -> Path:
+        return (self.data_dir / "keys" / "bundle-signing.key").resolve()
 
     @property
     def image_dir(self) -> Path:
