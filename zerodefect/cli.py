@@ -484,11 +484,15 @@ def demo(
     record API's URL.
     """
     from zerodefect.demo import run_demo
+    from zerodefect.training.health import TrainingFailed
 
     try:
         run_demo(config, console, station, rate, cameras)
     except user_errors() as exc:
         raise fail(str(exc)) from None
+    except TrainingFailed as exc:
+        console.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
+        raise typer.Exit(code=3) from None
 
 
 @serve_app.command("record")
