@@ -20,7 +20,15 @@ from sqlalchemy import select, update
 from zerodefect.inference.preprocess import ImageDecodeError
 from zerodefect.quality import web
 from zerodefect.quality.andon import AndonWorker, alert_json, load_config
-from zerodefect.quality.auth import SESSION_COOKIE, AuthError, LoginThrottled, create_user, login, logout
+from zerodefect.quality.auth import (
+    SESSION_COOKIE,
+    AuthError,
+    LoginThrottle,
+    LoginThrottled,
+    create_user,
+    login,
+    logout,
+)
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.deps import DB, Admin, CallingStation, Reviewer, Viewer, set_session_cookie
 from zerodefect.quality.images import ImageStore, draw_overlay
@@ -80,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="zerodefect quality record", version="1", lifespan=lifespan)
     app.state.andon = andon
     app.state.engine, app.state.sessions, app.state.images = engine, sessions, images
+    app.state.login_throttle = LoginThrottle()
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -129,10 +138,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/login", response_model=LoginOut)
     def post_login(body: LoginIn, request: Request, response: Response, session: DB) -> LoginOut:
+        address = request.client.host if request.client else None
         try:
-            token, row = login(session, body.username, body.password)
+            token, row = login(
+                session, body.username, body.password, request.app.state.login_throttle, address
+            )
+        except LoginThrottled as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
         except AuthError as exc:
-            raise HTTPException(429 if isinstance(exc, LoginThrottled) else 401, str(exc)) from None
+            raise HTTPException(401, str(exc)) from None
         set_session_cookie(response, request, token)
         return LoginOut(username=row.user.username, role=row.user.role, csrf_token=row.csrf_token)
 
