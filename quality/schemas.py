@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+
+def _in_utc(value: datetime) -> datetime:
+    """The time in UTC (a naive one is taken as UTC); refused if it has no UTC equivalent
+    (0001-01-01T00:00+14:00 falls before year 1), so it never overflows later as a 500."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time is out of range in UTC") from None
+
+
+# A time of the record: stored and compared in UTC.
+UtcTime = Annotated[datetime, AfterValidator(_in_utc)]
 
 
 class DefectIn(BaseModel):
@@ -40,7 +53,7 @@ class InspectionIn(BaseModel):
     batch: str | None = Field(default=None, max_length=100)
     camera: str | None = Field(default=None, max_length=100)
     frame_id: str | None = Field(default=None, max_length=100)
-    captured_at: AwareDatetime
+    captured_at: Annotated[AwareDatetime, AfterValidator(_in_utc)]
     model_name: str = Field(min_length=1, max_length=200)
     model_version: str = Field(min_length=1, max_length=100)
     threshold: float
