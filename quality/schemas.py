@@ -120,7 +120,7 @@ class LoginOut(BaseModel):
 
 class UserIn(BaseModel):
     username: str = Field(min_length=1, max_length=100)
-    password: str = Field(min_length=8, max_length=200)
+    password: str = Field(min_length=12, max_length=200)  # auth.MIN_PASSWORD (ASVS 2.1.1)
     role: Literal["viewer", "reviewer", "admin"]
 
 

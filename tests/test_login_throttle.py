@@ -105,3 +105,14 @@ def test_a_name_sees_under_100_guesses_an_hour_and_memory_stays_bounded() -> Non
         assert throttle.attempt(f"v6-{i}", f"2001:db8::{i:x}") == 0
     assert throttle.attempt("v6-next", "2001:db8::ffff") > 0
     assert throttle.attempt("v6-next", "2001:db8:0:1::1") == 0
+
+
+def test_passwords_need_twelve_characters(data_dir: Path) -> None:
+    from zerodefect.quality.auth import AuthError, create_user
+
+    app = create_app(get_settings())
+    with app.state.sessions() as session:
+        for short in ("elevenchars", "ab" + " " * 12 + "cd"):  # ASVS 2.1.1: runs of spaces count once
+            with pytest.raises(AuthError, match="at least 12 characters"):
+                create_user(session, "short", short, "viewer")
+        assert create_user(session, "long", "twelve chars", "viewer").username == "long"

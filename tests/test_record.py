@@ -211,7 +211,7 @@ def test_roles_sessions_and_review_history(record) -> None:
     )
     assert escape.status_code == 201
     # Only an admin adds people; a logged-out session is dead.
-    new_user = {"username": "qa-2", "password": "long enough", "role": "reviewer"}
+    new_user = {"username": "qa-2", "password": "long enough pw", "role": "reviewer"}
     assert reviewer.post("/v1/users", json=new_user).status_code == 403
     assert admin.post("/v1/users", json=new_user).status_code == 201
     assert admin.post("/v1/users", json=new_user).status_code == 409
