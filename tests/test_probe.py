@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import math
 import os
 import shlex
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,7 @@ class Tally:
     cases: int = 0
     server_errors: int = 0
     schema_violations: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
 
     def note(self, what: str) -> None:
@@ -119,7 +122,10 @@ def probe_operation(
         tally.cases += 1
         extra = credentials()
         case.headers = {**(case.headers or {}), **extra.get("headers", {})}
+        if isinstance(case.body, dict) and "station" in extra.get("body", {}):
+            case.body = {**case.body, **extra["body"]}
         response = case.call(cookies=extra.get("cookies"), timeout=60)
+        tally.statuses[response.status_code] += 1
         if response.status_code >= 500:
             tally.server_errors += 1
             tally.note(f"{operation.label}: {response.status_code} {response.text[:300]}")
@@ -185,11 +191,12 @@ def report() -> Iterator[None]:
         }
         for key in ("schemathesis_cases", "server_errors", "schema_violations"):
             body[key]["total"] = sum(body[key].values())
+        body["statuses"] = {name: dict(sorted(t.statuses.items())) for name, t in RESULTS.items()}
         body["schemathesis_version"] = schemathesis.__version__
         body["modes"] = "positive and negative, derandomized, per operation share of the budget"
         body["command"] = (
             f"ZD_PROBE_CASES={CASES} ZD_PROBE_REPORT={REPORT} "
-            f"{shlex.join([Path(sys.executable).as_posix(), '-m', 'pytest', '-q', 'tests/test_probe.py'])}"
+            f"{shlex.join([os.path.relpath(sys.executable), '-m', 'pytest', '-q', 'tests/test_probe.py'])}"
         )
         Path(REPORT).parent.mkdir(parents=True, exist_ok=True)
         Path(REPORT).write_text(json.dumps(body, indent=2) + "\n")
@@ -211,7 +218,14 @@ def test_the_record_holds_under_the_probe(services) -> None:
 
 
 def test_the_edge_holds_under_the_probe(services) -> None:
-    tally = RESULTS["edge"] = probe(services["edge"], CASES, lambda _label: {"headers": {"X-API-Key": KEY}})
+    def credentials(label: str) -> dict:
+        # Half the parts name this station, so their generated images reach the decoder; the
+        # other half test the refusal of another station's name.
+        named = {"body": {"station": "st-probe"}} if next(turns) % 2 else {}
+        return {"headers": {"X-API-Key": KEY}, **named}
+
+    turns = itertools.count()
+    tally = RESULTS["edge"] = probe(services["edge"], CASES, credentials)
     assert tally.cases >= min(CASES, 200) * 0.9
     assert (tally.server_errors, tally.schema_violations) == (0, 0), "\n".join(tally.examples)
 
