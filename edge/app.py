@@ -10,7 +10,8 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel, Field
 
@@ -24,6 +25,7 @@ from zerodefect.edge.station import Inspector, PartMeta
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.imagecheck import InputError
 from zerodefect.models.bundle import BundleError
+from zerodefect.quality.problems import errors, invalid_request
 from zerodefect.quality.schemas import DefectIn
 from zerodefect.settings import get_settings
 
@@ -144,11 +146,18 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
     # Bytes counted as they stream; the upload's limit leaves room for the form around the image.
     app.add_middleware(BodyLimit, routes={"/v1/inspect": config.max_request_bytes + 64 * 1024})
 
+    app.add_exception_handler(RequestValidationError, invalid_request)
+
     @app.exception_handler(InputError)
     async def input_error(_request: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"detail": exc.reason}, status_code=exc.status)
 
-    @app.post("/v1/inspect", response_model=Verdict, dependencies=[Depends(require_key)])
+    @app.post(
+        "/v1/inspect",
+        response_model=Verdict,
+        dependencies=[Depends(require_key)],
+        responses=errors(400, 401, 403, 413, 415, 422),
+    )
     async def inspect(
         image: Annotated[UploadFile, File(description="The part's image, JPEG or PNG")],
         serial: Annotated[str, Form(min_length=1, max_length=100)],
@@ -168,27 +177,31 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "The model is not loaded yet"}})
     def readyz() -> JSONResponse:
+        """Open to anyone (probes): names the model, never a file path of this machine."""
         holder, forwarder = state.get("holder"), state.get("forwarder")
         ready = holder is not None
         body = {
             "ready": ready,
-            "model": holder.current.uri if holder else None,
+            "model": holder.current.name if holder else None,
             "model_version": holder.current.version if holder else None,
             "outbox": state["outbox"].counts() if ready else None,
             "record_reachable": forwarder.record_up if forwarder else None,
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}})
     def metrics() -> Response:
         return Response(generate_latest(state["metrics"].registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/v1/model/reload",
         dependencies=[Depends(require_admin)],
-        responses={409: {"description": "The bundle was refused; the previous model keeps serving"}},
+        responses={
+            **errors(401, 403, 422),
+            409: {"description": "The bundle was refused; the previous model keeps serving"},
+        },
     )
     async def reload() -> dict:
         """Reload the model from its URI (an alias may have moved) without dropping requests.

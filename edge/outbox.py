@@ -9,6 +9,7 @@ any moment loses nothing that was acknowledged.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     dead TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, dead, next_try);
+CREATE TABLE IF NOT EXISTS station_secret (id INTEGER PRIMARY KEY CHECK (id = 1), value TEXT NOT NULL);
 """
 
 
@@ -39,6 +41,15 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        # The station's key secret: made once with the outbox and kept beside the results it
+        # names, so a frame's idempotency key is stable across restarts yet not computable by
+        # anyone who only knows the frame (zerodefect.edge.station.idempotency_key).
+        self._db.execute(
+            "INSERT OR IGNORE INTO station_secret (id, value) VALUES (1, ?)", (secrets.token_hex(32),)
+        )
+        self.secret: bytes = bytes.fromhex(
+            self._db.execute("SELECT value FROM station_secret WHERE id = 1").fetchone()[0]
+        )
         self.wakeup = threading.Event()
 
     def put(self, key: str, payload: dict[str, Any], response: dict[str, Any]) -> tuple[bool, dict[str, Any]]:

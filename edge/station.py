@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import logging
 import time
 import uuid
@@ -71,11 +72,14 @@ def check_meta(meta: PartMeta, max_skew_seconds: float, now: datetime | None = N
         )
 
 
-def idempotency_key(meta: PartMeta) -> str:
-    """The same camera frame always maps to the same key; without a frame id, a fresh one."""
+def idempotency_key(meta: PartMeta, secret: bytes) -> str:
+    """The same camera frame always maps to the same key; without a frame id, a fresh one.
+
+    Keyed with the station's secret (kept in its outbox): whoever knows a frame's fields cannot
+    compute its key, so cannot post it to the record ahead of the station."""
     if meta.frame_id:
         raw = f"{meta.station}|{meta.camera}|{meta.frame_id}|{meta.serial}"
-        return hashlib.sha256(raw.encode()).hexdigest()[:40]
+        return hmac.new(secret, raw.encode(), hashlib.sha256).hexdigest()[:40]
     return uuid.uuid4().hex
 
 
@@ -139,7 +143,7 @@ class Inspector:
             except TimeoutError:
                 future.cancel()
         latency_ms = (time.perf_counter() - started) * 1000.0
-        key = idempotency_key(meta)
+        key = idempotency_key(meta, self.outbox.secret)
         payload, response = self._result(key, meta, data, kind, scored, latency_ms)
         _, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
         self.metrics.observe(response, latency_ms, scored.batch_size if scored else None)

@@ -8,10 +8,10 @@ admin to manage users. Bad input is a 4xx with a reason.
 
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path as FsPath
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -21,11 +21,20 @@ from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.imagecheck import InputError
 from zerodefect.quality import promotions, web
 from zerodefect.quality.andon import AndonWorker, alert_json, load_config
-from zerodefect.quality.auth import SESSION_COOKIE, AuthError, LoginThrottled, create_user, login, logout
+from zerodefect.quality.auth import (
+    SESSION_COOKIE,
+    AuthError,
+    LoginThrottle,
+    LoginThrottled,
+    create_user,
+    login,
+    logout,
+)
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.deps import DB, Admin, CallingStation, Reviewer, Viewer, set_session_cookie
 from zerodefect.quality.images import ImageStore, draw_overlay
 from zerodefect.quality.models import Alert, Station
+from zerodefect.quality.problems import MAX_INT, errors, invalid_request
 from zerodefect.quality.schemas import (
     InspectionIn,
     InspectionOut,
@@ -36,6 +45,7 @@ from zerodefect.quality.schemas import (
     ReviewOut,
     StationIn,
     UserIn,
+    UtcTime,
 )
 from zerodefect.quality.store import (
     RecordError,
@@ -51,6 +61,22 @@ from zerodefect.quality.store import (
 from zerodefect.settings import Settings, get_settings
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# The review app loads its script and styles from /static only: no inline code, no other
+# origin, never framed (clickjacking), nothing sniffed into another type. The OpenAPI pages
+# (/docs, /redoc) load Swagger UI from its CDN with an inline start script, so they get the
+# headers without the CSP.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+DOCS_PATHS = ("/docs", "/redoc")
+# A row id in a path: bounded, so a huge number is a 422 rather than an overflow in the database.
+RowId = Annotated[int, Path(ge=1, le=MAX_INT)]
 
 
 def _handled(alert: Alert) -> dict:
@@ -81,9 +107,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="zerodefect quality record", version="1", lifespan=lifespan)
     app.state.andon = andon
     app.state.engine, app.state.sessions, app.state.images = engine, sessions, images
+    app.state.login_throttle = LoginThrottle()
 
     # Bytes counted as they stream: JSON endpoints get a small limit, posted parts their image.
     app.add_middleware(BodyLimit, routes={"/v1/inspections": MAX_BODY_BYTES})
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        if not request.url.path.startswith(DOCS_PATHS):
+            response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        return response
 
     app.include_router(web.router)
     app.include_router(promotions.router)
@@ -92,13 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def to_login(request: Request, _exc: web.LoginRequired) -> Response:
         return web.login_redirect(request)
 
-    app.mount("/static", StaticFiles(directory=str(Path(web.__file__).parent / "static")), name="static")
+    app.mount("/static", StaticFiles(directory=str(FsPath(web.__file__).parent / "static")), name="static")
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Where and why, without echoing the input: a refused Infinity cannot be written as JSON.
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        return JSONResponse({"detail": detail}, status_code=422)
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     @app.exception_handler(RecordError)
     async def record_error(_request: Request, exc: RecordError) -> JSONResponse:
@@ -112,7 +143,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/inspections",
         response_model=InspectionOut,
         status_code=201,
-        responses={200: {"description": "Already recorded under this key (idempotent replay)"}},
+        responses={
+            200: {"description": "Already recorded under this key (idempotent replay)"},
+            **errors(400, 401, 403, 409, 413, 422),
+        },
     )
     def post_inspection(
         body: InspectionIn,
@@ -125,21 +159,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             response.status_code = 200
         return to_out(stored.inspection)
 
-    @app.post("/v1/login", response_model=LoginOut)
+    @app.post("/v1/login", response_model=LoginOut, responses=errors(400, 401, 413, 422, 429))
     def post_login(body: LoginIn, request: Request, response: Response, session: DB) -> LoginOut:
+        address = request.client.host if request.client else None
         try:
-            token, row = login(session, body.username, body.password)
+            token, row = login(
+                session, body.username, body.password, request.app.state.login_throttle, address
+            )
+        except LoginThrottled as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
         except AuthError as exc:
-            raise HTTPException(429 if isinstance(exc, LoginThrottled) else 401, str(exc)) from None
+            raise HTTPException(401, str(exc)) from None
         set_session_cookie(response, request, token)
         return LoginOut(username=row.user.username, role=row.user.role, csrf_token=row.csrf_token)
 
-    @app.post("/v1/logout", status_code=204)
+    @app.post("/v1/logout", status_code=204, responses=errors(401, 403))
     def post_logout(request: Request, response: Response, session: DB, _user: Viewer) -> None:
         logout(session, request.cookies.get(SESSION_COOKIE))
         response.delete_cookie(SESSION_COOKIE)
 
-    @app.post("/v1/users", status_code=201)
+    @app.post("/v1/users", status_code=201, responses=errors(400, 401, 403, 409, 413, 422))
     def post_user(body: UserIn, session: DB, _admin: Admin) -> dict[str, str]:
         try:
             user = create_user(session, body.username, body.password, body.role)
@@ -147,7 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(409 if "exists" in str(exc) else 422, str(exc)) from None
         return {"username": user.username, "role": user.role}
 
-    @app.get("/v1/stations")
+    @app.get("/v1/stations", responses=errors(401, 403))
     def list_stations(session: DB, _user: Viewer) -> list[dict]:
         rows = session.scalars(select(Station).order_by(Station.name)).all()
         return [
@@ -159,26 +198,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for s in rows
         ]
 
-    @app.post("/v1/stations", status_code=201)
+    @app.post("/v1/stations", status_code=201, responses=errors(400, 401, 403, 409, 413, 422))
     def post_station(body: StationIn, session: DB, _admin: Admin) -> dict:
         """Create a station; its API key is in this answer only (the record keeps its hash)."""
         station, key = add_station(session, body.name, body.line)
         return {"name": station.name, "line": body.line, "api_key": key}
 
-    @app.post("/v1/stations/{name}/rotate-key")
+    @app.post("/v1/stations/{name}/rotate-key", responses=errors(401, 403, 404, 422))
     def rotate_key(name: str, session: DB, _admin: Admin) -> dict:
         return {"name": name, "api_key": rotate_station_key(session, name)}
 
-    @app.post("/v1/inspections/{inspection_id}/reviews", response_model=ReviewOut, status_code=201)
-    def post_review(inspection_id: int, body: ReviewIn, session: DB, user: Reviewer) -> ReviewOut:
+    @app.post(
+        "/v1/inspections/{inspection_id}/reviews",
+        response_model=ReviewOut,
+        status_code=201,
+        responses=errors(400, 401, 403, 404, 413, 422),
+    )
+    def post_review(inspection_id: RowId, body: ReviewIn, session: DB, user: Reviewer) -> ReviewOut:
         entry = add_review(session, inspection_id, user, body)
         return next(r for r in review_history(session, inspection_id) if r.id == entry.id)
 
-    @app.get("/v1/inspections/{inspection_id}/reviews", response_model=list[ReviewOut])
-    def get_reviews(inspection_id: int, session: DB, _user: Viewer) -> list[ReviewOut]:
+    @app.get(
+        "/v1/inspections/{inspection_id}/reviews",
+        response_model=list[ReviewOut],
+        responses=errors(401, 403, 404, 422),
+    )
+    def get_reviews(inspection_id: RowId, session: DB, _user: Viewer) -> list[ReviewOut]:
         return review_history(session, inspection_id)
 
-    @app.get("/v1/alerts")
+    @app.get("/v1/alerts", responses=errors(401, 403, 422))
     def list_alerts(
         session: DB,
         _user: Viewer,
@@ -193,9 +241,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             query = query.where(Station.name == station)
         return [alert_json(a) | _handled(a) for a in session.scalars(query)]
 
-    @app.post("/v1/alerts/{alert_id}/{action}")
+    @app.post("/v1/alerts/{alert_id}/{action}", responses=errors(401, 403, 404, 409, 422))
     def act_on_alert(
-        alert_id: int, action: Literal["acknowledge", "resolve"], session: DB, user: Reviewer
+        alert_id: RowId, action: Literal["acknowledge", "resolve"], session: DB, user: Reviewer
     ) -> dict:
         alert = session.get(Alert, alert_id)
         if alert is None:
@@ -222,7 +270,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(409, f"alert {alert_id} is {alert.state}; cannot {action} it")
         return alert_json(alert) | _handled(alert)
 
-    @app.get("/v1/inspections", response_model=InspectionPage)
+    @app.get("/v1/inspections", response_model=InspectionPage, responses=errors(401, 403, 422))
     def list_inspections(
         session: DB,
         _user: Viewer,
@@ -230,16 +278,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         verdict: Literal["pass", "reject"] | None = None,
         serial: str | None = None,
         batch: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: UtcTime | None = None,
+        until: UtcTime | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     ) -> InspectionPage:
         rows, total = query_inspections(session, station, verdict, serial, since, until, limit, offset, batch)
         return InspectionPage(items=[to_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
-    @app.get("/v1/inspections/{inspection_id}", response_model=InspectionOut)
-    def get_inspection(inspection_id: int, session: DB, _user: Viewer) -> InspectionOut:
+    @app.get(
+        "/v1/inspections/{inspection_id}", response_model=InspectionOut, responses=errors(401, 403, 404, 422)
+    )
+    def get_inspection(inspection_id: RowId, session: DB, _user: Viewer) -> InspectionOut:
         from zerodefect.quality.models import Inspection
 
         row = session.get(Inspection, inspection_id)
@@ -247,8 +297,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"no inspection {inspection_id}")
         return to_out(row)
 
-    @app.get("/v1/inspections/{inspection_id}/overlay.png")
-    def get_overlay(inspection_id: int, session: DB, _user: Viewer) -> Response:
+    @app.get(
+        "/v1/inspections/{inspection_id}/overlay.png",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, **errors(401, 403, 404, 422)},
+    )
+    def get_overlay(inspection_id: RowId, session: DB, _user: Viewer) -> Response:
         """The part's stored image with its defect boxes drawn, for reviewers."""
         from zerodefect.quality.models import Inspection
 
@@ -266,7 +320,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 422, f"stored image of inspection {inspection_id} cannot be drawn: {exc.reason}"
             ) from None
 
-    @app.get("/v1/images/{sha256}")
+    @app.get(
+        "/v1/images/{sha256}",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **errors(401, 403, 404, 422)},
+    )
     def get_image(sha256: str, _user: Viewer) -> FileResponse:
         path = images.find(sha256)
         if path is None:

@@ -1,8 +1,9 @@
 """The quality record's tables: lines, stations, one inspection row per part, its defects.
 
 Each inspection names the model version and threshold that judged it and the sha256 of the
-image it saw, so any verdict can be traced and replayed. `key` is the edge's idempotency key:
-a result forwarded twice is stored once.
+image it saw, so any verdict can be traced and replayed. `key` is the edge's idempotency key,
+unique per station: a result forwarded twice is stored once, and a station cannot reach or
+block another station's row by using its key.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Station(Base):
 class Inspection(Base):
     __tablename__ = "inspections"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(64), unique=True)
+    key: Mapped[str] = mapped_column(String(64))
     station_id: Mapped[int] = mapped_column(ForeignKey("stations.id"))
     serial: Mapped[str] = mapped_column(String(100))
     batch: Mapped[str | None] = mapped_column(String(100))
@@ -73,6 +74,7 @@ class Inspection(Base):
         Index("ix_inspections_station_time", "station_id", "captured_at"),
         Index("ix_inspections_serial", "serial"),
         Index("ix_inspections_verdict_time", "verdict", "captured_at"),
+        UniqueConstraint("station_id", "key", name="uq_inspection_station_key"),
     )
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from zerodefect.quality.deps import DB, Viewer
 from zerodefect.quality.models import ModelPromotion
+from zerodefect.quality.problems import errors
 
 
 class PromotionOut(BaseModel):
@@ -78,7 +79,7 @@ def to_out(row: ModelPromotion) -> PromotionOut:
 router = APIRouter()
 
 
-@router.get("/v1/model-promotions", response_model=list[PromotionOut])
+@router.get("/v1/model-promotions", response_model=list[PromotionOut], responses=errors(401, 403, 422))
 def list_promotions(
     session: DB,
     _user: Viewer,

@@ -49,6 +49,19 @@ NoteText = Annotated[str, AfterValidator(lambda v: check_text(v, NOTE_CONTROL))]
 CaptureTime = Annotated[AwareDatetime, AfterValidator(check_captured_at)]
 
 
+def _in_utc(value: datetime) -> datetime:
+    """The time in UTC (a naive one is taken as UTC); refused if it has no UTC equivalent
+    (0001-01-01T00:00+14:00 falls before year 1), so it never overflows later as a 500."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time is out of range in UTC") from None
+
+
+# A time of the record: stored and compared in UTC.
+UtcTime = Annotated[datetime, AfterValidator(_in_utc)]
+
+
 class DefectIn(BaseModel):
     # JSON numbers only: Infinity or NaN would break every later read of the record.
     model_config = ConfigDict(allow_inf_nan=False)
@@ -148,7 +161,7 @@ class LoginOut(BaseModel):
 
 class UserIn(BaseModel):
     username: Text = Field(min_length=1, max_length=100)
-    password: str = Field(min_length=8, max_length=200)
+    password: str = Field(min_length=12, max_length=200)  # auth.MIN_PASSWORD (ASVS 2.1.1)
     role: Literal["viewer", "reviewer", "admin"]
 
 

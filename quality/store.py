@@ -82,12 +82,59 @@ class Stored:
     created: bool
 
 
+def _same_part(row: Inspection, data: InspectionIn, image_sha: str | None) -> bool:
+    """Whether a stored row is the part `data` describes: a delivery repeated by the station
+    (the same fields, the same defects, the same image), not another part under the same key.
+
+    Compared field by field rather than through a stored digest, so rows recorded before the
+    check existed are compared the same way."""
+    fields = [
+        "serial",
+        "batch",
+        "camera",
+        "frame_id",
+        "model_name",
+        "model_version",
+        "threshold",
+        "score",
+        "verdict",
+        "failsafe",
+        "latency_ms",
+    ]
+    if any(getattr(row, name) != getattr(data, name) for name in fields):
+        return False
+    if as_utc(row.captured_at) != as_utc(data.captured_at) or row.image_sha256 != image_sha:
+        return False
+    stored = [
+        (d.class_name, d.score, [d.x1, d.y1, d.x2, d.y2] if d.x1 is not None else None) for d in row.defects
+    ]
+    return stored == [(d.class_name, d.score, d.box) for d in data.defects]
+
+
+def _replay(session: Session, station: Station, data: InspectionIn, image_sha: str | None) -> Stored | None:
+    """The station's own record under this key if it is this part (an idempotent replay);
+    None if the key is new for the station; a 409 if the station used it for another part."""
+    existing = session.scalar(
+        select(Inspection).where(Inspection.station_id == station.id, Inspection.key == data.key)
+    )
+    if existing is None:
+        return None
+    if not _same_part(existing, data, image_sha):
+        raise RecordError(
+            f"key {data.key!r} is already recorded for another part of this station "
+            f"(inspection {existing.id}); an idempotency key names one part only",
+            409,
+        )
+    return Stored(existing, False)
+
+
 def record_inspection(session: Session, station: Station, data: InspectionIn, images: ImageStore) -> Stored:
-    """Store one result exactly once per idempotency key; its image under its sha256."""
-    existing = session.scalar(select(Inspection).where(Inspection.key == data.key))
-    if existing is not None:
-        return Stored(existing, False)
-    image_sha, image_path = data.image_sha256, None
+    """Store one result exactly once per (station, idempotency key); its image under its sha256.
+
+    Keys belong to the station that posted them: another station using the same key writes
+    its own row and never sees or blocks this one. The same key with the same part again is
+    the stored row (a retry); with a different part it is a 409, never a silent success."""
+    image_sha, raw = data.image_sha256, None
     if data.image_b64 is not None:
         if data.image_type is None:
             raise RecordError("image_type is required with image_b64")
@@ -95,15 +142,22 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
             raw = base64.b64decode(data.image_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise RecordError("image_b64 is not valid base64") from exc
-        if image_sha and image_sha != hashlib.sha256(raw).hexdigest():
+        sha = hashlib.sha256(raw).hexdigest()
+        if image_sha and image_sha != sha:
             raise RecordError("image_sha256 does not match the image bytes")
+        image_sha = sha
         try:
             images.check(raw, data.image_type)
         except InputError as exc:
             # A JSON field, so 422 (or 413 for a bomb), whatever the station would answer.
             raise RecordError(f"image_b64: {exc.reason}", 413 if exc.status == 413 else 422) from None
-        sha, path = images.put(raw, EXTENSIONS[data.image_type])
-        image_sha, image_path = sha, str(path.relative_to(images.root))
+    replay = _replay(session, station, data, image_sha)
+    if replay is not None:
+        return replay
+    image_path = None
+    if raw is not None:
+        _, path = images.put(raw, EXTENSIONS[data.image_type])
+        image_path = str(path.relative_to(images.root))
     row = Inspection(
         key=data.key,
         station=station,
@@ -135,9 +189,12 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
     try:
         session.commit()
     except IntegrityError:
-        # Two deliveries of one key raced; the other one won, which is the same record.
+        # Two deliveries of one key by this station raced; the winner is judged like a retry.
         session.rollback()
-        return Stored(session.scalar(select(Inspection).where(Inspection.key == data.key)), False)
+        replay = _replay(session, station, data, image_sha)
+        if replay is None:
+            raise
+        return replay
     return Stored(row, True)
 
 

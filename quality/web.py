@@ -87,14 +87,17 @@ def login_submit(
     password: str = Form(...),
     next: str = Form("/review"),
 ) -> Response:
+    address = request.client.host if request.client else None
     try:
-        token, _ = login(session, username, password)
+        token, _ = login(session, username, password, request.app.state.login_throttle, address)
     except AuthError as exc:
+        throttled = isinstance(exc, LoginThrottled)
         return templates.TemplateResponse(
             request,
             "login.html",
             {"user": None, "csrf": "", "title": "Log in", "next": next, "error": str(exc)},
-            status_code=429 if isinstance(exc, LoginThrottled) else 401,
+            status_code=429 if throttled else 401,
+            headers={"Retry-After": str(exc.retry_after)} if throttled else None,
         )
     target = next if next.startswith("/") and not next.startswith("//") else "/review"
     response = RedirectResponse(target, status_code=303)

@@ -1,5 +1,7 @@
 """The review app in a real browser: Debian's headless Chromium driven by Playwright.
 
+The app's Content-Security-Policy allows no eval, so the tests wait with Playwright's locators
+(which run outside the page's scripts) rather than page.wait_for_function(string).
 Screenshots go to test-artifacts/ (ZD_TEST_ARTIFACTS to move it); they are never committed.
 """
 
@@ -11,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from zerodefect.quality.andon import AndonConfig, Rules, evaluate_all
 from zerodefect.quality.app import create_app
@@ -34,6 +37,8 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# What the browser reports as refused by the app's Content-Security-Policy: must stay empty.
+CSP_VIOLATIONS: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +59,20 @@ def site(data_dir: Path):
         _, key = add_station(session, "st-01", line="L1")
     add_user(app.state.sessions, "rita", "reviewer")
     add_user(app.state.sessions, "victor", "viewer")
+    CSP_VIOLATIONS.clear()
     with serve(app) as url:
         post_parts(url, key, "st-01", "rrppprrrrrrpprrrr", T0)  # 12 flagged parts
         post_parts(url, key, "st-01", "p" * 20, T0 + timedelta(hours=1))
         yield url, app
+    assert CSP_VIOLATIONS == []
 
 
 def open_as(browser, url: str, username: str, shot: str | None = None):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on(
+        "console",
+        lambda m: CSP_VIOLATIONS.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     page.goto(f"{url}/review")
     page.wait_for_selector("form.login")  # the queue sent us to log in first
     assert "/login?next=" in page.url
@@ -86,7 +97,7 @@ def test_a_reviewer_reviews_ten_flagged_parts_with_the_keyboard(browser, site) -
     keys = ["c", "f"] * 5
     for n, key in enumerate(keys, start=1):
         page.keyboard.press(key)
-        page.wait_for_function(f"document.querySelectorAll('li.part.done').length === {n}")
+        expect(page.locator("li.part.done")).to_have_count(n)
     save(page, "review-after-ten")
     assert "part" in page.locator("#status").inner_text()
     with app.state.sessions() as session:
@@ -127,9 +138,7 @@ def test_a_reviewer_acknowledges_an_alert(browser, site) -> None:
     page.goto(f"{url}/alerts")
     row = page.locator(f'tr.alert[data-id="{alert.id}"]')
     row.locator("button.ack").click()
-    page.wait_for_function(
-        f"document.querySelector('tr.alert[data-id=\"{alert.id}\"] .state').textContent.includes('acknowledged by rita')"
-    )
+    expect(row.locator(".state")).to_contain_text("acknowledged by rita")
     save(page, "alert-acknowledged")
     with app.state.sessions() as session:
         assert session.get(Alert, alert.id).state == "acknowledged"
@@ -140,7 +149,7 @@ def test_a_viewer_is_refused_a_review(browser, site) -> None:
     url, app = site
     page = open_as(browser, url, "victor")
     page.keyboard.press("c")
-    page.wait_for_function("document.getElementById('status').className === 'error'")
+    expect(page.locator("#status")).to_have_class("error")
     message = page.locator("#status").inner_text()
     assert "not saved: 403" in message and "reviewer role" in message
     save(page, "viewer-refused")
@@ -153,7 +162,7 @@ def test_a_viewer_is_refused_a_review(browser, site) -> None:
 def test_a_reviewer_redraws_a_box_with_the_mouse(browser, site) -> None:
     url, app = site
     page = open_as(browser, url, "rita")
-    page.wait_for_function("document.querySelector('li.part.selected img').naturalWidth > 0")  # loaded
+    expect(page.locator("li.part.selected img")).to_have_js_property("naturalWidth", 40)  # loaded
     box = page.locator("li.part.selected .shot").bounding_box()
     # The stored images are 40 x 40 px shown at 200 x 200: a drag of 50 px is 10 image px.
     page.mouse.move(box["x"] + 50, box["y"] + 100)
@@ -161,7 +170,7 @@ def test_a_reviewer_redraws_a_box_with_the_mouse(browser, site) -> None:
     page.mouse.move(box["x"] + 100, box["y"] + 150, steps=4)
     page.mouse.up()
     page.keyboard.press("b")
-    page.wait_for_function("document.querySelectorAll('li.part.done').length === 1")
+    expect(page.locator("li.part.done")).to_have_count(1)
     save(page, "box-redrawn")
     with app.state.sessions() as session:
         (review,) = session.query(Review).all()

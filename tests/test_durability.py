@@ -1,5 +1,6 @@
 """Kill the edge with SIGKILL under load while the record is down: no accepted part is lost,
-none is recorded twice."""
+none is recorded twice, and a second station posting the same keys at the same time changes
+nothing in the first one's record."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
     sessions = session_factory(make_engine(record_db))
     with sessions() as session:
         _, record_key = add_station(session, "st-01")
+        _, intruder_key = add_station(session, "st-02")
     auditor = add_user(sessions, "auditor", "viewer")
     env["ZD_RECORD_API_KEY"] = record_key
     record_port, edge_port = free_port(), free_port()
@@ -119,8 +121,34 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
     assert edge.returncode == -signal.SIGKILL and killed.is_set()
     assert len(accepted) >= 40
 
+    # Station B posts A's keys with fake passes while A's outbox drains: each lands in B's own
+    # record, and none is taken for A's reject.
+    intruded: list[int] = []
+
+    def intruder() -> None:
+        with httpx.Client(base_url=record_url, headers={"X-API-Key": intruder_key}, timeout=10) as client:
+            for i, key in enumerate(accepted):
+                fake = {
+                    "key": key,
+                    "serial": f"K-{i}",
+                    "captured_at": "2026-11-25T08:00:00+00:00",
+                    "model_name": "fake",
+                    "model_version": "1",
+                    "threshold": 0.5,
+                    "score": 0.0,
+                    "verdict": "pass",
+                }
+                for _ in range(600):  # the record is starting: bounded retries while it is down
+                    try:
+                        intruded.append(client.post("/v1/inspections", json=fake).status_code)
+                        break
+                    except httpx.TransportError:
+                        time.sleep(0.1)
+
     edge = start(edge_args, env, log)
     record = start(["serve", "record", "--port", str(record_port)], env, log)
+    colliding = threading.Thread(target=intruder)
+    colliding.start()
     try:
         wait_healthy(edge_url, edge)
         wait_healthy(record_url, record)
@@ -129,13 +157,19 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
             time.sleep(0.1)
         outbox = httpx.get(f"{edge_url}/readyz").json()["outbox"]
         assert outbox["pending"] == 0 and outbox["dead"] == 0
+        colliding.join(90)
         reader = logged_in(record_url, auditor)
-        items = reader.get("/v1/inspections", params={"limit": 500}).json()["items"]
+        items = reader.get("/v1/inspections", params={"limit": 500, "station": "st-01"}).json()["items"]
+        fakes = reader.get("/v1/inspections", params={"limit": 500, "station": "st-02"}).json()["items"]
         reader.close()
     finally:
         for proc in (edge, record):
             proc.terminate()
             proc.wait(10)
+    assert intruded == [201] * len(accepted)
+    assert sorted(f["key"] for f in fakes) == sorted(accepted) and {f["verdict"] for f in fakes} == {"pass"}
+    # Every one of A's parts is A's reject (REJECT_ALL), whoever posted its key first.
+    assert {item["verdict"] for item in items} == {"reject"}
     keys = [item["key"] for item in items]
     assert len(keys) == len(set(keys)), "a part was recorded twice"
     assert set(accepted) <= set(keys), f"lost {len(set(accepted) - set(keys))} accepted parts"
