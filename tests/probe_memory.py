@@ -32,7 +32,7 @@ import yaml
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.store import add_station
 
-from .bundles import REJECT_ALL, make_bundle
+from .bundles import REJECT_ALL, TRUSTED_KEY, make_bundle
 from .corpus import bombs
 from .people import add_user, logged_in
 from .test_durability import free_port, start, wait_healthy
@@ -116,6 +116,7 @@ def main() -> None:
                 "record_url": record_url,
                 "api_key_hashes": [hashlib.sha256(CAMERA_KEY.encode()).hexdigest()],
                 "outbox": str(root / "outbox.db"),
+                "trusted_keys": [TRUSTED_KEY],
             }
         )
     )
