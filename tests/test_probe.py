@@ -29,6 +29,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -123,7 +124,10 @@ def probe_operation(
         extra = credentials()
         case.headers = {**(case.headers or {}), **extra.get("headers", {})}
         if isinstance(case.body, dict) and "station" in extra.get("body", {}):
-            case.body = {**case.body, **extra["body"]}
+            # Past the metadata checks (a clean serial, a capture time now, no free text), so
+            # the generated image itself is what the station must judge or refuse.
+            kept = {k: v for k, v in case.body.items() if k not in ("batch", "camera", "frame_id")}
+            case.body = {**kept, **extra["body"]}
         response = case.call(cookies=extra.get("cookies"), timeout=60)
         tally.statuses[response.status_code] += 1
         if response.status_code >= 500:
@@ -221,7 +225,11 @@ def test_the_edge_holds_under_the_probe(services) -> None:
     def credentials(label: str) -> dict:
         # Half the parts name this station, so their generated images reach the decoder; the
         # other half test the refusal of another station's name.
-        named = {"body": {"station": "st-probe"}} if next(turns) % 2 else {}
+        turn = next(turns)
+        now = datetime.now(UTC).isoformat()
+        named = (
+            {"body": {"station": "st-probe", "serial": f"P-{turn}", "captured_at": now}} if turn % 2 else {}
+        )
         return {"headers": {"X-API-Key": KEY}, **named}
 
     turns = itertools.count()

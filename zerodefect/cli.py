@@ -43,7 +43,8 @@ app.add_typer(record_app, name="record")
 app.add_typer(users_app, name="users")
 keys_app = typer.Typer(help="Ed25519 keys that sign model bundles.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-console = Console()
+# Lines are never broken at 80 columns: in a log file a wrapped path or number cannot be found.
+console = Console(soft_wrap=True)
 
 
 @app.callback()
@@ -51,11 +52,13 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     prepare_process_environment()
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
-    )
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False, rich_tracebacks=True)
+        fmt = "%(message)s"
+    else:  # nohup, CI, a log file: one plain line per record, with its time and level
+        handler = logging.StreamHandler(console.file)
+        fmt = "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler])
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
