@@ -28,15 +28,21 @@ def check_text(value: str, pattern: re.Pattern[str] = CONTROL) -> str:
     return value
 
 
+def to_utc(value: datetime) -> datetime:
+    """The time in UTC (a naive one is taken as UTC: SQLite returns them so), or ValueError if
+    it has none (0001-01-01T00:00+14:00 falls before year 1), never an OverflowError later."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"time {value.isoformat()} is out of range in UTC") from None
+
+
 def check_captured_at(value: datetime) -> datetime:
     """A capture time the record can store and chart: from 2000 to a day ahead of its clock.
 
     Parts delivered late (an outbox that waited out an outage) are fine; year 0001 at +14:00
     (no UTC form) and year 9999 (a dashboard stretched over millennia) are not."""
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{value.isoformat()} has no UTC time") from None
+    utc = to_utc(value)
     if utc < EARLIEST:
         raise ValueError(f"{value.isoformat()} is before {EARLIEST:%Y-%m-%d}")
     if utc > datetime.now(UTC) + MAX_AHEAD:
@@ -48,18 +54,8 @@ Text = Annotated[str, AfterValidator(check_text)]
 NoteText = Annotated[str, AfterValidator(lambda v: check_text(v, NOTE_CONTROL))]
 CaptureTime = Annotated[AwareDatetime, AfterValidator(check_captured_at)]
 
-
-def _in_utc(value: datetime) -> datetime:
-    """The time in UTC (a naive one is taken as UTC); refused if it has no UTC equivalent
-    (0001-01-01T00:00+14:00 falls before year 1), so it never overflows later as a 500."""
-    try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("time is out of range in UTC") from None
-
-
 # A time of the record: stored and compared in UTC.
-UtcTime = Annotated[datetime, AfterValidator(_in_utc)]
+UtcTime = Annotated[datetime, AfterValidator(to_utc)]
 
 
 class DefectIn(BaseModel):

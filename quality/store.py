@@ -8,7 +8,7 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -17,7 +17,15 @@ from sqlalchemy.orm import Session, selectinload
 from zerodefect.inference.imagecheck import InputError
 from zerodefect.quality.images import EXTENSIONS, ImageStore
 from zerodefect.quality.models import Defect, Inspection, Line, Review, Station, User, utcnow
-from zerodefect.quality.schemas import DefectIn, DefectOut, InspectionIn, InspectionOut, ReviewIn, ReviewOut
+from zerodefect.quality.schemas import (
+    DefectIn,
+    DefectOut,
+    InspectionIn,
+    InspectionOut,
+    ReviewIn,
+    ReviewOut,
+    to_utc,
+)
 
 
 class RecordError(ValueError):
@@ -36,9 +44,9 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError:
-        raise RecordError(f"time {value.isoformat()} is out of range") from None
+        return to_utc(value)
+    except ValueError as exc:
+        raise RecordError(str(exc)) from None
 
 
 def hash_key(api_key: str) -> str:
