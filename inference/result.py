@@ -3,6 +3,7 @@ the model has them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -13,18 +14,69 @@ Verdict = Literal["pass", "reject"]
 
 @dataclass
 class Detections:
-    """Boxes of one image as numpy arrays: xyxy [K, 4] pixels, scores [K], class_id [K]."""
+    """Boxes of one image as numpy arrays, in the image's own pixels.
+
+    The one shape of a box in zerodefect (after supervision's `Detections`): engine output,
+    manifest boxes, ground truth in metrics, defect rows, review boxes and overlays are all this
+    type. `class_id` indexes the class list carried alongside (the bundle's or the manifest's);
+    labels are turned into indices once, at the edges, by `from_labels` and back by `labels`.
+    Ground truth and boxes drawn by a reviewer have score 1.0.
+
+    xyxy [K, 4] float32, scores [K] float32, class_id [K] int64.
+    """
 
     xyxy: np.ndarray
     scores: np.ndarray
     class_id: np.ndarray
 
+    def __post_init__(self) -> None:
+        self.xyxy = np.asarray(self.xyxy, np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, np.float32).reshape(-1)
+        self.class_id = np.asarray(self.class_id, np.int64).reshape(-1)
+        if not len(self.xyxy) == len(self.scores) == len(self.class_id):
+            raise ValueError(
+                f"detections need as many boxes, scores and class ids: "
+                f"{len(self.xyxy)}, {len(self.scores)}, {len(self.class_id)}"
+            )
+
     @classmethod
     def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
+    @classmethod
+    def from_labels(
+        cls,
+        labels: Sequence[str],
+        xyxy: Sequence[Sequence[float]] | np.ndarray,
+        classes: Sequence[str],
+        scores: Sequence[float] | np.ndarray | None = None,
+    ) -> Detections:
+        """Boxes named by class: the form of manifests, the record and reviews.
+
+        A label that is not in `classes` is refused with its name, never mapped to a guess.
+        """
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({label for label in labels if label not in index})
+        if unknown:
+            raise ValueError(f"unknown class {', '.join(map(repr, unknown))}; known: {', '.join(classes)}")
+        if scores is None:
+            scores = np.ones(len(labels), np.float32)
+        return cls(np.asarray(xyxy, np.float32), np.asarray(scores), [index[label] for label in labels])
+
+    def labels(self, classes: Sequence[str]) -> list[str]:
+        """The class name of each box."""
+        return [classes[c] for c in self.class_id]
+
     def __len__(self) -> int:
         return len(self.scores)
+
+    def __getitem__(self, keep: np.ndarray | slice | list[int]) -> Detections:
+        """The boxes picked by a boolean mask, index list or slice."""
+        return Detections(self.xyxy[keep], self.scores[keep], self.class_id[keep])
+
+    def scaled(self, sx: float, sy: float) -> Detections:
+        """The same boxes in another image size (sx, sy: new/old width and height)."""
+        return Detections(self.xyxy * np.array([sx, sy, sx, sy], np.float32), self.scores, self.class_id)
 
 
 @dataclass
