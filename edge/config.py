@@ -10,7 +10,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from zerodefect.models.signing import SigningKeyError, load_public_key
+from zerodefect.inference.signing import SigningKeyError, load_public_key
 
 
 class StationConfigError(ValueError):

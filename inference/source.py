@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zerodefect.models.bundle import BUNDLE_JSON, BundleError
+from zerodefect.inference.bundle import BUNDLE_JSON, BundleError
 
 
 def fetch_bundle(uri: str | Path, cache_dir: Path | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Models: architectures, offline pretrained weights, and the ONNX model bundle.
+"""Models (torch side): architectures and offline pretrained weights.
 
-Only `zerodefect.models.bundle` is torch-free; the edge imports nothing else from here.
+The bundle format a station reads is torch-free and lives in `zerodefect.inference.bundle`.
 """

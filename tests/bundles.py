@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from zerodefect.models.bundle import BundleMeta, InputSpec
+from zerodefect.inference.bundle import BundleMeta, InputSpec
 from zerodefect.models.classifier import build_classifier
-from zerodefect.models.signing import public_key_b64
+from zerodefect.inference.signing import public_key_b64
 from zerodefect.training.export import export_bundle
 from zerodefect.training.train import predict
 

@@ -14,7 +14,7 @@ from zerodefect.cli import app as cli
 from zerodefect.datasets.manifest import Manifest
 from zerodefect.edge.app import create_app as create_edge
 from zerodefect.edge.simulator import Part, parts_from_manifest, play
-from zerodefect.models.signing import public_key_b64, signing_key
+from zerodefect.inference.signing import public_key_b64, signing_key
 from zerodefect.quality.app import create_app as create_record
 from zerodefect.quality.store import add_station
 from zerodefect.settings import get_settings

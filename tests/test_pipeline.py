@@ -17,9 +17,9 @@ from zerodefect.cli import app
 from zerodefect.datasets.manifest import Manifest
 from zerodefect.inference.engine import Engine
 from zerodefect.inference.source import fetch_bundle
-from zerodefect.models.bundle import BundleError, sha256_file
+from zerodefect.inference.bundle import BundleError, sha256_file
 from zerodefect.models.classifier import build_classifier
-from zerodefect.models.signing import key_id, signing_key
+from zerodefect.inference.signing import key_id, signing_key
 from zerodefect.training.config import ConfigError, load_config
 from zerodefect.training.data import load_images
 from zerodefect.training.export import ExportParityError, export_bundle

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from zerodefect.cli import app as cli
 from zerodefect.edge.app import create_app as create_edge
-from zerodefect.models.bundle import sha256_file
-from zerodefect.models.signing import (
+from zerodefect.inference.bundle import sha256_file
+from zerodefect.inference.signing import (
     SIGNATURE_JSON,
     SigningKeyError,
     key_id,
@@ -193,7 +193,7 @@ def test_keys_are_made_and_used_from_the_cli_and_on_first_use(
     assert again.exit_code != 0 and "already exists" in again.output
 
     # Without ZD_SIGNING_KEY, training's key is made once in the data dir, and said so.
-    caplog.set_level(logging.WARNING, "zerodefect.models.signing")
+    caplog.set_level(logging.WARNING, "zerodefect.inference.signing")
     key = signing_key()
     assert (data_dir / "keys" / "bundle-signing.pub").read_text().strip() == public_key_b64(key)
     assert public_key_b64(signing_key()) == public_key_b64(key)

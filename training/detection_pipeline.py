@@ -15,7 +15,7 @@ from rich.console import Console
 
 from zerodefect.datasets.manifest import DatasetError, Manifest
 from zerodefect.formatting import fmt_rate
-from zerodefect.models.bundle import BundleMeta, InputSpec, update_meta
+from zerodefect.inference.bundle import BundleMeta, InputSpec, update_meta
 from zerodefect.settings import Settings
 from zerodefect.training.config import Config
 from zerodefect.training.progress import progress_bar

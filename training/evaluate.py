@@ -175,7 +175,7 @@ def evaluate_any(
 ) -> dict[str, Any]:
     """The report that fits the bundle's task: plant report for classifiers, mAP and part-level
     rates for detectors."""
-    from zerodefect.models.bundle import read_meta
+    from zerodefect.inference.bundle import read_meta
 
     timing_images = 50 if timing else 0
     if read_meta(bundle).task == "detection":

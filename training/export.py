@@ -22,7 +22,7 @@ from torch import nn
 from zerodefect.inference.engine import Engine
 from zerodefect.inference.postprocess import above, box_iou
 from zerodefect.inference.result import Detections
-from zerodefect.models.bundle import BundleMeta, discard_bundle, write_bundle
+from zerodefect.inference.bundle import BundleMeta, discard_bundle, write_bundle
 from zerodefect.models.classifier import InspectionClassifier, static_same_padding
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from zerodefect.datasets.manifest import DatasetError, Manifest
 from zerodefect.datasets.splits import assign_splits
 from zerodefect.datasets.validate import validate
 from zerodefect.formatting import fmt_rate
-from zerodefect.models.bundle import BundleMeta, InputSpec, update_meta
+from zerodefect.inference.bundle import BundleMeta, InputSpec, update_meta
 from zerodefect.settings import Settings, get_settings
 from zerodefect.training.config import Config
 from zerodefect.training.health import Preflight, TrainingFailed, check_run, preflight

@@ -15,7 +15,7 @@ import numpy as np
 
 from zerodefect.datasets.manifest import Manifest
 from zerodefect.inference.engine import Engine
-from zerodefect.models.bundle import BundleError, load_bundle, write_bundle
+from zerodefect.inference.bundle import BundleError, load_bundle, write_bundle
 from zerodefect.training.data import load_images
 from zerodefect.training.metrics import calibrate_threshold
 

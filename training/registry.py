@@ -82,7 +82,7 @@ def signature_tags(run_id: str) -> dict[str, str]:
 
     import mlflow
 
-    from zerodefect.models.signing import SIGNATURE_JSON, SignatureError, read_signature
+    from zerodefect.inference.signing import SIGNATURE_JSON, SignatureError, read_signature
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -221,7 +221,7 @@ def promote(
 
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.source import fetch_bundle
-    from zerodefect.models.bundle import read_meta
+    from zerodefect.inference.bundle import read_meta
     from zerodefect.training.evaluate import evaluate_any
 
     if force and not (reason and reason.strip()):

@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from zerodefect.models.bundle import TTA_VIEWS
+from zerodefect.inference.bundle import TTA_VIEWS
 from zerodefect.models.classifier import InspectionClassifier
 from zerodefect.training.config import Config
 from zerodefect.training.data import ImageDataset

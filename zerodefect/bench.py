@@ -198,7 +198,7 @@ def edge_load(
 ) -> dict[str, Any]:
     """B: the edge service in its own process, loaded by 1..n cameras, then 2 cameras at 15 fps.
     The station trusts this machine's training key, which signed the bundles measured."""
-    from zerodefect.models.signing import public_key_b64, signing_key
+    from zerodefect.inference.signing import public_key_b64, signing_key
 
     edge_port = _free_port()
     config = work / "station.yaml"
@@ -239,7 +239,7 @@ def run_detector_bench(
 ) -> dict[str, Any]:
     """The detector's rows: A on `threads` and on 1 thread, and B, with the plant's own JPEGs."""
     from zerodefect.inference.preprocess import decode_image
-    from zerodefect.models.bundle import read_meta
+    from zerodefect.inference.bundle import read_meta
 
     work = out_dir / "bench-work"
     work.mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ def run_bench(
         "command": command,
         "cameras": list(cameras),
     }
-    from zerodefect.models.bundle import read_meta
+    from zerodefect.inference.bundle import read_meta
 
     meta = read_meta(bundle)
     result.update(input_size=meta.input.height, tta=meta.tta)

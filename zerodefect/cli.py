@@ -74,7 +74,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from zerodefect.datasets.augment import AugmentationError
     from zerodefect.datasets.manifest import DatasetError
     from zerodefect.inference.preprocess import ImageDecodeError
-    from zerodefect.models.bundle import BundleError
+    from zerodefect.inference.bundle import BundleError
 
     errors: list[type[Exception]] = [DatasetError, BundleError, ImageDecodeError, AugmentationError]
     try:
@@ -346,7 +346,7 @@ def evaluate(
     """
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.source import fetch_bundle
-    from zerodefect.models.bundle import read_meta
+    from zerodefect.inference.bundle import read_meta
     from zerodefect.training.evaluate import compare_reports, evaluate_any, evaluate_bundle, write_report
 
     try:
@@ -623,7 +623,7 @@ def keys_new(
 ) -> None:
     """Make a bundle-signing key pair: training signs with NAME.key (ZD_SIGNING_KEY), stations
     list NAME.pub (or its base64 line) in trusted_keys."""
-    from zerodefect.models.signing import (
+    from zerodefect.inference.signing import (
         SigningKeyError,
         key_id,
         public_key_b64,
@@ -645,8 +645,8 @@ def keys_new(
 def keys_sign(bundle: Annotated[Path, typer.Argument(help="A bundle folder.")]) -> None:
     """Sign a bundle with the configured key (ZD_SIGNING_KEY, else the data dir's): for bundles
     made before signing, which stations refuse. Sign only bundles you vouch for."""
-    from zerodefect.models.bundle import load_bundle
-    from zerodefect.models.signing import sign_bundle
+    from zerodefect.inference.bundle import load_bundle
+    from zerodefect.inference.signing import sign_bundle
 
     try:
         load_bundle(bundle)  # a model that does not match its sha256 is not signed
@@ -773,7 +773,7 @@ def bench(
     from zerodefect.bench import run_bench, run_detector_bench, write_reports
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.preprocess import read_image
-    from zerodefect.models.bundle import read_meta
+    from zerodefect.inference.bundle import read_meta
 
     run_dir = _reference_run(run)
     manifest = Manifest.read(run_dir / "manifest.jsonl")

@@ -206,7 +206,7 @@ def run_line(
     from zerodefect.edge.app import create_app as create_edge
     from zerodefect.edge.config import load_station_config
     from zerodefect.edge.simulator import parts_from_manifest, play
-    from zerodefect.models.signing import public_key_b64, signing_key
+    from zerodefect.inference.signing import public_key_b64, signing_key
     from zerodefect.services import serve_in_thread
 
     settings = get_settings()

@@ -41,7 +41,7 @@ def build_untrained_bundle(folder: Path, size: int = 320, seed: int = 0) -> Path
     """An FCOS bundle at `size` px: ImageNet backbone, untrained head, exported with parity."""
     import torch
 
-    from zerodefect.models.bundle import BundleMeta, InputSpec
+    from zerodefect.inference.bundle import BundleMeta, InputSpec
     from zerodefect.models.detector import build_detector
     from zerodefect.training.detection import predict_detections
     from zerodefect.training.export import export_detector_bundle

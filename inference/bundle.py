@@ -4,7 +4,7 @@ A bundle is a folder with `model.onnx` and `bundle.json`. The JSON says what tas
 its classes, how to prepare pixels, the operating threshold chosen at calibration, and where it
 came from (training run, dataset hash). Inference reads all of it from here, so the edge cannot
 disagree with training. The ONNX file's sha256 is checked on every load: a corrupted model is
-refused. Every write signs the bundle (`zerodefect.models.signing`, `signature.json`), and a
+refused. Every write signs the bundle (`zerodefect.inference.signing`, `signature.json`), and a
 station loads only bundles signed by a key it trusts, so a swapped model with a rewritten hash is
 refused too. This module never imports torch.
 """
@@ -93,8 +93,8 @@ def write_bundle(
     folder: str | Path, onnx_bytes: bytes, meta: BundleMeta, signing_key: Ed25519PrivateKey | None = None
 ) -> Path:
     """Write model.onnx and bundle.json (with the ONNX file's sha256) into `folder`, and sign
-    them with `signing_key` (default: the configured key, `zerodefect.models.signing`)."""
-    from zerodefect.models.signing import sign_bundle
+    them with `signing_key` (default: the configured key, `zerodefect.inference.signing`)."""
+    from zerodefect.inference.signing import sign_bundle
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def write_bundle(
 
 def discard_bundle(folder: str | Path) -> None:
     """Remove a half-written bundle (an export that failed its parity check)."""
-    from zerodefect.models.signing import SIGNATURE_JSON
+    from zerodefect.inference.signing import SIGNATURE_JSON
 
     for name in (ONNX_FILE, BUNDLE_JSON, SIGNATURE_JSON):
         (Path(folder) / name).unlink(missing_ok=True)
@@ -118,7 +118,7 @@ def update_meta(
 ) -> BundleMeta:
     """Change metadata fields of an existing bundle (e.g. metrics after evaluation) and sign it
     again: the signature covers bundle.json as it ships."""
-    from zerodefect.models.signing import sign_bundle
+    from zerodefect.inference.signing import sign_bundle
 
     folder = Path(folder)
     meta = read_meta(folder).model_copy(update=changes)
@@ -151,7 +151,7 @@ def load_bundle(
     """
     folder = Path(folder)
     if trusted_keys is not None:
-        from zerodefect.models.signing import verify_bundle
+        from zerodefect.inference.signing import verify_bundle
 
         verify_bundle(folder, trusted_keys)
     meta = read_meta(folder)

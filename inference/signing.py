@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from zerodefect.models.bundle import BundleError, sha256_file
+from zerodefect.inference.bundle import BundleError, sha256_file
 
 log = logging.getLogger(__name__)
 
