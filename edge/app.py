@@ -23,8 +23,8 @@ from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.station import Inspector, PartMeta
 from zerodefect.http_limits import BodyLimit
-from zerodefect.inference.imagecheck import InputError
 from zerodefect.inference.bundle import BundleError
+from zerodefect.inference.imagecheck import InputError
 from zerodefect.quality.problems import errors, invalid_request
 from zerodefect.quality.schemas import DefectIn
 from zerodefect.settings import get_settings

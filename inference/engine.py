@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from zerodefect.inference.bundle import TTA_VIEWS, BundleError, BundleMeta, load_bundle
 from zerodefect.inference.postprocess import above, class_thresholds, detections_from_dense
 from zerodefect.inference.preprocess import read_image, resize
 from zerodefect.inference.result import Detections, InspectionResult
-from zerodefect.inference.bundle import TTA_VIEWS, BundleError, BundleMeta, load_bundle
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

@@ -13,8 +13,8 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zerodefect.inference.bundle import BundleMeta, InputSpec
-from zerodefect.models.classifier import build_classifier
 from zerodefect.inference.signing import public_key_b64
+from zerodefect.models.classifier import build_classifier
 from zerodefect.training.export import export_bundle
 from zerodefect.training.train import predict
 

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from zerodefect.cli import app
 from zerodefect.datasets.manifest import Manifest
-from zerodefect.inference.engine import Engine
-from zerodefect.inference.source import fetch_bundle
 from zerodefect.inference.bundle import BundleError, sha256_file
-from zerodefect.models.classifier import build_classifier
+from zerodefect.inference.engine import Engine
 from zerodefect.inference.signing import key_id, signing_key
+from zerodefect.inference.source import fetch_bundle
+from zerodefect.models.classifier import build_classifier
 from zerodefect.training.config import ConfigError, load_config
 from zerodefect.training.data import load_images
 from zerodefect.training.export import ExportParityError, export_bundle

@@ -19,10 +19,10 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 
+from zerodefect.inference.bundle import BundleMeta, discard_bundle, write_bundle
 from zerodefect.inference.engine import Engine
 from zerodefect.inference.postprocess import above, box_iou
 from zerodefect.inference.result import Detections
-from zerodefect.inference.bundle import BundleMeta, discard_bundle, write_bundle
 from zerodefect.models.classifier import InspectionClassifier, static_same_padding
 
 log = logging.getLogger(__name__)

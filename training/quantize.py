@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from zerodefect.datasets.manifest import Manifest
-from zerodefect.inference.engine import Engine
 from zerodefect.inference.bundle import BundleError, load_bundle, write_bundle
+from zerodefect.inference.engine import Engine
 from zerodefect.training.data import load_images
 from zerodefect.training.metrics import calibrate_threshold
 

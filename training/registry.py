@@ -220,8 +220,8 @@ def promote(
     import mlflow
 
     from zerodefect.datasets.manifest import Manifest
-    from zerodefect.inference.source import fetch_bundle
     from zerodefect.inference.bundle import read_meta
+    from zerodefect.inference.source import fetch_bundle
     from zerodefect.training.evaluate import evaluate_any
 
     if force and not (reason and reason.strip()):

@@ -238,8 +238,8 @@ def run_detector_bench(
     cameras: tuple[int, ...] = (1, 2, 4),
 ) -> dict[str, Any]:
     """The detector's rows: A on `threads` and on 1 thread, and B, with the plant's own JPEGs."""
-    from zerodefect.inference.preprocess import decode_image
     from zerodefect.inference.bundle import read_meta
+    from zerodefect.inference.preprocess import decode_image
 
     work = out_dir / "bench-work"
     work.mkdir(parents=True, exist_ok=True)

@@ -73,8 +73,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's input, reported as a message rather than a traceback."""
     from zerodefect.datasets.augment import AugmentationError
     from zerodefect.datasets.manifest import DatasetError
-    from zerodefect.inference.preprocess import ImageDecodeError
     from zerodefect.inference.bundle import BundleError
+    from zerodefect.inference.preprocess import ImageDecodeError
 
     errors: list[type[Exception]] = [DatasetError, BundleError, ImageDecodeError, AugmentationError]
     try:
@@ -345,8 +345,8 @@ def evaluate(
     With --baseline, the report also gives each metric's change against that bundle on the same images.
     """
     from zerodefect.datasets.manifest import Manifest
-    from zerodefect.inference.source import fetch_bundle
     from zerodefect.inference.bundle import read_meta
+    from zerodefect.inference.source import fetch_bundle
     from zerodefect.training.evaluate import compare_reports, evaluate_any, evaluate_bundle, write_report
 
     try:
@@ -772,8 +772,8 @@ def bench(
     When a finished detector run exists, its bundle is measured too, on its own test images."""
     from zerodefect.bench import run_bench, run_detector_bench, write_reports
     from zerodefect.datasets.manifest import Manifest
-    from zerodefect.inference.preprocess import read_image
     from zerodefect.inference.bundle import read_meta
+    from zerodefect.inference.preprocess import read_image
 
     run_dir = _reference_run(run)
     manifest = Manifest.read(run_dir / "manifest.jsonl")
