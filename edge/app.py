@@ -25,8 +25,8 @@ from zerodefect.edge.station import Inspector, PartMeta
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.bundle import BundleError
 from zerodefect.inference.imagecheck import InputError
-from zerodefect.quality.problems import errors, invalid_request
-from zerodefect.quality.schemas import DefectIn
+from zerodefect.inference.wire import DefectIn
+from zerodefect.problems import errors, invalid_request
 from zerodefect.settings import get_settings
 
 log = logging.getLogger(__name__)

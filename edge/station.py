@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from zerodefect.edge.batcher import MicroBatcher, Scored
 from zerodefect.edge.config import StationConfig
@@ -25,8 +26,7 @@ from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
 from zerodefect.inference.imagecheck import InputError, decode_checked
-from zerodefect.inference.result import InspectionResult
-from zerodefect.quality.schemas import check_text
+from zerodefect.inference.wire import DefectIn, InspectionIn, check_text
 
 log = logging.getLogger(__name__)
 
@@ -83,26 +83,6 @@ def idempotency_key(meta: PartMeta, secret: bytes) -> str:
     return uuid.uuid4().hex
 
 
-def defect_rows(result: InspectionResult, classes: list[str]) -> list[dict[str, Any]]:
-    """The quality record's defect rows: a detector's boxes at or above their class thresholds,
-    or a classifier's rejected class with its probability."""
-    if result.detections is not None:
-        det = result.detections
-        rows = []
-        for box, s, c in zip(det.xyxy, det.scores, det.class_id, strict=True):
-            x1, y1, x2, y2 = (round(float(v), 2) for v in box)
-            if x2 > x1 and y2 > y1:  # a box clipped to nothing at the image edge is no defect
-                rows.append(
-                    {"class_name": classes[int(c)], "score": round(float(s), 6), "box": [x1, y1, x2, y2]}
-                )
-        return rows
-    if result.defect_class:
-        return [
-            {"class_name": result.defect_class, "score": round(result.class_scores[result.defect_class], 6)}
-        ]
-    return []
-
-
 class Inspector:
     def __init__(
         self,
@@ -152,15 +132,15 @@ class Inspector:
     def _result(
         self, key: str, meta: PartMeta, data: bytes, kind: str, scored: Scored | None, latency_ms: float
     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The record's payload, validated against the wire contract here (InputError 422 for
+        what the client sent, 500 for the station's own values), and the client's answer."""
         model = scored.model if scored else self.holder.current
-        meta_b = model.engine.meta
-        threshold = meta_b.threshold
-        defects: list[dict[str, Any]] = []
+        threshold = model.engine.meta.threshold
+        defects: list[DefectIn] = []
         if scored is not None:
             result = scored.result
             verdict, score, defect_class, failsafe = result.verdict, result.score, result.defect_class, False
             threshold = result.threshold
-            defects = defect_rows(result, meta_b.classes)
         else:
             verdict, score, defect_class, failsafe = self.config.failsafe_verdict, None, None, True
             log.warning(
@@ -171,27 +151,31 @@ class Inspector:
             self.config.store_images == "flagged"
             and (verdict == "reject" or int(image_sha[:8], 16) / 0xFFFFFFFF < self.config.pass_sample_rate)
         )
-        captured = meta.captured_at or datetime.now(UTC)
-        payload: dict[str, Any] = {
-            "key": key,
-            "serial": meta.serial,
-            "batch": meta.batch,
-            "camera": meta.camera,
-            "frame_id": meta.frame_id,
-            "captured_at": captured.isoformat(),
-            "model_name": model.name,
-            "model_version": model.version,
-            "threshold": threshold,
-            "score": score,
-            "verdict": verdict,
-            "failsafe": failsafe,
-            "latency_ms": round(latency_ms, 3),
-            "image_sha256": image_sha,
-            "defects": defects,
-        }
-        if keep:
-            payload["image_b64"] = base64.b64encode(data).decode()
-            payload["image_type"] = kind
+        try:
+            if scored is not None:
+                defects = scored.result.defects(model.engine.meta.classes)
+            part = InspectionIn(
+                key=key,
+                serial=meta.serial,
+                batch=meta.batch,
+                camera=meta.camera,
+                frame_id=meta.frame_id,
+                captured_at=meta.captured_at or datetime.now(UTC),
+                model_name=model.name,
+                model_version=model.version,
+                threshold=threshold,
+                score=score,
+                verdict=verdict,
+                failsafe=failsafe,
+                latency_ms=round(latency_ms, 3),
+                image_sha256=image_sha,
+                image_b64=base64.b64encode(data).decode() if keep else None,
+                image_type=kind if keep else None,
+                defects=defects,
+            )
+        except ValidationError as exc:
+            raise wire_refusal(exc) from None
+        payload = part.model_dump(mode="json", exclude_none=True)
         response = {
             "key": key,
             "serial": meta.serial,
@@ -199,10 +183,24 @@ class Inspector:
             "score": score,
             "threshold": threshold,
             "defect_class": defect_class,
-            "defects": defects,
+            "defects": payload["defects"],
             "failsafe": failsafe,
             "model_name": model.name,
             "model_version": model.version,
-            "latency_ms": round(latency_ms, 3),
+            "latency_ms": part.latency_ms,
         }
         return payload, response
+
+
+# The payload fields a client sends: the record refusing one of them is the client's error.
+CLIENT_FIELDS = {"serial", "batch", "camera", "frame_id", "captured_at"}
+
+
+def wire_refusal(exc: ValidationError) -> InputError:
+    """A part the record would refuse, as the error of this request: 422 when a field the
+    client sent is at fault, else 500 (the station's model or config gives values the record
+    cannot take). Logged either way; the part never reaches the outbox."""
+    where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    client = all(e["loc"] and e["loc"][0] in CLIENT_FIELDS for e in exc.errors())
+    log.error("part refused before the outbox, the record would not take it: %s", where)
+    return InputError(422 if client else 500, f"the quality record would refuse this part: {where}")

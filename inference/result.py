@@ -5,11 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
+from zerodefect.inference.wire import DefectIn
+
 Verdict = Literal["pass", "reject"]
+
+
+class NamedBox(Protocol):
+    """A defect as the record keeps it (wire DefectIn, DefectOut, the ORM's Defect)."""
+
+    class_name: str
+    score: float
+
+    @property
+    def box(self) -> list[float] | None: ...
 
 
 @dataclass
@@ -78,6 +90,26 @@ class Detections:
         """The same boxes in another image size (sx, sy: new/old width and height)."""
         return Detections(self.xyxy * np.array([sx, sy, sx, sy], np.float32), self.scores, self.class_id)
 
+    # the record (quality/) and the wire
+    @classmethod
+    def from_defects(cls, defects: Sequence[NamedBox], classes: Sequence[str]) -> Detections:
+        """The boxed defects of a record's part or review (a classifier's boxless rows are
+        not boxes and are left out)."""
+        boxed = [d for d in defects if d.box is not None]
+        return cls.from_labels(
+            [d.class_name for d in boxed], [d.box for d in boxed], classes, [d.score for d in boxed]
+        )
+
+    def to_defects(self, classes: Sequence[str]) -> list[DefectIn]:
+        """Wire defect rows in 0.01 px and 1e-6 score steps; a box clipped to nothing at the
+        image edge (no area once rounded) is no defect and is left out."""
+        rows = []
+        for box, score, label in zip(self.xyxy, self.scores, self.labels(classes), strict=True):
+            x1, y1, x2, y2 = (round(float(v), 2) for v in box)
+            if x2 > x1 and y2 > y1:
+                rows.append(DefectIn(class_name=label, score=round(float(score), 6), box=[x1, y1, x2, y2]))
+        return rows
+
 
 @dataclass
 class InspectionResult:
@@ -91,27 +123,13 @@ class InspectionResult:
     detections: Detections | None = None
     heatmap: np.ndarray | None = None
 
-    def to_json(self, class_names: list[str] | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "verdict": self.verdict,
-            "score": round(float(self.score), 6),
-            "threshold": self.threshold,
-            "defect_class": self.defect_class,
-            "class_scores": {k: round(float(v), 6) for k, v in self.class_scores.items()},
-        }
+    def defects(self, classes: Sequence[str]) -> list[DefectIn]:
+        """The record's defect rows: a detector's boxes at or above their class thresholds,
+        or a classifier's rejected class with its probability."""
         if self.detections is not None:
-            names = class_names or []
-            out["boxes"] = [
-                {
-                    "label": names[c] if c < len(names) else str(c),
-                    "score": round(float(s), 6),
-                    "box": [round(float(v), 2) for v in xyxy],
-                }
-                for xyxy, s, c in zip(
-                    self.detections.xyxy,
-                    self.detections.scores,
-                    self.detections.class_id,
-                    strict=True,
-                )
+            return self.detections.to_defects(classes)
+        if self.defect_class:
+            return [
+                DefectIn(class_name=self.defect_class, score=round(self.class_scores[self.defect_class], 6))
             ]
-        return out
+        return []

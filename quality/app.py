@@ -19,6 +19,8 @@ from sqlalchemy import select, update
 
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.imagecheck import InputError
+from zerodefect.inference.wire import InspectionIn
+from zerodefect.problems import MAX_INT, errors, invalid_request
 from zerodefect.quality import promotions, web
 from zerodefect.quality.andon import AndonWorker, alert_json, load_config
 from zerodefect.quality.auth import (
@@ -34,9 +36,7 @@ from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.deps import DB, Admin, CallingStation, Reviewer, Viewer, set_session_cookie
 from zerodefect.quality.images import ImageStore, draw_overlay
 from zerodefect.quality.models import Alert, Station
-from zerodefect.quality.problems import MAX_INT, errors, invalid_request
 from zerodefect.quality.schemas import (
-    InspectionIn,
     InspectionOut,
     InspectionPage,
     LoginIn,

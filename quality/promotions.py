@@ -16,9 +16,9 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from zerodefect.problems import errors
 from zerodefect.quality.deps import DB, Viewer
 from zerodefect.quality.models import ModelPromotion
-from zerodefect.quality.problems import errors
 
 
 class PromotionOut(BaseModel):

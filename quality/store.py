@@ -15,17 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.inference.imagecheck import InputError
+from zerodefect.inference.wire import DefectIn, InspectionIn, to_utc
 from zerodefect.quality.images import EXTENSIONS, ImageStore
 from zerodefect.quality.models import Defect, Inspection, Line, Review, Station, User, utcnow
-from zerodefect.quality.schemas import (
-    DefectIn,
-    DefectOut,
-    InspectionIn,
-    InspectionOut,
-    ReviewIn,
-    ReviewOut,
-    to_utc,
-)
+from zerodefect.quality.schemas import DefectOut, InspectionOut, ReviewIn, ReviewOut
 
 
 class RecordError(ValueError):

@@ -10,11 +10,12 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
+from zerodefect.inference.wire import InspectionIn
 from zerodefect.quality.andon import AndonConfig, Rules, deliver_due, evaluate_all, load_config
 from zerodefect.quality.app import create_app
 from zerodefect.quality.images import ImageStore
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection
-from zerodefect.quality.schemas import InspectionIn, ReviewIn
+from zerodefect.quality.schemas import ReviewIn
 from zerodefect.quality.store import add_review, add_station, record_inspection
 from zerodefect.settings import get_settings
 

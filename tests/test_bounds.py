@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from zerodefect.quality.problems import MAX_INT
+from zerodefect.problems import MAX_INT
 
 from .people import client_for
 from .test_record import part, record  # noqa: F401 (the fixture)

@@ -166,6 +166,35 @@ def test_bad_input_gets_a_4xx_and_the_service_keeps_serving(tmp_path: Path, data
         assert "/v1/inspect" in httpx.get(f"{url}/openapi.json").json()["paths"]
 
 
+def test_a_part_the_record_would_refuse_fails_its_request_before_the_outbox(
+    tmp_path: Path, data_dir: Path, bundles
+) -> None:
+    """The station validates each payload against the wire contract (inference/wire.py) before
+    its outbox: a mismatch is this request's error, never a part parked dead by the forwarder."""
+    import shutil
+
+    from zerodefect.inference.bundle import update_meta
+
+    from .bundles import SIGNING_KEY
+
+    # A 300-year skew window lets through a capture time the record refuses: the client's fault.
+    config = station(tmp_path, str(bundles["pass"]), max_clock_skew_seconds=1e10)
+    with serve(create_edge(config)) as url:
+        refused = post(url, png(), captured_at="1999-12-31T23:00:00+00:00")
+        assert refused.status_code == 422, refused.text
+        assert "captured_at" in refused.text and "is before 2000-01-01" in refused.text
+        assert httpx.get(f"{url}/readyz").json()["outbox"]["total"] == 0
+        assert post(url, png()).status_code == 200
+    # A model whose name the record cannot store: the station's fault, a 500 that says so.
+    long_name = shutil.copytree(bundles["pass"], tmp_path / "long-name")
+    update_meta(long_name, SIGNING_KEY, name="m" * 201)
+    config = station(tmp_path / "b", str(long_name))
+    with serve(create_edge(config)) as url:
+        refused = post(url, png())
+        assert refused.status_code == 500 and "model_name" in refused.json()["detail"], refused.text
+        assert httpx.get(f"{url}/readyz").json()["outbox"]["total"] == 0
+
+
 def test_a_part_over_budget_gets_the_failsafe_verdict(tmp_path: Path, data_dir: Path, bundles) -> None:
     config = station(tmp_path, str(bundles["pass"]), budget_ms=0.001)
     with serve(create_edge(config)) as url:
