@@ -25,6 +25,9 @@ H = TypeVar("H")
 class Head(Protocol):
     """What the engine asks of a task. `Predictions` is the task's batch form (see `concat`)."""
 
+    # Whether the task's predictions (and so its training data) are boxes.
+    boxes: bool
+
     def decode(self, meta: BundleMeta, outputs: list[np.ndarray], sizes: Sizes) -> Any:
         """A batch's graph outputs -> its predictions, in each original image's pixels
         (`sizes` = (h, w) per image)."""
@@ -42,6 +45,8 @@ class Head(Protocol):
 class ClassificationHead:
     """Class probabilities [N, C]; a part is rejected when its defect score reaches the
     threshold: 1 - P(good), or the top class probability without a good class."""
+
+    boxes = False
 
     def decode(self, meta: BundleMeta, outputs: list[np.ndarray], sizes: Sizes) -> np.ndarray:
         return outputs[0]
@@ -78,6 +83,8 @@ class ClassificationHead:
 class DetectionHead:
     """Boxes per image (dense outputs through the bundle's post-processing); a part is rejected
     when any box reaches its class's threshold."""
+
+    boxes = True
 
     def decode(self, meta: BundleMeta, outputs: list[np.ndarray], sizes: Sizes) -> list[Detections]:
         """Every detection above the bundle's score floor is kept (mAP needs them); the

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.imagecheck import InputError
+from zerodefect.inference.result import Detections
 from zerodefect.inference.wire import InspectionIn
 from zerodefect.problems import MAX_INT, errors, invalid_request
 from zerodefect.quality import promotions, web
@@ -312,9 +313,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path = images.find(row.image_sha256) if row.image_sha256 else None
         if path is None:
             raise HTTPException(404, f"inspection {inspection_id} has no stored image")
-        boxes = [(d.class_name, d.score, [d.x1, d.y1, d.x2, d.y2]) for d in row.defects if d.x1 is not None]
+        classes = sorted({d.class_name for d in row.defects})
+        det = Detections.from_defects(row.defects, classes)
         try:
-            return Response(draw_overlay(path, boxes, images.max_pixels), media_type="image/png")
+            return Response(draw_overlay(path, det, classes, images.max_pixels), media_type="image/png")
         except InputError as exc:
             raise HTTPException(
                 422, f"stored image of inspection {inspection_id} cannot be drawn: {exc.reason}"

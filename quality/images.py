@@ -12,7 +12,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from zerodefect.inference.draw import draw_detections
 from zerodefect.inference.imagecheck import MAX_PIXELS, decode_checked
+from zerodefect.inference.result import Detections
 
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
 TYPES = {ext: kind for kind, ext in EXTENSIONS.items()}
@@ -51,9 +53,7 @@ class ImageStore:
         return matches[0] if matches else None
 
 
-def draw_overlay(
-    path: Path, boxes: list[tuple[str, float, list[float]]], max_pixels: int = MAX_PIXELS
-) -> bytes:
+def draw_overlay(path: Path, det: Detections, classes: list[str], max_pixels: int = MAX_PIXELS) -> bytes:
     """PNG of a stored image with its defects' boxes and labels drawn in red.
 
     Drawn on request, never stored: the stored image stays the exact bytes the camera sent.
@@ -68,8 +68,5 @@ def draw_overlay(
     size = max(image.shape[:2])
     thickness = max(1, round(size / 300))
     font = min(0.5, max(0.2, size / 800))  # legible on a 40 px crop and a 4000 px frame alike
-    for label, score, (x1, y1, x2, y2) in boxes:
-        p1, p2 = (round(x1), round(y1)), (round(x2), round(y2))
-        cv2.rectangle(image, p1, p2, (0, 0, 230), thickness)
-        cv2.putText(image, f"{label} {score:.2f}", (p1[0] + 1, max(8, p1[1] - 3)), 0, font, (0, 0, 230), 1)
+    draw_detections(image, det, classes, (0, 0, 230), thickness, font)
     return cv2.imencode(".png", image)[1].tobytes()

@@ -8,10 +8,13 @@ block another station's row by using its key.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from zerodefect.inference.wire import DefectIn
 
 
 def utcnow() -> datetime:
@@ -90,6 +93,12 @@ class Defect(Base):
     y2: Mapped[float | None] = mapped_column(Float)
     inspection: Mapped[Inspection] = relationship(back_populates="defects")
 
+    @property
+    def box(self) -> list[float] | None:
+        """[x1, y1, x2, y2] in image pixels, or None for a classifier's class-only defect: the
+        wire's shape of a box (inference.wire.DefectIn), so a row converts like one."""
+        return None if self.x1 is None else [self.x1, self.y1, self.x2, self.y2]
+
 
 ROLES = ("viewer", "reviewer", "admin")
 
@@ -137,6 +146,18 @@ class Review(Base):
     note: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     user: Mapped[User] = relationship()
+
+    @property
+    def boxes(self) -> list[DefectIn] | None:
+        """The redrawn boxes as wire defects (a reviewer's box has score 1), or None."""
+        if self.boxes_json is None:
+            return None
+        return [DefectIn(class_name=b[0], score=1.0, box=b[1:] or None) for b in json.loads(self.boxes_json)]
+
+    @staticmethod
+    def boxes_to_json(boxes: list[DefectIn] | None) -> str | None:
+        """`boxes_json` for a review's boxes (the inverse of `boxes`)."""
+        return None if boxes is None else json.dumps([[b.class_name, *(b.box or [])] for b in boxes])
 
 
 class Alert(Base):

@@ -2,15 +2,18 @@
 
 Each reviewed part with a stored image becomes one manifest row labelled by its newest review:
 a false reject or an audited good part is the good class; a confirmed defect keeps (or takes
-the relabelled) class; an escape found in the audit is the class the reviewer gave. For a
-detector, a row carries the reviewer's redrawn boxes, else the boxes the model found when the
-reviewer confirmed them; an escape without drawn boxes has no place in detector training and is
-skipped (and counted). `zerodefect train CONFIG --extra-data MANIFEST` then trains on them.
+the relabelled) class; an escape found in the audit is the class the reviewer gave. For a task
+whose predictions are boxes (its inference head says so), a defective row carries the
+reviewer's redrawn boxes, else the boxes the model found when the reviewer confirmed them, and
+is labelled with its boxes' classes; a clean row has no label (such manifests name no good
+class); a defect without boxes has no place in that training and is skipped (and counted).
+Boxes are kept in 0.01 px steps, the wire's. `zerodefect train CONFIG --extra-data MANIFEST`
+then trains on them.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.datasets.manifest import Box, Manifest, Sample
+from zerodefect.inference.heads import HEADS
+from zerodefect.inference.result import Detections, NamedBox
 from zerodefect.quality.images import ImageStore
 from zerodefect.quality.models import Inspection, Review
 from zerodefect.quality.store import as_utc
@@ -39,6 +44,10 @@ def manifest_from_reviews(
     since: datetime | None = None,
 ) -> ReviewExport:
     """Build a manifest (split "train") from reviewed inspections; see the module docstring."""
+    if task not in HEADS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(HEADS)}")
+    boxed = HEADS[task].boxes
+    good = None if boxed else good_class
     query = (
         select(Inspection)
         .where(Inspection.review_status.is_not(None))
@@ -72,28 +81,28 @@ def manifest_from_reviews(
         if label is None:  # a fail-safe reject confirmed without saying what the defect is
             skipped["defect without a class"] += 1
             continue
-        boxes: list[Box] = []
-        if task == "detection" and not clean:
+        boxes, names = Detections.empty(), []
+        if boxed and not clean:
             if drawn is not None:
-                boxes = [
-                    Box(str(b[0]), *map(float, b[1:5])) for b in json.loads(drawn.boxes_json) if len(b) == 5
-                ]
+                boxes, names = boxes_of(drawn.boxes or [])
             elif decision == "confirmed":  # the model's boxes, under the reviewer's class if relabelled
-                boxes = [
-                    Box(row.review_label or d.class_name, d.x1, d.y1, d.x2, d.y2)
-                    for d in row.defects
-                    if d.x1 is not None
-                ]
-            if not boxes:
+                boxes, names = boxes_of(row.defects, row.review_label)
+            if not len(boxes):
                 skipped["escape without boxes"] += 1
                 continue
-        labels = sorted({b.label for b in boxes}) if task == "detection" else [label]
+        # Labelled with its boxes' classes, or its reviewed class when it has none.
+        labels = (
+            sorted(set(boxes.labels(names))) if len(boxes) else ([] if clean and good is None else [label])
+        )
         samples.append(
             Sample(
                 path=str(path.resolve()),
-                labels=[] if task == "detection" and clean else labels,
+                labels=labels,
                 split="train",
-                boxes=boxes,
+                boxes=[
+                    Box(name, *(round(float(v), 2) for v in xyxy))
+                    for name, xyxy in zip(boxes.labels(names), boxes.xyxy, strict=True)
+                ],
                 meta={
                     "inspection_id": row.id,
                     "serial": row.serial,
@@ -104,10 +113,16 @@ def manifest_from_reviews(
                 },
             )
         )
-    if task == "detection":
-        classes = sorted({b.label for s in samples for b in s.boxes})
-        manifest = Manifest("detection", classes, samples, Path("/"), None, "reviews")
-    else:
-        found = sorted({s.labels[0] for s in samples} - {good_class})
-        manifest = Manifest("classification", [good_class, *found], samples, Path("/"), good_class, "reviews")
+    found = sorted({name for s in samples for name in s.labels} - {good})
+    manifest = Manifest(task, [good, *found] if good else found, samples, Path("/"), good, "reviews")
     return ReviewExport(manifest, {k: v for k, v in skipped.items() if v})
+
+
+def boxes_of(defects: Sequence[NamedBox], relabel: str | None = None) -> tuple[Detections, list[str]]:
+    """A part's boxed defects over their own class names, all under `relabel` if given (a
+    reviewer who renamed the defect)."""
+    names = sorted({d.class_name for d in defects} | ({relabel} if relabel else set()))
+    boxes = Detections.from_defects(defects, names)
+    if relabel:
+        boxes.class_id[:] = names.index(relabel)
+    return boxes, names

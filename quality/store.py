@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.inference.imagecheck import InputError
-from zerodefect.inference.wire import DefectIn, InspectionIn, to_utc
+from zerodefect.inference.wire import InspectionIn, to_utc
 from zerodefect.quality.images import EXTENSIONS, ImageStore
 from zerodefect.quality.models import Defect, Inspection, Line, Review, Station, User, utcnow
 from zerodefect.quality.schemas import DefectOut, InspectionOut, ReviewIn, ReviewOut
@@ -258,17 +257,10 @@ def to_out(row: Inspection) -> InspectionOut:
         image_sha256=row.image_sha256,
         image_url=f"/v1/images/{row.image_sha256}" if row.image_path else None,
         overlay_url=f"/v1/inspections/{row.id}/overlay.png"
-        if row.image_path and any(d.x1 is not None for d in row.defects)
+        if row.image_path and any(d.box is not None for d in row.defects)
         else None,
         review_status=row.review_status,
-        defects=[
-            DefectOut(
-                class_name=d.class_name,
-                score=d.score,
-                box=[d.x1, d.y1, d.x2, d.y2] if d.x1 is not None else None,
-            )
-            for d in row.defects
-        ],
+        defects=[DefectOut(class_name=d.class_name, score=d.score, box=d.box) for d in row.defects],
     )
 
 
@@ -286,9 +278,6 @@ def add_review(session: Session, inspection_id: int, user: User, review: ReviewI
         raise RecordError(f"a {row.verdict}ed part is reviewed as one of {allowed}, not {review.decision!r}")
     if review.decision == "escape" and not review.label:
         raise RecordError("an escape needs the defect's class in `label`")
-    boxes = None
-    if review.boxes is not None:
-        boxes = json.dumps([[b.class_name, *(b.box or [])] for b in review.boxes])
     # Only a label the reviewer gave: a plain confirmation keeps each defect's own class.
     label = review.label
     entry = Review(
@@ -296,7 +285,7 @@ def add_review(session: Session, inspection_id: int, user: User, review: ReviewI
         user_id=user.id,
         decision=review.decision,
         label=label,
-        boxes_json=boxes,
+        boxes_json=Review.boxes_to_json(review.boxes),
         note=review.note,
         created_at=utcnow(),
     )
@@ -320,9 +309,7 @@ def review_history(session: Session, inspection_id: int) -> list[ReviewOut]:
             reviewer=r.user.username,
             decision=r.decision,
             label=r.label,
-            boxes=[DefectIn(class_name=b[0], score=1.0, box=b[1:] or None) for b in json.loads(r.boxes_json)]
-            if r.boxes_json
-            else None,
+            boxes=r.boxes,
             note=r.note,
             created_at=as_utc(r.created_at),
         )

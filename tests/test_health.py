@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 from zerodefect.cli import app
 from zerodefect.datasets.manifest import Box, Manifest, Sample
 from zerodefect.training.config import Config
-from zerodefect.training.detection import _place_label
 from zerodefect.training.health import TrainingFailed, check_run, preflight
 from zerodefect.training.metrics import binary_report
 from zerodefect.training.progress import PlainProgress
@@ -167,17 +166,6 @@ def test_rates_without_a_denominator_are_null_and_flagged() -> None:
     assert only_good["false_reject_rate"] == 0.0 and "no defective parts" in only_good["notes"][0]
     both = binary_report(np.array([True, False]), np.array([0.9, 0.1]), 0.5)
     assert both["notes"] == [] and both["escape_rate"] == 0.0 and both["false_reject_rate"] == 0.0
-
-
-def test_sample_sheet_labels_never_overlap() -> None:
-    taken: list[tuple[int, int, int, int]] = []
-    # Five detections stacked on the same spot: each label finds its own place.
-    for _ in range(5):
-        taken.append(_place_label((60, 14), (50, 50, 90, 90), taken, (400, 400)))
-    for i, a in enumerate(taken):
-        for b in taken[i + 1 :]:
-            assert a[2] <= b[0] or a[0] >= b[2] or a[3] <= b[1] or a[1] >= b[3], (a, b)
-    assert all(r[1] >= 0 and r[3] <= 400 for r in taken)
 
 
 def test_fit_stops_on_a_nan_loss_and_on_a_diverging_one(tmp_path: Path) -> None:

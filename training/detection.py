@@ -142,23 +142,6 @@ def fit_detector(
 TRUE_BGR, PREDICTED_BGR = (0, 170, 0), (0, 0, 220)
 
 
-def _place_label(
-    size: tuple[int, int], box: tuple[int, int, int, int], taken: list[tuple[int, int, int, int]], bounds
-) -> tuple[int, int, int, int]:
-    """A label rectangle near its box that overlaps no label already placed: above the box,
-    inside its top, below it, then further down in steps (greedy, the first free spot)."""
-    w, h = size
-    x1, y1, _, y2 = box
-    width, height = bounds
-    x = min(max(0, x1), max(0, width - w))
-    candidates = [y1 - h - 2, y1 + 2, y2 + 2] + [y2 + 2 + k * (h + 2) for k in range(1, 12)]
-    rects = [(x, y, x + w, y + h) for y in (min(max(0, c), max(0, height - h)) for c in candidates)]
-    for rect in rects:
-        if all(rect[2] <= t[0] or rect[0] >= t[2] or rect[3] <= t[1] or rect[1] >= t[3] for t in taken):
-            return rect
-    return rects[0]  # a crowded image: overlap rather than lose the label
-
-
 def draw_samples(
     folder: Path,
     images: list[np.ndarray],
@@ -171,28 +154,18 @@ def draw_samples(
     class and score), a colour legend on top, and labels placed so they never overlap."""
     import cv2
 
+    from zerodefect.inference.draw import draw_detections
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    font, font_scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
+    font = cv2.FONT_HERSHEY_SIMPLEX
     for image, gt, det, name in zip(images, truths, detections, names, strict=True):
         canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         scale = max(1, 400 // max(canvas.shape[:2]))
         canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        for box in gt.boxes:
-            x1, y1, x2, y2 = (int(v * scale) for v in box)
-            cv2.rectangle(canvas, (x1, y1), (x2, y2), TRUE_BGR, 2)
-        taken: list[tuple[int, int, int, int]] = []
-        bounds = (canvas.shape[1], canvas.shape[0])
-        for box, score, label in zip(det.xyxy, det.scores, det.class_id, strict=True):
-            x1, y1, x2, y2 = (int(v * scale) for v in box)
-            cv2.rectangle(canvas, (x1, y1), (x2, y2), PREDICTED_BGR, 2)
-            text = f"{classes[label]} {score:.2f}"
-            (tw, th), base = cv2.getTextSize(text, font, font_scale, 1)
-            rect = _place_label((tw + 4, th + base + 4), (x1, y1, x2, y2), taken, bounds)
-            taken.append(rect)
-            cv2.rectangle(canvas, rect[:2], rect[2:], (255, 255, 255), -1)
-            cv2.rectangle(canvas, rect[:2], rect[2:], PREDICTED_BGR, 1)
-            cv2.putText(canvas, text, (rect[0] + 2, rect[3] - base - 2), font, font_scale, PREDICTED_BGR, 1)
+        truth = Detections(gt.boxes, np.ones(len(gt.labels), np.float32), gt.labels)
+        draw_detections(canvas, truth, None, TRUE_BGR, scale=scale)
+        draw_detections(canvas, det, classes, PREDICTED_BGR, scale=scale)
         legend = np.full((22, canvas.shape[1], 3), 255, np.uint8)
         cv2.rectangle(legend, (4, 6), (16, 16), TRUE_BGR, -1)
         cv2.putText(legend, "true box", (20, 16), font, 0.4, (0, 0, 0), 1)
