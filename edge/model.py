@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from zerodefect.inference.engine import Engine
+from zerodefect.inference.registry import resolve_alias
 from zerodefect.inference.source import fetch_bundle
 
 log = logging.getLogger(__name__)
@@ -28,19 +29,6 @@ class LoadedModel:
     name: str
     version: str
     uri: str
-
-
-def resolve_alias(uri: str) -> tuple[str, str] | None:
-    """(name, version) an alias URI `models:/NAME@ALIAS` points at now; None for other URIs."""
-    if not (uri.startswith("models:/") and "@" in uri):
-        return None
-    import mlflow
-
-    from zerodefect.settings import configure_mlflow
-
-    configure_mlflow()
-    name, alias = uri.removeprefix("models:/").split("@", 1)
-    return name, str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
 
 
 def resolve_and_load(

@@ -246,3 +246,19 @@ def test_pull_mode_judges_every_frame_of_a_folder(tmp_path: Path, data_dir: Path
 
     serials = sorted(p["serial"] for _, p, _ in Outbox(tmp_path / "outbox.db").due(100))
     assert serials == [f"PULL-{i:06d}" for i in range(7)]
+
+
+def test_the_registry_module_lists_and_resolves_versions(data_dir: Path, bundles) -> None:
+    """inference/registry.py: the one lookup of the registry (station, training and CLI)."""
+    from zerodefect.inference.registry import UnknownModel, alias_version, list_versions, resolve_alias
+
+    v1 = register(bundles["reject"], "listed", "champion")
+    v2 = register(bundles["pass"], "listed", "challenger")
+    versions = list_versions("listed")
+    assert [(v.version, v.aliases) for v in versions] == [(v1, ["champion"]), (v2, ["challenger"])]
+    assert all(v.run_id and v.tags["signing_key_id"] for v in versions)
+    assert resolve_alias("models:/listed@challenger") == ("listed", v2)
+    assert resolve_alias("models:/listed/1") is None and resolve_alias("/a/bundle") is None
+    assert str(alias_version("listed", "champion").version) == v1 and alias_version("listed", "nope") is None
+    with pytest.raises(UnknownModel, match="no registered model 'nothing'"):
+        list_versions("nothing")

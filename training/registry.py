@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from zerodefect.inference.registry import alias_version
 from zerodefect.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -93,17 +94,6 @@ def signature_tags(run_id: str) -> dict[str, str]:
         except Exception as exc:  # MLflow raises several types for a missing artifact
             raise SignatureError(f"run {run_id}: its bundle has no valid {SIGNATURE_JSON}; sign it") from exc
     return {"signing_key_id": record["key_id"], "signature": record["signature"]}
-
-
-def alias_version(name: str, alias: str) -> Any | None:
-    """The model version behind an alias, or None when the alias is not set."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
 
 
 @dataclass

@@ -376,24 +376,17 @@ def evaluate(
 @models_app.command("list")
 def models_list(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
     """List versions with their aliases and test metrics."""
-    import mlflow
+    from zerodefect.inference.registry import UnknownModel, list_versions
 
-    from zerodefect.settings import configure_mlflow
-
-    configure_mlflow()
-    client = mlflow.MlflowClient()
     try:
-        model = client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        raise fail(f"no registered model {name!r}") from None
-    aliases: dict[str, list[str]] = {}
-    for alias, version in model.aliases.items():
-        aliases.setdefault(str(version), []).append(alias)
+        versions = list_versions(name)
+    except UnknownModel as exc:
+        raise fail(str(exc)) from None
     table = Table("version", "aliases", "test AUROC / mAP@0.5", "test escape", "run", title=name)
-    for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+    for v in versions:
         table.add_row(
-            str(v.version),
-            ", ".join(aliases.get(str(v.version), [])),
+            v.version,
+            ", ".join(v.aliases),
             v.tags.get("test_auroc", v.tags.get("test_map50", "-")),
             v.tags.get("test_escape_rate", "-"),
             v.run_id or "-",
