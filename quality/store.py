@@ -19,6 +19,21 @@ from zerodefect.quality.images import EXTENSIONS, ImageStore
 from zerodefect.quality.models import Defect, Inspection, Line, Review, Station, User, utcnow
 from zerodefect.quality.schemas import DefectOut, InspectionOut, ReviewIn, ReviewOut
 
+# The fields of a part that go from the wire to its row, and from its row to readers, as they are.
+PART_FIELDS = (
+    "serial",
+    "batch",
+    "camera",
+    "frame_id",
+    "model_name",
+    "model_version",
+    "threshold",
+    "score",
+    "verdict",
+    "failsafe",
+    "latency_ms",
+)
+
 
 class RecordError(ValueError):
     """A request the record refuses, with the reason (HTTP 4xx)."""
@@ -88,27 +103,14 @@ def _same_part(row: Inspection, data: InspectionIn, image_sha: str | None) -> bo
 
     Compared field by field rather than through a stored digest, so rows recorded before the
     check existed are compared the same way."""
-    fields = [
-        "serial",
-        "batch",
-        "camera",
-        "frame_id",
-        "model_name",
-        "model_version",
-        "threshold",
-        "score",
-        "verdict",
-        "failsafe",
-        "latency_ms",
-    ]
-    if any(getattr(row, name) != getattr(data, name) for name in fields):
+    if any(getattr(row, name) != getattr(data, name) for name in PART_FIELDS):
         return False
     if as_utc(row.captured_at) != as_utc(data.captured_at) or row.image_sha256 != image_sha:
         return False
-    stored = [
-        (d.class_name, d.score, [d.x1, d.y1, d.x2, d.y2] if d.x1 is not None else None) for d in row.defects
+    # Defects compare as the wire has them: ORM rows and DefectIn both give class_name, score, box.
+    return [(d.class_name, d.score, d.box) for d in row.defects] == [
+        (d.class_name, d.score, d.box) for d in data.defects
     ]
-    return stored == [(d.class_name, d.score, d.box) for d in data.defects]
 
 
 def _replay(session: Session, station: Station, data: InspectionIn, image_sha: str | None) -> Stored | None:
@@ -161,18 +163,8 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
     row = Inspection(
         key=data.key,
         station=station,
-        serial=data.serial,
-        batch=data.batch,
-        camera=data.camera,
-        frame_id=data.frame_id,
+        **data.model_dump(include=set(PART_FIELDS)),
         captured_at=as_utc(data.captured_at),
-        model_name=data.model_name,
-        model_version=data.model_version,
-        threshold=data.threshold,
-        score=data.score,
-        verdict=data.verdict,
-        failsafe=data.failsafe,
-        latency_ms=data.latency_ms,
         image_sha256=image_sha,
         image_path=image_path,
         defects=[
@@ -241,19 +233,9 @@ def to_out(row: Inspection) -> InspectionOut:
         key=row.key,
         station=row.station.name,
         line=row.station.line.name if row.station.line else None,
-        serial=row.serial,
-        batch=row.batch,
-        camera=row.camera,
-        frame_id=row.frame_id,
+        **{name: getattr(row, name) for name in PART_FIELDS},
         captured_at=as_utc(row.captured_at),
         received_at=as_utc(row.received_at),
-        model_name=row.model_name,
-        model_version=row.model_version,
-        threshold=row.threshold,
-        score=row.score,
-        verdict=row.verdict,
-        failsafe=row.failsafe,
-        latency_ms=row.latency_ms,
         image_sha256=row.image_sha256,
         image_url=f"/v1/images/{row.image_sha256}" if row.image_path else None,
         overlay_url=f"/v1/inspections/{row.id}/overlay.png"
