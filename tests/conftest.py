@@ -48,3 +48,16 @@ def folder_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two small signed classifier bundles for the station's tests, made once: "reject" rejects
+    every part, "pass" passes every part. Read-only: copy one before changing it."""
+    from .bundles import PASS_ALL, REJECT_ALL, make_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    return {
+        "reject": make_bundle(root / "reject", REJECT_ALL),
+        "pass": make_bundle(root / "pass", PASS_ALL, seed=1),
+    }

@@ -16,7 +16,7 @@ from zerodefect.quality.app import create_app as create_record
 from zerodefect.quality.store import add_station
 from zerodefect.settings import get_settings
 
-from .bundles import PASS_ALL, REJECT_ALL, TRUSTED_KEY, make_bundle, register
+from .bundles import REJECT_ALL, TRUSTED_KEY, register
 from .corpus import png_bomb
 from .people import client_for
 from .servers import serve
@@ -48,15 +48,6 @@ def post(url: str, data: bytes, kind: str = "image/png", key: str | None = KEY, 
     return httpx.post(
         f"{url}/v1/inspect", files={"image": ("part", data, kind)}, data=form, headers=headers, timeout=30
     )
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bundles")
-    return {
-        "reject": make_bundle(root / "reject", REJECT_ALL),
-        "pass": make_bundle(root / "pass", PASS_ALL, seed=1),
-    }
 
 
 def station(tmp_path: Path, model: str, **changes) -> StationConfig:

@@ -11,12 +11,12 @@ from zerodefect.inference.bundle import BundleError, update_meta
 from zerodefect.inference.engine import Engine
 from zerodefect.inference.heads import HEADS, ClassificationHead
 
-from .bundles import REJECT_ALL, SIGNING_KEY, make_bundle
+from .bundles import SIGNING_KEY
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("heads") / "clf", REJECT_ALL)
+@pytest.fixture
+def classifier(bundles: dict[str, Path]) -> Path:
+    return bundles["reject"]
 
 
 def test_a_classifier_bundle_is_judged_by_the_classification_head(classifier: Path) -> None:

@@ -1,4 +1,4 @@
-"""Signed bundles: a station serves only what a trusted key signed, at start, at reload and when
+"""Signed bundles: a station serves only what a trusted key bundles, at start, at reload and when
 an alias moves, and a refused bundle never replaces the model serving."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from zerodefect.inference.signing import (
 )
 from zerodefect.settings import get_settings
 
-from .bundles import PASS_ALL, REJECT_ALL, SIGNING_KEY, make_bundle, register
+from .bundles import PASS_ALL, SIGNING_KEY, register
 from .servers import serve
 from .test_edge import ADMIN_KEY, KEY, png, post, station, wait_for
 
@@ -66,29 +66,20 @@ CASES: dict[str, tuple[Callable[[Path, Path], None], str]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("signed")
-    return {
-        "reject": make_bundle(root / "reject", REJECT_ALL),
-        "pass": make_bundle(root / "pass", PASS_ALL, seed=1),
-    }
-
-
-def tampered(signed: dict[str, Path], folder: Path, case: str) -> Path:
+def tampered(bundles: dict[str, Path], folder: Path, case: str) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(signed["reject"], folder)
-    CASES[case][0](folder, signed["pass"])
+    shutil.copytree(bundles["reject"], folder)
+    CASES[case][0](folder, bundles["pass"])
     return folder
 
 
 def test_a_station_refuses_to_start_on_a_bundle_it_cannot_verify(
-    data_dir: Path, tmp_path: Path, signed, caplog: pytest.LogCaptureFixture
+    data_dir: Path, tmp_path: Path, bundles, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, "zerodefect.edge.app")
     for case, (_, reason) in CASES.items():
         caplog.clear()
-        folder = tampered(signed, tmp_path / case.replace(" ", "-"), case)
+        folder = tampered(bundles, tmp_path / case.replace(" ", "-"), case)
         with (
             pytest.raises(RuntimeError, match="failed to start"),
             serve(create_edge(station(tmp_path, str(folder)))),
@@ -100,23 +91,23 @@ def test_a_station_refuses_to_start_on_a_bundle_it_cannot_verify(
     caplog.clear()
     with (
         pytest.raises(RuntimeError),
-        serve(create_edge(station(tmp_path, str(signed["reject"]), trusted_keys=[]))),
+        serve(create_edge(station(tmp_path, str(bundles["reject"]), trusted_keys=[]))),
     ):
         pass
     assert any("no trusted_keys" in r.getMessage() for r in caplog.records)
 
 
 def test_reload_refuses_a_tampered_bundle_with_a_409_and_the_old_model_keeps_serving(
-    data_dir: Path, tmp_path: Path, signed
+    data_dir: Path, tmp_path: Path, bundles
 ) -> None:
     live = tmp_path / "live"
-    shutil.copytree(signed["reject"], live)
+    shutil.copytree(bundles["reject"], live)
     with serve(create_edge(station(tmp_path, str(live)))) as url:
         first = post(url, png(), serial="SN-0", frame_id="f0").json()
         assert first["verdict"] == "reject"
         version = first["model_version"]
         for i, (case, (_, reason)) in enumerate(CASES.items(), start=1):
-            tampered(signed, live, case)
+            tampered(bundles, live, case)
             answer = httpx.post(f"{url}/v1/model/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=60)
             assert answer.status_code == 409, (case, answer.text)
             detail = answer.json()["detail"]
@@ -126,7 +117,7 @@ def test_reload_refuses_a_tampered_bundle_with_a_409_and_the_old_model_keeps_ser
         assert "zd_model_refusals_total 4.0" in httpx.get(f"{url}/metrics").text
         # The same bundle, untouched, reloads: the refusals were the signature's doing.
         shutil.rmtree(live)
-        shutil.copytree(signed["reject"], live)
+        shutil.copytree(bundles["reject"], live)
         answer = httpx.post(f"{url}/v1/model/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=60)
         assert answer.status_code == 200 and answer.json() == {
             "previous_version": version,
@@ -135,12 +126,12 @@ def test_reload_refuses_a_tampered_bundle_with_a_409_and_the_old_model_keeps_ser
 
 
 def test_a_station_following_an_alias_skips_versions_it_cannot_verify(
-    data_dir: Path, tmp_path: Path, signed, caplog: pytest.LogCaptureFixture
+    data_dir: Path, tmp_path: Path, bundles, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, "zerodefect.edge.model")
-    v1 = register(signed["reject"], "signed-line", "champion")
+    v1 = register(bundles["reject"], "signed-line", "champion")
     version = mlflow.MlflowClient().get_model_version("signed-line", v1)
-    signature = json.loads((signed["reject"] / SIGNATURE_JSON).read_text())
+    signature = json.loads((bundles["reject"] / SIGNATURE_JSON).read_text())
     # The registry keeps the signature with the version: in the artifact and as tags.
     assert version.tags["signing_key_id"] == key_id(SIGNING_KEY) == signature["key_id"]
     assert version.tags["signature"] == signature["signature"]
@@ -151,7 +142,7 @@ def test_a_station_following_an_alias_skips_versions_it_cannot_verify(
         assert post(url, png(), serial="A-0", frame_id="a0").json()["model_version"] == v1
         holder = app.state.station["holder"]
         for n, case in enumerate(("tampered bundle.json", "wrong key", "tampered ONNX"), start=1):
-            bad = register(tampered(signed, tmp_path / f"bad-{n}", case), "signed-line", "champion")
+            bad = register(tampered(bundles, tmp_path / f"bad-{n}", case), "signed-line", "champion")
             wait_for(lambda n=n: f"zd_model_refusals_total {n}.0" in httpx.get(f"{url}/metrics").text)
             verdict = post(url, png(), serial=f"A-{n}", frame_id=f"a{n}").json()
             assert (verdict["verdict"], verdict["model_version"]) == ("reject", v1), case
@@ -163,14 +154,14 @@ def test_a_station_following_an_alias_skips_versions_it_cannot_verify(
         reload = httpx.post(f"{url}/v1/model/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=60)
         assert reload.status_code == 409 and f"still serving version {v1}" in reload.json()["detail"]
         # A properly signed promotion is still followed.
-        good = register(signed["pass"], "signed-line", "champion")
+        good = register(bundles["pass"], "signed-line", "champion")
         wait_for(lambda: httpx.get(f"{url}/readyz").json()["model_version"] == good)
         verdict = post(url, png(), serial="A-9", frame_id="a9").json()
         assert (verdict["verdict"], verdict["model_version"]) == ("pass", good)
 
 
-def test_model_reload_needs_a_station_admin_key(data_dir: Path, tmp_path: Path, signed) -> None:
-    with serve(create_edge(station(tmp_path, str(signed["pass"])))) as url:
+def test_model_reload_needs_a_station_admin_key(data_dir: Path, tmp_path: Path, bundles) -> None:
+    with serve(create_edge(station(tmp_path, str(bundles["pass"])))) as url:
         reload = f"{url}/v1/model/reload"
         assert httpx.post(reload).status_code == 401
         camera = httpx.post(reload, headers={"X-API-Key": KEY})
@@ -182,7 +173,7 @@ def test_model_reload_needs_a_station_admin_key(data_dir: Path, tmp_path: Path, 
 
 
 def test_keys_are_made_and_used_from_the_cli_and_on_first_use(
-    data_dir: Path, tmp_path: Path, signed, caplog, monkeypatch
+    data_dir: Path, tmp_path: Path, bundles, caplog, monkeypatch
 ) -> None:
     result = CliRunner().invoke(cli, ["keys", "new", "--out", str(tmp_path / "keys")])
     assert result.exit_code == 0, result.output
@@ -209,7 +200,7 @@ def test_keys_are_made_and_used_from_the_cli_and_on_first_use(
     assert public_key_b64(signing_key()) == public.read_text().strip()
 
     # A bundle from before signing is signed by hand with the configured key, and then served.
-    legacy = shutil.copytree(signed["reject"], tmp_path / "legacy")
+    legacy = shutil.copytree(bundles["reject"], tmp_path / "legacy")
     (legacy / SIGNATURE_JSON).unlink()
     result = CliRunner().invoke(cli, ["keys", "sign", str(legacy)])
     assert result.exit_code == 0 and key_id(signing_key()) in result.output, result.output
