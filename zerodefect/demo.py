@@ -143,12 +143,10 @@ def _pid_alive(pid: int) -> bool:
 
 def station_key(name: str, line: str | None) -> str:
     """A fresh record API key for the demo's station (created on first use)."""
-    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.db import record_session
     from zerodefect.quality.store import RecordError, add_station, rotate_station_key
 
-    url = get_settings().record_database_url
-    migrate(url)
-    with session_factory(make_engine(url))() as session:
+    with record_session() as session:
         try:
             return add_station(session, name, line)[1]
         except RecordError:
@@ -168,14 +166,11 @@ def demo_login() -> tuple[str, str]:
     from sqlalchemy import select
 
     from zerodefect.quality.auth import create_user, set_password, verify_password
-    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.db import record_session
     from zerodefect.quality.models import User
 
-    settings = get_settings()
-    saved = settings.data_dir / "demo-login.json"
-    url = settings.record_database_url
-    migrate(url)
-    with session_factory(make_engine(url))() as session:
+    saved = get_settings().data_dir / "demo-login.json"
+    with record_session() as session:
         user = session.scalar(select(User).where(User.username == DEMO_USER))
         if saved.is_file() and user is not None:
             data = json.loads(saved.read_text())
