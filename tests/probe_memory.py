@@ -31,11 +31,12 @@ import yaml
 
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.store import add_station
+from zerodefect.services import free_port, start_zerodefect
 
 from .bundles import REJECT_ALL, TRUSTED_KEY, make_bundle
 from .corpus import bombs
 from .people import add_user, logged_in
-from .test_durability import free_port, start, wait_healthy
+from .test_durability import wait_healthy
 from .test_edge import png
 
 MB = 1024 * 1024
@@ -121,14 +122,14 @@ def main() -> None:
         )
     )
     log = root / "services.log"
-    record = start(["serve", "record", "--port", str(record_port)], env, log)
-    edge = start(["serve", "edge", "--config", str(config), "--port", str(edge_port)], env, log)
+    record = start_zerodefect(["serve", "record", "--port", str(record_port)], log, env)
+    edge = start_zerodefect(["serve", "edge", "--config", str(config), "--port", str(edge_port)], log, env)
     camera = {"X-API-Key": CAMERA_KEY}
     station = {"X-API-Key": record_key}
     answers: dict[str, Counter] = {}
     try:
-        wait_healthy(record_url, record)
-        wait_healthy(edge_url, edge)
+        wait_healthy(record_url, record, log)
+        wait_healthy(edge_url, edge, log)
         started = {"edge": status_mb(edge.pid, "VmRSS"), "record": status_mb(record.pid, "VmRSS")}
         # Warm up: good parts judged, forwarded with their images, overlays drawn.
         for i in range(20):

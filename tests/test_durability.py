@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +18,7 @@ import yaml
 
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.store import add_station
+from zerodefect.services import answers_healthz, free_port, start_zerodefect, wait_ready
 
 from .bundles import REJECT_ALL, TRUSTED_KEY, make_bundle
 from .people import add_user, logged_in
@@ -28,30 +27,8 @@ from .test_edge import png
 CAMERA_KEY = "zd_durability_camera"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "zerodefect", *args], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not become healthy")
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+    wait_ready(proc, lambda: answers_healthz(url), url, log, timeout=60.0)
 
 
 def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
@@ -87,8 +64,8 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
     )
     log = tmp_path / "services.log"
     edge_args = ["serve", "edge", "--config", str(config), "--port", str(edge_port)]
-    edge = start(edge_args, env, log)
-    wait_healthy(edge_url, edge)
+    edge = start_zerodefect(edge_args, log, env)
+    wait_healthy(edge_url, edge, log)
 
     accepted: list[str] = []
     lock = threading.Lock()
@@ -145,13 +122,13 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
                     except httpx.TransportError:
                         time.sleep(0.1)
 
-    edge = start(edge_args, env, log)
-    record = start(["serve", "record", "--port", str(record_port)], env, log)
+    edge = start_zerodefect(edge_args, log, env)
+    record = start_zerodefect(["serve", "record", "--port", str(record_port)], log, env)
     colliding = threading.Thread(target=intruder)
     colliding.start()
     try:
-        wait_healthy(edge_url, edge)
-        wait_healthy(record_url, record)
+        wait_healthy(edge_url, edge, log)
+        wait_healthy(record_url, record, log)
         deadline = time.monotonic() + 60
         while httpx.get(f"{edge_url}/readyz").json()["outbox"]["pending"] and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -7,8 +7,6 @@ import json
 import os
 import secrets
 import socket
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from zerodefect.formatting import fmt_rate
+from zerodefect.services import free_port, start_zerodefect, stop_process, wait_ready
 from zerodefect.settings import get_settings
 
 RECORD_PORT = 8100
@@ -114,21 +113,15 @@ def start_record_service(port: int, console: Console) -> tuple[str, int | None]:
             console.print(f"reusing the record service at {url} (pid {state['pid']})")
             return url, None
     if not _port_free(port):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
     url = f"http://127.0.0.1:{port}"
-    logs = settings.data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "zerodefect", "serve", "record", "--port", str(port)]
-    with open(logs / "record.log", "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not _record_answers(url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"record service did not start on port {port}; see {logs / 'record.log'}")
-        time.sleep(0.2)  # polling a starting process, not a timing assumption
+    log = settings.data_dir / "logs" / "record.log"
+    process = start_zerodefect(["serve", "record", "--port", str(port)], log)
+    try:
+        wait_ready(process, lambda: _record_answers(url), f"the record service on port {port}", log, 60)
+    except RuntimeError:
+        stop_process(process)
+        raise
     state_file.write_text(json.dumps({"pid": process.pid, "port": port}))
     return url, process.pid
 

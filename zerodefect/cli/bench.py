@@ -12,10 +12,12 @@ from zerodefect.settings import get_settings
 
 
 def _reference_run(name: str) -> Path:
-    runs = sorted((get_settings().data_dir / "runs" / name).glob("*/summary.json"))
-    if not runs:
+    from zerodefect.bench import newest_finished_run
+
+    run_dir = newest_finished_run(get_settings().data_dir / "runs", name)
+    if run_dir is None:
         raise fail(f"no finished run of {name!r} under {get_settings().data_dir / 'runs'}; train it first")
-    return runs[-1].parent
+    return run_dir
 
 
 @app.command()
@@ -48,44 +50,31 @@ def bench(
     """Measure the station service against raw ONNX Runtime and an eager-PyTorch handler, in one run.
 
     When a finished detector run exists, its bundle is measured too, on its own test images."""
-    from zerodefect.bench import run_bench, run_detector_bench, write_reports
+    from zerodefect.bench import (
+        newest_finished_run,
+        run_bench,
+        run_detector_bench,
+        select_bundle,
+        write_reports,
+    )
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.preprocess import read_image
-    from zerodefect.models.bundle import read_meta
 
     run_dir = _reference_run(run)
     manifest = Manifest.read(run_dir / "manifest.jsonl")
     images = [read_image(manifest.resolve(s)) for s in manifest.split("test")[:64]]
     if bundle is None:
-        bundle = run_dir / "bundle"
-        if read_meta(bundle).tta != "none":
-            # Test-time augmentation multiplies the cost per part; a station at line rate serves
-            # the single-view export of the same weights (its accuracy: docs/results/README.md).
-            single = run_dir / "bundle-single-view"
-            if not (single / "bundle.json").is_file():
-                from zerodefect.training.pipeline import export_run
-
-                export_run(run_dir, single, ["export.tta=none"], console)
-            bundle = single
-        if int8:
-            # The production bundle when `evaluate --baseline` shows its cost within 0.5 points
-            # (docs/results/README.md); measured as the station would serve it.
-            quantized = run_dir / f"{bundle.name}-int8"
-            if not (quantized / "bundle.json").is_file():
-                from zerodefect.training.quantize import quantize_bundle
-
-                quantize_bundle(bundle, manifest, quantized)
-            bundle = quantized
+        bundle = select_bundle(run_dir, manifest, int8, console)
     command = (
         f"make bench  # zerodefect bench --run {run} {'--int8' if int8 else '--no-int8'} "
         f"--seconds {seconds:g} --threads {threads}, which measured {bundle}"
     )
     result = run_bench(bundle, run_dir, images, get_settings().data_dir, threads, seconds, command=command)
     if detector_run:
-        if not list((get_settings().data_dir / "runs" / detector_run).glob("*/summary.json")):
+        det_dir = newest_finished_run(get_settings().data_dir / "runs", detector_run)
+        if det_dir is None:
             console.print(f"no finished {detector_run} run: detector rows skipped")
         else:
-            det_dir = _reference_run(detector_run)
             det_manifest = Manifest.read(det_dir / "manifest.jsonl")
             jpegs = [det_manifest.resolve(s).read_bytes() for s in det_manifest.split("test")[:64]]
             result["detector"] = run_detector_bench(
