@@ -26,12 +26,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from zerodefect.configfile import load_yaml_model
 from zerodefect.quality.buckets import hour_end, hour_label, reject_counts
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station
 from zerodefect.quality.spc import p_chart
@@ -75,18 +75,18 @@ class AndonConfig(BaseModel):
     def rules_for(self, station: str) -> Rules:
         return Rules.model_validate(self.defaults.model_dump() | self.stations.get(station, {}))
 
+    @model_validator(mode="after")
+    def _station_rules_are_valid(self) -> AndonConfig:
+        for station in self.stations:
+            self.rules_for(station)
+        return self
+
 
 def load_config(path: Path | None) -> AndonConfig:
     """The andon configuration from YAML, or the defaults when there is no file."""
     if path is None or not path.exists():
         return AndonConfig()
-    try:
-        config = AndonConfig.model_validate(yaml.safe_load(path.read_text()) or {})
-        for station in config.stations:
-            config.rules_for(station)
-        return config
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ValueError(f"{path}: invalid andon configuration: {exc}") from exc
+    return load_yaml_model(path, AndonConfig, ValueError, what="invalid andon configuration")
 
 
 @dataclass(frozen=True)
