@@ -48,3 +48,12 @@ def test_a_service_that_cannot_start_is_reported_with_its_log(tmp_path: Path) ->
     with pytest.raises(RuntimeError, match=f"the station exited with 2; see {log}"):
         wait_ready(proc, lambda: False, "the station", log, timeout=60)
     assert "missing.yaml: cannot read" in log.read_text()
+
+
+def test_new_key_prints_a_key_and_the_digest_a_station_config_lists() -> None:
+    from zerodefect.apikeys import hash_key
+
+    first = CliRunner().invoke(app, ["new-key"]).output.split()
+    second = CliRunner().invoke(app, ["new-key"]).output.split()
+    assert first[0].startswith("zd_") and len(first[0]) == 46 and first[0] != second[0]
+    assert first[1] == hash_key(first[0]) and len(first[1]) == 64

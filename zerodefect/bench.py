@@ -11,7 +11,6 @@ Servers run in their own processes (uvicorn), the load from this one.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
 
     from zerodefect.datasets.manifest import Manifest
 
+from zerodefect.apikeys import hash_key
 from zerodefect.services import answers_healthz, free_port, start_zerodefect, stop_process, wait_ready
 
 BENCH_KEY = "zd_bench_camera_key"
@@ -208,7 +208,7 @@ def edge_load(
             {
                 "station": "bench",
                 "model": str(bundle),
-                "api_key_hashes": [hashlib.sha256(BENCH_KEY.encode()).hexdigest()],
+                "api_key_hashes": [hash_key(BENCH_KEY)],
                 "trusted_keys": [public_key_b64(signing_key())],
                 "outbox": str(work / f"outbox-{bundle.parent.name}-{bundle.name}.db"),
                 "threads": threads,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -15,6 +14,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from zerodefect.apikeys import hash_key, mint_key
 from zerodefect.formatting import fmt_rate
 from zerodefect.services import free_port, start_zerodefect, stop_process, wait_ready
 from zerodefect.settings import get_settings
@@ -154,7 +154,6 @@ def demo_login() -> tuple[str, str]:
     """The demo's reviewer login, created on first use; its password is random and kept in
     var/demo-login.json (readable by this user only), never in the repository."""
     import json
-    import secrets
 
     from sqlalchemy import select
 
@@ -200,13 +199,13 @@ def run_line(
     settings = get_settings()
     console.rule("the line: record service, edge station, simulator")
     record_url, pid = start_record_service(RECORD_PORT, console)
-    camera_key = "zd_" + secrets.token_urlsafe(24)
+    camera_key = mint_key()
     cfg = load_station_config(
         station_config,
         {
             "model": f"models:/{model_name}@champion",
             "record_url": record_url,
-            "api_key_hashes": [hashlib.sha256(camera_key.encode()).hexdigest()],
+            "api_key_hashes": [hash_key(camera_key)],
             # The station trusts the key this machine's training signed the champion with.
             "trusted_keys": [public_key_b64(signing_key())],
             "outbox": settings.data_dir / "edge" / "demo-outbox.db",

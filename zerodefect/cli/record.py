@@ -124,9 +124,8 @@ def keys_sign(bundle: Annotated[Path, typer.Argument(help="A bundle folder.")]) 
 @app.command("new-key")
 def new_key() -> None:
     """Make an API key for a station's own endpoints: prints the key, then the sha256 for its config."""
-    import hashlib
-    import secrets
+    from zerodefect.apikeys import hash_key, mint_key
 
-    key = "zd_" + secrets.token_urlsafe(32)
+    key = mint_key()
     print(key)
-    print(hashlib.sha256(key.encode()).hexdigest())
+    print(hash_key(key))
