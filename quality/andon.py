@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from zerodefect.backoff import backoff_delay
 from zerodefect.configfile import load_yaml_model
 from zerodefect.quality.buckets import hour_end, hour_label, reject_counts
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station
@@ -325,7 +326,9 @@ def deliver_due(session: Session, client: httpx.Client, now: datetime | None = N
             delivered += 1
         else:
             delivery.last_error = error[:500]
-            delivery.next_attempt_at = now + timedelta(seconds=min(2**delivery.attempts, MAX_BACKOFF_SECONDS))
+            delivery.next_attempt_at = now + timedelta(
+                seconds=backoff_delay(delivery.attempts, 1.0, MAX_BACKOFF_SECONDS)
+            )
             if delivery.attempts >= MAX_ATTEMPTS:
                 delivery.gave_up = True
                 log.error(
