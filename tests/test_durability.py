@@ -11,10 +11,12 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import yaml
+from sqlalchemy.orm import sessionmaker
 
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.store import add_station
@@ -31,39 +33,71 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
     wait_ready(proc, lambda: answers_healthz(url), url, log, timeout=60.0)
 
 
-def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
-    data_dir = tmp_path / "var"
+@dataclass
+class Line:
+    """A record (database made, station st-01 added) and a station config, both to be run as
+    `zerodefect serve` processes with `env`; nothing is started yet."""
+
+    env: dict[str, str]
+    sessions: sessionmaker
+    record_key: str
+    record_url: str
+    edge_url: str
+    record_args: list[str]
+    edge_args: list[str]
+    log: Path
+
+
+def line_in_processes(root: Path, env: dict[str, str] | None = None, **station: object) -> Line:
+    """The station st-01 with a reject-all bundle, forwarding to a record under root/var;
+    `station` adds keys to the station config."""
     env = {
         **os.environ,
-        "ZD_DATA_DIR": str(data_dir),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+        "ZD_DATA_DIR": str(root / "var"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'm.db'}",
+        **(env or {}),
     }
-    record_db = f"sqlite:///{data_dir / 'record.db'}"
-    migrate(record_db)
-    sessions = session_factory(make_engine(record_db))
+    database = f"sqlite:///{root / 'var' / 'record.db'}"
+    migrate(database)
+    sessions = session_factory(make_engine(database))
     with sessions() as session:
         _, record_key = add_station(session, "st-01")
-        _, intruder_key = add_station(session, "st-02")
-    auditor = add_user(sessions, "auditor", "viewer")
     env["ZD_RECORD_API_KEY"] = record_key
     record_port, edge_port = free_port(), free_port()
-    record_url, edge_url = f"http://127.0.0.1:{record_port}", f"http://127.0.0.1:{edge_port}"
-    config = tmp_path / "station.yaml"
+    record_url = f"http://127.0.0.1:{record_port}"
+    config = root / "station.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "station": "st-01",
-                "model": str(make_bundle(tmp_path / "bundle", REJECT_ALL)),
+                "model": str(make_bundle(root / "bundle", REJECT_ALL)),
                 "record_url": record_url,
                 "api_key_hashes": [hashlib.sha256(CAMERA_KEY.encode()).hexdigest()],
                 "trusted_keys": [TRUSTED_KEY],
-                "outbox": str(tmp_path / "outbox.db"),
-                "store_images": "none",
+                "outbox": str(root / "outbox.db"),
+                **station,
             }
         )
     )
-    log = tmp_path / "services.log"
-    edge_args = ["serve", "edge", "--config", str(config), "--port", str(edge_port)]
+    return Line(
+        env,
+        sessions,
+        record_key,
+        record_url,
+        f"http://127.0.0.1:{edge_port}",
+        ["serve", "record", "--port", str(record_port)],
+        ["serve", "edge", "--config", str(config), "--port", str(edge_port)],
+        root / "services.log",
+    )
+
+
+def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
+    line = line_in_processes(tmp_path, store_images="none")
+    env, log, edge_args = line.env, line.log, line.edge_args
+    record_url, edge_url = line.record_url, line.edge_url
+    with line.sessions() as session:
+        _, intruder_key = add_station(session, "st-02")
+    auditor = add_user(line.sessions, "auditor", "viewer")
     edge = start_zerodefect(edge_args, log, env)
     wait_healthy(edge_url, edge, log)
 
@@ -123,7 +157,7 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
                         time.sleep(0.1)
 
     edge = start_zerodefect(edge_args, log, env)
-    record = start_zerodefect(["serve", "record", "--port", str(record_port)], log, env)
+    record = start_zerodefect(line.record_args, log, env)
     colliding = threading.Thread(target=intruder)
     colliding.start()
     try:
