@@ -57,3 +57,25 @@ def test_new_key_prints_a_key_and_the_digest_a_station_config_lists() -> None:
     second = CliRunner().invoke(app, ["new-key"]).output.split()
     assert first[0].startswith("zd_") and len(first[0]) == 46 and first[0] != second[0]
     assert first[1] == hash_key(first[0]) and len(first[1]) == 64
+
+
+def test_the_demo_starts_its_record_once_and_then_reuses_it(data_dir: Path) -> None:
+    import io
+    import os
+    import signal
+
+    import httpx
+    from rich.console import Console
+
+    from zerodefect.demo import start_record_service
+    from zerodefect.services import free_port
+
+    quiet = Console(file=io.StringIO())
+    url, pid = start_record_service(free_port(), quiet)
+    assert pid is not None
+    try:
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert start_record_service(free_port(), quiet) == (url, None)  # reused, not a second one
+        assert json.loads((data_dir / "record.json").read_text())["pid"] == pid
+    finally:
+        os.killpg(pid, signal.SIGTERM)
