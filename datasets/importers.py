@@ -283,3 +283,20 @@ IMPORTERS = {
     "coco": import_coco,
     "yolo": import_yolo,
 }
+
+
+def import_dataset(fmt: str, source: str | Path | None = None, images: str | Path | None = None) -> Manifest:
+    """The manifest of `source` read by the importer of `fmt` (a key of IMPORTERS).
+
+    The one place that knows each importer's arguments (ELPV needs no source, COCO and VOC may
+    name an images folder), so the command line and tests import the same way.
+    """
+    if fmt not in IMPORTERS:
+        raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
+    if fmt == "elpv":
+        return import_elpv(source) if source else import_elpv()
+    if source is None:
+        raise DatasetError(f"format {fmt} needs a SOURCE folder or file")
+    if fmt in ("coco", "voc") and images:
+        return IMPORTERS[fmt](source, images)
+    return IMPORTERS[fmt](source)

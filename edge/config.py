@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from zerodefect.configfile import load_yaml_model
 from zerodefect.inference.signing import SigningKeyError, load_public_key
 
 
@@ -73,16 +73,4 @@ class StationConfig(BaseModel):
 
 
 def load_station_config(path: str | Path, overrides: dict | None = None) -> StationConfig:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise StationConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise StationConfigError(f"{path}: not valid YAML ({exc})") from exc
-    data.update(overrides or {})
-    try:
-        return StationConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise StationConfigError(f"{path}: {problems}") from exc
+    return load_yaml_model(path, StationConfig, StationConfigError, lambda data: data.update(overrides or {}))

@@ -7,6 +7,7 @@ import threading
 
 import httpx
 
+from zerodefect.backoff import backoff_delay
 from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.outbox import Outbox
 
@@ -58,7 +59,7 @@ class Forwarder:
                 response = client.post(self.url, json=payload, headers=self.headers)
             except httpx.HTTPError as exc:
                 self.record_up = False
-                self.outbox.retry(key, min(self.max_backoff, 0.25 * 2**attempts))
+                self.outbox.retry(key, backoff_delay(attempts, 0.25, self.max_backoff))
                 log.debug("record unreachable (%s); %s retried later", exc, key)
                 break
             if response.status_code in (200, 201):
@@ -80,7 +81,7 @@ class Forwarder:
             else:
                 # 5xx, or a key problem an operator can fix: keep retrying, never drop.
                 self.record_up = response.status_code < 500
-                self.outbox.retry(key, min(self.max_backoff, 0.25 * 2**attempts))
+                self.outbox.retry(key, backoff_delay(attempts, 0.25, self.max_backoff))
                 log.warning("record answered %s for %s; retrying", response.status_code, key)
         return sent
 

@@ -6,6 +6,9 @@ Rules (configs/andon.yaml, defaults below, overridable per station):
 - `false_reject_rate_above`: reviewed rejects that were false, above X (with enough reviews);
 - `silent_seconds`: the station has posted nothing for T seconds.
 
+Each rule is one function that returns its breaches; RULES maps the name an alert carries to its
+rule, and the evaluator iterates it, so a new rule is one function and one entry.
+
 Every alert names its breach (the hour, the first part of the streak, the moment silence
 began...), and (station, rule, breach) is unique in the table: evaluating again, from any
 number of processes, never raises the same breach twice. Each alert is delivered to every
@@ -17,16 +20,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from zerodefect.backoff import backoff_delay
+from zerodefect.configfile import load_yaml_model
+from zerodefect.quality.buckets import hour_end, hour_label, reject_counts
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station
 from zerodefect.quality.spc import p_chart
 from zerodefect.quality.store import as_utc
@@ -69,45 +76,182 @@ class AndonConfig(BaseModel):
     def rules_for(self, station: str) -> Rules:
         return Rules.model_validate(self.defaults.model_dump() | self.stations.get(station, {}))
 
+    @model_validator(mode="after")
+    def _station_rules_are_valid(self) -> AndonConfig:
+        for station in self.stations:
+            self.rules_for(station)
+        return self
+
 
 def load_config(path: Path | None) -> AndonConfig:
     """The andon configuration from YAML, or the defaults when there is no file."""
     if path is None or not path.exists():
         return AndonConfig()
-    try:
-        config = AndonConfig.model_validate(yaml.safe_load(path.read_text()) or {})
-        for station in config.stations:
-            config.rules_for(station)
-        return config
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ValueError(f"{path}: invalid andon configuration: {exc}") from exc
+    return load_yaml_model(path, AndonConfig, ValueError, what="invalid andon configuration")
+
+
+@dataclass(frozen=True)
+class Breach:
+    """One breach of a rule at one station. `name` identifies it within the rule (the hour, the
+    first part of a streak, the moment silence began...), so it is raised once however often
+    the rules are evaluated; `value` is what was measured against `limit`."""
+
+    name: str
+    message: str
+    value: float | None = None
+    limit: float | None = None
+
+
+# A rule looks at one station's record at `now` and returns its breaches (usually none or one;
+# a scan may find several streaks or hours at once). Rules only read, except where a rule keeps
+# its own state (false_reject_rate clears its episode).
+Rule = Callable[[Session, Station, Rules, datetime], list[Breach]]
+
+
+def consecutive_defects(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
+    """Every run of N or more rejects among the recent parts, even one that a pass ended between
+    two evaluations; a run is named by its first part, so it is raised once."""
+    if not rules.consecutive_defects:
+        return []
+    n = rules.consecutive_defects
+    recent = session.execute(
+        select(Inspection.id, Inspection.verdict)
+        .where(Inspection.station_id == station.id)
+        .order_by(Inspection.id.desc())
+        .limit(CONSECUTIVE_SCAN)
+    ).all()
+    breaches: list[Breach] = []
+    run: list[int] = []
+    for part_id, verdict in reversed(recent):
+        if verdict == "reject":
+            run.append(part_id)
+            if len(run) == n:
+                breaches.append(
+                    Breach(
+                        f"streak from inspection {run[0]}",
+                        f"{n} rejects in a row (from inspection {run[0]})",
+                        float(n),
+                        float(n),
+                    )
+                )
+        else:
+            run = []
+    return breaches
+
+
+def above_control_limit(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
+    """Finished, recent hours whose reject rate is above the p-chart's upper control limit."""
+    if not rules.ucl:
+        return []
+    since = now - timedelta(hours=rules.ucl_window_hours)
+    rows = session.execute(
+        select(Inspection.captured_at, Inspection.verdict).where(
+            Inspection.station_id == station.id, Inspection.captured_at >= since
+        )
+    ).all()
+    chart = p_chart(reject_counts(rows, hour_label))
+    breaches: list[Breach] = []
+    for point in chart.points:
+        ended = hour_end(point.label)
+        # A finished hour, judged while it is recent: a drifting centre line must not
+        # raise stale alerts about hours long gone.
+        recent = now - timedelta(hours=UCL_LOOKBACK_HOURS) < ended <= now
+        if point.above_ucl and recent and point.n >= rules.ucl_min_parts:
+            breaches.append(
+                Breach(
+                    point.label,
+                    f"reject rate {point.p:.3f} in the hour {point.label} is above the upper control "
+                    f"limit {point.ucl:.3f} (centre {chart.center:.3f}, {point.n} parts)",
+                    point.p,
+                    point.ucl,
+                )
+            )
+    return breaches
+
+
+def false_reject_rate(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
+    """Reviewed rejects that were false, above the limit (with enough reviews): one alert per
+    episode above the limit; the episode clears (and the next may start) once the rate is back."""
+    if rules.false_reject_rate_above is None:
+        return []
+    since = now - timedelta(hours=rules.review_window_hours)
+    reviewed = session.execute(
+        select(Inspection.review_status).where(
+            Inspection.station_id == station.id,
+            Inspection.verdict == "reject",
+            Inspection.review_status.in_(("confirmed", "false_reject")),
+            Inspection.reviewed_at >= since,
+        )
+    ).all()
+    false = sum(1 for (status,) in reviewed if status == "false_reject")
+    rate = false / len(reviewed) if reviewed else 0.0
+    episodes = session.scalars(
+        select(Alert).where(Alert.station_id == station.id, Alert.rule == "false_reject_rate")
+    ).all()
+    if len(reviewed) >= rules.min_reviews and rate > rules.false_reject_rate_above:
+        if all(a.cleared_at is not None for a in episodes):
+            return [
+                Breach(
+                    f"episode {len(episodes) + 1}",
+                    f"false-reject rate {rate:.3f} over the last {len(reviewed)} reviewed rejects is "
+                    f"above {rules.false_reject_rate_above}",
+                    rate,
+                    rules.false_reject_rate_above,
+                )
+            ]
+        return []
+    for alert in episodes:
+        if alert.cleared_at is None:
+            alert.cleared_at = now
+    session.commit()
+    return []
+
+
+def silent(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
+    """The station has posted nothing for longer than the limit."""
+    if not rules.silent_seconds or station.last_seen_at is None:
+        return []
+    seen = as_utc(station.last_seen_at)
+    quiet = (now - seen).total_seconds()
+    if quiet <= rules.silent_seconds:
+        return []
+    return [
+        Breach(
+            f"silent since {seen.isoformat(timespec='seconds')}",
+            f"no part from {station.name} for {int(quiet)} s (limit {rules.silent_seconds:g} s)",
+            quiet,
+            rules.silent_seconds,
+        )
+    ]
+
+
+# The rules by the name their alerts carry, in the order they are evaluated.
+RULES: dict[str, Rule] = {
+    "consecutive_defects": consecutive_defects,
+    "ucl": above_control_limit,
+    "false_reject_rate": false_reject_rate,
+    "silent": silent,
+}
 
 
 def _raise(
-    session: Session,
-    station: Station,
-    rule: str,
-    breach: str,
-    message: str,
-    webhooks: list[str],
-    value: float | None = None,
-    limit: float | None = None,
-    now: datetime | None = None,
+    session: Session, station: Station, rule: str, breach: Breach, webhooks: list[str], now: datetime
 ) -> Alert | None:
     """Insert the alert unless this breach already has one; queue its webhook deliveries."""
     exists = session.scalar(
-        select(Alert.id).where(Alert.station_id == station.id, Alert.rule == rule, Alert.breach == breach)
+        select(Alert.id).where(
+            Alert.station_id == station.id, Alert.rule == rule, Alert.breach == breach.name
+        )
     )
     if exists is not None:
         return None
-    now = now or datetime.now(UTC)
     alert = Alert(
         station_id=station.id,
         rule=rule,
-        breach=breach,
-        message=message,
-        value=value,
-        limit=limit,
+        breach=breach.name,
+        message=breach.message,
+        value=breach.value,
+        limit=breach.limit,
         raised_at=now,
     )
     session.add(alert)
@@ -119,7 +263,7 @@ def _raise(
     for url in webhooks:
         session.add(AlertDelivery(alert_id=alert.id, url=str(url), next_attempt_at=now))
     session.commit()
-    log.warning("andon %s at %s: %s", rule, station.name, message)
+    log.warning("andon %s at %s: %s", rule, station.name, breach.message)
     return alert
 
 
@@ -127,130 +271,13 @@ def evaluate_station(
     session: Session, station: Station, rules: Rules, webhooks: list[str], now: datetime
 ) -> list[Alert]:
     """Check one station's rules at `now`; returns the alerts newly raised."""
-    raised: list[Alert | None] = []
-
-    if rules.consecutive_defects:
-        # Every run of N or more rejects among the recent parts, even one that a pass ended
-        # between two evaluations; a run is named by its first part, so it is raised once.
-        n = rules.consecutive_defects
-        recent = session.execute(
-            select(Inspection.id, Inspection.verdict)
-            .where(Inspection.station_id == station.id)
-            .order_by(Inspection.id.desc())
-            .limit(CONSECUTIVE_SCAN)
-        ).all()
-        run: list[int] = []
-        for part_id, verdict in reversed(recent):
-            if verdict == "reject":
-                run.append(part_id)
-                if len(run) == n:
-                    raised.append(
-                        _raise(
-                            session,
-                            station,
-                            "consecutive_defects",
-                            f"streak from inspection {run[0]}",
-                            f"{n} rejects in a row (from inspection {run[0]})",
-                            webhooks,
-                            float(n),
-                            float(n),
-                            now=now,
-                        )
-                    )
-            else:
-                run = []
-
-    if rules.ucl:
-        since = now - timedelta(hours=rules.ucl_window_hours)
-        rows = session.execute(
-            select(Inspection.captured_at, Inspection.verdict).where(
-                Inspection.station_id == station.id, Inspection.captured_at >= since
-            )
-        ).all()
-        hours: dict[str, list[int]] = {}
-        for captured, verdict in rows:
-            label = as_utc(captured).strftime("%Y-%m-%dT%H:00Z")
-            counts = hours.setdefault(label, [0, 0])
-            counts[0] += 1
-            counts[1] += verdict == "reject"
-        chart = p_chart([(label, n, d) for label, (n, d) in sorted(hours.items())])
-        for point in chart.points:
-            ended = datetime.strptime(point.label, "%Y-%m-%dT%H:00Z").replace(tzinfo=UTC) + timedelta(hours=1)
-            # A finished hour, judged while it is recent: a drifting centre line must not
-            # raise stale alerts about hours long gone.
-            recent = now - timedelta(hours=UCL_LOOKBACK_HOURS) < ended <= now
-            if point.above_ucl and recent and point.n >= rules.ucl_min_parts:
-                raised.append(
-                    _raise(
-                        session,
-                        station,
-                        "ucl",
-                        point.label,
-                        f"reject rate {point.p:.3f} in the hour {point.label} is above the upper control "
-                        f"limit {point.ucl:.3f} (centre {chart.center:.3f}, {point.n} parts)",
-                        webhooks,
-                        point.p,
-                        point.ucl,
-                        now=now,
-                    )
-                )
-
-    if rules.false_reject_rate_above is not None:
-        since = now - timedelta(hours=rules.review_window_hours)
-        reviewed = session.execute(
-            select(Inspection.review_status).where(
-                Inspection.station_id == station.id,
-                Inspection.verdict == "reject",
-                Inspection.review_status.in_(("confirmed", "false_reject")),
-                Inspection.reviewed_at >= since,
-            )
-        ).all()
-        false = sum(1 for (status,) in reviewed if status == "false_reject")
-        rate = false / len(reviewed) if reviewed else 0.0
-        episodes = session.scalars(
-            select(Alert).where(Alert.station_id == station.id, Alert.rule == "false_reject_rate")
-        ).all()
-        if len(reviewed) >= rules.min_reviews and rate > rules.false_reject_rate_above:
-            # One alert per episode above the limit; the next episode starts once it has cleared.
-            if all(a.cleared_at is not None for a in episodes):
-                raised.append(
-                    _raise(
-                        session,
-                        station,
-                        "false_reject_rate",
-                        f"episode {len(episodes) + 1}",
-                        f"false-reject rate {rate:.3f} over the last {len(reviewed)} reviewed rejects is "
-                        f"above {rules.false_reject_rate_above}",
-                        webhooks,
-                        rate,
-                        rules.false_reject_rate_above,
-                        now=now,
-                    )
-                )
-        else:
-            for alert in episodes:
-                if alert.cleared_at is None:
-                    alert.cleared_at = now
-            session.commit()
-
-    if rules.silent_seconds and station.last_seen_at is not None:
-        seen = as_utc(station.last_seen_at)
-        if (now - seen).total_seconds() > rules.silent_seconds:
-            raised.append(
-                _raise(
-                    session,
-                    station,
-                    "silent",
-                    f"silent since {seen.isoformat(timespec='seconds')}",
-                    f"no part from {station.name} for {int((now - seen).total_seconds())} s "
-                    f"(limit {rules.silent_seconds:g} s)",
-                    webhooks,
-                    (now - seen).total_seconds(),
-                    rules.silent_seconds,
-                    now=now,
-                )
-            )
-    return [a for a in raised if a is not None]
+    raised: list[Alert] = []
+    for name, rule in RULES.items():
+        for breach in rule(session, station, rules, now):
+            alert = _raise(session, station, name, breach, webhooks, now)
+            if alert is not None:
+                raised.append(alert)
+    return raised
 
 
 def evaluate_all(session: Session, config: AndonConfig, now: datetime | None = None) -> list[Alert]:
@@ -299,7 +326,9 @@ def deliver_due(session: Session, client: httpx.Client, now: datetime | None = N
             delivered += 1
         else:
             delivery.last_error = error[:500]
-            delivery.next_attempt_at = now + timedelta(seconds=min(2**delivery.attempts, MAX_BACKOFF_SECONDS))
+            delivery.next_attempt_at = now + timedelta(
+                seconds=backoff_delay(delivery.attempts, 1.0, MAX_BACKOFF_SECONDS)
+            )
             if delivery.attempts >= MAX_ATTEMPTS:
                 delivery.gave_up = True
                 log.error(

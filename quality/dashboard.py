@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from zerodefect.quality.buckets import hour_label, reject_counts, shift_label
 from zerodefect.quality.models import Inspection, Station
 from zerodefect.quality.spc import PChart, p_chart
 from zerodefect.quality.store import as_utc
@@ -32,29 +33,11 @@ class Dashboard:
     versions: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
 
-def _hour(value: datetime) -> str:
-    return as_utc(value).strftime("%Y-%m-%dT%H:00Z")
-
-
-# Three 8-hour shifts, starting at these UTC hours.
-SHIFT_STARTS = (6, 14, 22)
-
-
-def _shift(value: datetime) -> str:
-    """The shift a time falls in, named by its start (the night shift before 06:00 belongs to
-    the previous day's 22:00 shift)."""
-    value = as_utc(value)
-    start = max((h for h in SHIFT_STARTS if h <= value.hour), default=None)
-    if start is None:
-        value, start = value - timedelta(days=1), SHIFT_STARTS[-1]
-    return value.strftime(f"%Y-%m-%dT{start:02d}:00Z")
-
-
 def build_dashboard(
     session: Session, hours: int = 24, station: str | None = None, bucket: str = "hour"
 ) -> Dashboard:
     """The dashboard over the last `hours`; control-chart subgroups are hours or shifts."""
-    subgroup = _shift if bucket == "shift" else _hour
+    subgroup = shift_label if bucket == "shift" else hour_label
     newest = session.scalar(select(func.max(Inspection.captured_at)))
     if newest is None:
         return Dashboard(None)
@@ -77,16 +60,11 @@ def build_dashboard(
     pareto: Counter[str] = Counter()
     reviews: Counter[str] = Counter()
     for name, parts in sorted(per_station.items()):
-        subgroups: dict[str, list[int]] = {}
         latencies: dict[str, list[float]] = defaultdict(list)
         versions: dict[str, list[str]] = {}
         for part in parts:
-            hour = _hour(part.captured_at)
-            counts = subgroups.setdefault(subgroup(part.captured_at), [0, 0])
-            counts[0] += 1
-            counts[1] += part.verdict == "reject"
             if part.latency_ms is not None:
-                latencies[hour].append(part.latency_ms)
+                latencies[hour_label(part.captured_at)].append(part.latency_ms)
             stamp = as_utc(part.captured_at).isoformat(timespec="seconds")
             span = versions.setdefault(part.model_version, [stamp, stamp])
             span[1] = stamp
@@ -94,10 +72,10 @@ def build_dashboard(
             cls = _defect_class(part)
             if cls:
                 pareto[cls] += 1
-        board.charts[name] = p_chart([(h, n, d) for h, (n, d) in sorted(subgroups.items())])
-        board.throughput[name] = [
-            (h, float(n)) for h, n in sorted(Counter(_hour(p.captured_at) for p in parts).items())
-        ]
+        hourly = reject_counts(((p.captured_at, p.verdict) for p in parts), hour_label)
+        by_subgroup = reject_counts(((p.captured_at, p.verdict) for p in parts), subgroup)
+        board.charts[name] = p_chart(by_subgroup)
+        board.throughput[name] = [(h, float(n)) for h, n, _ in hourly]
         board.latency_p95[name] = [(h, float(np.percentile(v, 95))) for h, v in sorted(latencies.items())]
         board.versions[name] = sorted(((v, a, b) for v, (a, b) in versions.items()), key=lambda s: s[1])
     board.pareto = dict(pareto)

@@ -6,6 +6,8 @@ plant's PostgreSQL record and a station's SQLite file evolve through the same st
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -47,3 +49,22 @@ def migrate(url: str) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def record_session(url: str | None = None) -> Iterator[Session]:
+    """A session on the record at `url` (default: ZD_RECORD_URL), migrated to head first.
+
+    What every command line tool that writes the record needs (stations, users, reviews
+    exports, the demo): one place, so none of them can forget to migrate a fresh database.
+    """
+    from zerodefect.settings import get_settings
+
+    url = url or get_settings().record_database_url
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -13,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from zerodefect.apikeys import hash_key, mint_key
 from zerodefect.inference.imagecheck import InputError
 from zerodefect.inference.wire import InspectionIn, to_utc
 from zerodefect.quality.images import EXTENSIONS, ImageStore
@@ -56,10 +56,6 @@ def as_utc(value: datetime | None) -> datetime | None:
         raise RecordError(str(exc)) from None
 
 
-def hash_key(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
-
-
 def add_station(session: Session, name: str, line: str | None = None) -> tuple[Station, str]:
     """Create a station and return it with its new API key (stored only as a hash)."""
     if session.scalar(select(Station).where(Station.name == name)) is not None:
@@ -67,7 +63,7 @@ def add_station(session: Session, name: str, line: str | None = None) -> tuple[S
     line_row = None
     if line:
         line_row = session.scalar(select(Line).where(Line.name == line)) or Line(name=line)
-    api_key = "zd_" + secrets.token_urlsafe(32)
+    api_key = mint_key()
     station = Station(name=name, line=line_row, api_key_hash=hash_key(api_key))
     session.add(station)
     session.commit()
@@ -79,7 +75,7 @@ def rotate_station_key(session: Session, name: str) -> str:
     station = session.scalar(select(Station).where(Station.name == name))
     if station is None:
         raise RecordError(f"unknown station {name!r}", 404)
-    api_key = "zd_" + secrets.token_urlsafe(32)
+    api_key = mint_key()
     station.api_key_hash = hash_key(api_key)
     session.commit()
     return api_key

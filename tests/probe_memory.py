@@ -13,7 +13,6 @@ a peak within 2x idle for each service. Linux only (/proc).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import platform
@@ -27,21 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import yaml
 
-from zerodefect.quality.db import make_engine, migrate, session_factory
-from zerodefect.quality.store import add_station
+from zerodefect.services import start_zerodefect
 
-from .bundles import REJECT_ALL, TRUSTED_KEY, make_bundle
 from .corpus import bombs
 from .people import add_user, logged_in
-from .test_durability import free_port, start, wait_healthy
+from .test_durability import CAMERA_KEY, line_in_processes, wait_healthy
 from .test_edge import png
 
 MB = 1024 * 1024
 PER_KIND = 100
 STREAM_BYTES = 200 * MB
-CAMERA_KEY = "zd_probe_camera"
 OUT = Path("docs/results/robustness-memory.json")
 
 
@@ -90,45 +85,21 @@ def part(key: str, data: bytes, declared: str) -> dict:
 
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="zd-probe-"))
-    env = {
-        **os.environ,
-        "ZD_DATA_DIR": str(root / "var"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'm.db'}",
+    line = line_in_processes(
+        root,
         # As `make` runs the services (Makefile): freed memory is kept, so peaks show in RSS.
-        "MALLOC_MMAP_THRESHOLD_": "2000000000",
-        "MALLOC_TRIM_THRESHOLD_": "2000000000",
-    }
-    database = f"sqlite:///{root / 'var' / 'record.db'}"
-    migrate(database)
-    sessions = session_factory(make_engine(database))
-    with sessions() as session:
-        _, record_key = add_station(session, "st-01")
-    viewer = add_user(sessions, "probe-viewer", "viewer")
-    env["ZD_RECORD_API_KEY"] = record_key
-    record_port, edge_port = free_port(), free_port()
-    record_url, edge_url = f"http://127.0.0.1:{record_port}", f"http://127.0.0.1:{edge_port}"
-    config = root / "station.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "station": "st-01",
-                "model": str(make_bundle(root / "bundle", REJECT_ALL)),
-                "record_url": record_url,
-                "api_key_hashes": [hashlib.sha256(CAMERA_KEY.encode()).hexdigest()],
-                "outbox": str(root / "outbox.db"),
-                "trusted_keys": [TRUSTED_KEY],
-            }
-        )
+        {"MALLOC_MMAP_THRESHOLD_": "2000000000", "MALLOC_TRIM_THRESHOLD_": "2000000000"},
     )
-    log = root / "services.log"
-    record = start(["serve", "record", "--port", str(record_port)], env, log)
-    edge = start(["serve", "edge", "--config", str(config), "--port", str(edge_port)], env, log)
+    record_key, record_url, edge_url, log = line.record_key, line.record_url, line.edge_url, line.log
+    viewer = add_user(line.sessions, "probe-viewer", "viewer")
+    record = start_zerodefect(line.record_args, log, line.env)
+    edge = start_zerodefect(line.edge_args, log, line.env)
     camera = {"X-API-Key": CAMERA_KEY}
     station = {"X-API-Key": record_key}
     answers: dict[str, Counter] = {}
     try:
-        wait_healthy(record_url, record)
-        wait_healthy(edge_url, edge)
+        wait_healthy(record_url, record, log)
+        wait_healthy(edge_url, edge, log)
         started = {"edge": status_mb(edge.pid, "VmRSS"), "record": status_mb(record.pid, "VmRSS")}
         # Warm up: good parts judged, forwarded with their images, overlays drawn.
         for i in range(20):

@@ -250,3 +250,29 @@ def test_a_webhook_url_must_be_a_url(tmp_path: Path) -> None:
     bad.write_text("webhooks: ['http://host:80a/']\n")
     with pytest.raises(ValueError, match="invalid andon configuration"):
         load_config(bad)
+
+
+def test_a_rule_is_one_function_in_the_registry(record, monkeypatch) -> None:
+    """The evaluator raises what any registered rule returns, once per breach, and a rule
+    called on its own only reports (it raises nothing)."""
+    from zerodefect.quality.andon import RULES, Breach, consecutive_defects
+    from zerodefect.quality.models import Station
+
+    app, images = record
+    add_parts(app, images, "rrrrr", T0)
+    config = rules(consecutive_defects=5)
+    with app.state.sessions() as session:
+        station = session.query(Station).filter_by(name="st-01").one()
+        found = consecutive_defects(session, station, config.rules_for("st-01"), T0)
+        assert [b.message for b in found] == [
+            f"5 rejects in a row (from inspection {found[0].name.split()[-1]})"
+        ]
+        assert alerts(app) == []
+    monkeypatch.setitem(RULES, "shift_change", lambda *_: [Breach("at 06:00", "a new shift started")])
+    with app.state.sessions() as session:
+        assert sorted(a.rule for a in evaluate_all(session, config, T0)) == [
+            "consecutive_defects",
+            "shift_change",
+        ]
+        assert evaluate_all(session, config, T0) == []
+    assert ("shift_change", "at 06:00") in alerts(app)

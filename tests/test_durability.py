@@ -7,19 +7,20 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import yaml
+from sqlalchemy.orm import sessionmaker
 
 from zerodefect.quality.db import make_engine, migrate, session_factory
 from zerodefect.quality.store import add_station
+from zerodefect.services import answers_healthz, free_port, start_zerodefect, wait_ready
 
 from .bundles import REJECT_ALL, TRUSTED_KEY, make_bundle
 from .people import add_user, logged_in
@@ -28,67 +29,77 @@ from .test_edge import png
 CAMERA_KEY = "zd_durability_camera"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+    wait_ready(proc, lambda: answers_healthz(url), url, log, timeout=60.0)
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "zerodefect", *args], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
+@dataclass
+class Line:
+    """A record (database made, station st-01 added) and a station config, both to be run as
+    `zerodefect serve` processes with `env`; nothing is started yet."""
+
+    env: dict[str, str]
+    sessions: sessionmaker
+    record_key: str
+    record_url: str
+    edge_url: str
+    record_args: list[str]
+    edge_args: list[str]
+    log: Path
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not become healthy")
-
-
-def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
-    data_dir = tmp_path / "var"
+def line_in_processes(root: Path, env: dict[str, str] | None = None, **station: object) -> Line:
+    """The station st-01 with a reject-all bundle, forwarding to a record under root/var;
+    `station` adds keys to the station config."""
     env = {
         **os.environ,
-        "ZD_DATA_DIR": str(data_dir),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+        "ZD_DATA_DIR": str(root / "var"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'm.db'}",
+        **(env or {}),
     }
-    record_db = f"sqlite:///{data_dir / 'record.db'}"
-    migrate(record_db)
-    sessions = session_factory(make_engine(record_db))
+    database = f"sqlite:///{root / 'var' / 'record.db'}"
+    migrate(database)
+    sessions = session_factory(make_engine(database))
     with sessions() as session:
         _, record_key = add_station(session, "st-01")
-        _, intruder_key = add_station(session, "st-02")
-    auditor = add_user(sessions, "auditor", "viewer")
     env["ZD_RECORD_API_KEY"] = record_key
     record_port, edge_port = free_port(), free_port()
-    record_url, edge_url = f"http://127.0.0.1:{record_port}", f"http://127.0.0.1:{edge_port}"
-    config = tmp_path / "station.yaml"
+    record_url = f"http://127.0.0.1:{record_port}"
+    config = root / "station.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "station": "st-01",
-                "model": str(make_bundle(tmp_path / "bundle", REJECT_ALL)),
+                "model": str(make_bundle(root / "bundle", REJECT_ALL)),
                 "record_url": record_url,
                 "api_key_hashes": [hashlib.sha256(CAMERA_KEY.encode()).hexdigest()],
                 "trusted_keys": [TRUSTED_KEY],
-                "outbox": str(tmp_path / "outbox.db"),
-                "store_images": "none",
+                "outbox": str(root / "outbox.db"),
+                **station,
             }
         )
     )
-    log = tmp_path / "services.log"
-    edge_args = ["serve", "edge", "--config", str(config), "--port", str(edge_port)]
-    edge = start(edge_args, env, log)
-    wait_healthy(edge_url, edge)
+    return Line(
+        env,
+        sessions,
+        record_key,
+        record_url,
+        f"http://127.0.0.1:{edge_port}",
+        ["serve", "record", "--port", str(record_port)],
+        ["serve", "edge", "--config", str(config), "--port", str(edge_port)],
+        root / "services.log",
+    )
+
+
+def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
+    line = line_in_processes(tmp_path, store_images="none")
+    env, log, edge_args = line.env, line.log, line.edge_args
+    record_url, edge_url = line.record_url, line.edge_url
+    with line.sessions() as session:
+        _, intruder_key = add_station(session, "st-02")
+    auditor = add_user(line.sessions, "auditor", "viewer")
+    edge = start_zerodefect(edge_args, log, env)
+    wait_healthy(edge_url, edge, log)
 
     accepted: list[str] = []
     lock = threading.Lock()
@@ -145,13 +156,13 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
                     except httpx.TransportError:
                         time.sleep(0.1)
 
-    edge = start(edge_args, env, log)
-    record = start(["serve", "record", "--port", str(record_port)], env, log)
+    edge = start_zerodefect(edge_args, log, env)
+    record = start_zerodefect(line.record_args, log, env)
     colliding = threading.Thread(target=intruder)
     colliding.start()
     try:
-        wait_healthy(edge_url, edge)
-        wait_healthy(record_url, record)
+        wait_healthy(edge_url, edge, log)
+        wait_healthy(record_url, record, log)
         deadline = time.monotonic() + 60
         while httpx.get(f"{edge_url}/readyz").json()["outbox"]["pending"] and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -30,7 +30,7 @@ def test_p_chart_refuses_impossible_counts() -> None:
 def test_shifts_name_their_start_and_nights_belong_to_the_day_before() -> None:
     from datetime import UTC, datetime
 
-    from zerodefect.quality.dashboard import _shift
+    from zerodefect.quality.buckets import shift_label as _shift
 
     assert _shift(datetime(2026, 11, 25, 6, 0, tzinfo=UTC)) == "2026-11-25T06:00Z"
     assert _shift(datetime(2026, 11, 25, 21, 59, tzinfo=UTC)) == "2026-11-25T14:00Z"

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from zerodefect.configfile import load_yaml_model
 
 
 class ConfigError(ValueError):
@@ -153,17 +155,9 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply overrides, validate."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    for override in overrides or []:
-        apply_override(data, override)
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc
+
+    def apply(data: dict[str, Any]) -> None:
+        for override in overrides or []:
+            apply_override(data, override)
+
+    return load_yaml_model(path, Config, ConfigError, apply)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import socket
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +14,9 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from zerodefect.apikeys import hash_key, mint_key
 from zerodefect.formatting import fmt_rate
+from zerodefect.services import free_port, start_zerodefect, stop_process, wait_ready
 from zerodefect.settings import get_settings
 
 RECORD_PORT = 8100
@@ -114,21 +113,15 @@ def start_record_service(port: int, console: Console) -> tuple[str, int | None]:
             console.print(f"reusing the record service at {url} (pid {state['pid']})")
             return url, None
     if not _port_free(port):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
     url = f"http://127.0.0.1:{port}"
-    logs = settings.data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "zerodefect", "serve", "record", "--port", str(port)]
-    with open(logs / "record.log", "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not _record_answers(url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"record service did not start on port {port}; see {logs / 'record.log'}")
-        time.sleep(0.2)  # polling a starting process, not a timing assumption
+    log = settings.data_dir / "logs" / "record.log"
+    process = start_zerodefect(["serve", "record", "--port", str(port)], log)
+    try:
+        wait_ready(process, lambda: _record_answers(url), f"the record service on port {port}", log, 60)
+    except RuntimeError:
+        stop_process(process)
+        raise
     state_file.write_text(json.dumps({"pid": process.pid, "port": port}))
     return url, process.pid
 
@@ -143,12 +136,10 @@ def _pid_alive(pid: int) -> bool:
 
 def station_key(name: str, line: str | None) -> str:
     """A fresh record API key for the demo's station (created on first use)."""
-    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.db import record_session
     from zerodefect.quality.store import RecordError, add_station, rotate_station_key
 
-    url = get_settings().record_database_url
-    migrate(url)
-    with session_factory(make_engine(url))() as session:
+    with record_session() as session:
         try:
             return add_station(session, name, line)[1]
         except RecordError:
@@ -163,19 +154,15 @@ def demo_login() -> tuple[str, str]:
     """The demo's reviewer login, created on first use; its password is random and kept in
     var/demo-login.json (readable by this user only), never in the repository."""
     import json
-    import secrets
 
     from sqlalchemy import select
 
     from zerodefect.quality.auth import create_user, set_password, verify_password
-    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.db import record_session
     from zerodefect.quality.models import User
 
-    settings = get_settings()
-    saved = settings.data_dir / "demo-login.json"
-    url = settings.record_database_url
-    migrate(url)
-    with session_factory(make_engine(url))() as session:
+    saved = get_settings().data_dir / "demo-login.json"
+    with record_session() as session:
         user = session.scalar(select(User).where(User.username == DEMO_USER))
         if saved.is_file() and user is not None:
             data = json.loads(saved.read_text())
@@ -212,13 +199,13 @@ def run_line(
     settings = get_settings()
     console.rule("the line: record service, edge station, simulator")
     record_url, pid = start_record_service(RECORD_PORT, console)
-    camera_key = "zd_" + secrets.token_urlsafe(24)
+    camera_key = mint_key()
     cfg = load_station_config(
         station_config,
         {
             "model": f"models:/{model_name}@champion",
             "record_url": record_url,
-            "api_key_hashes": [hashlib.sha256(camera_key.encode()).hexdigest()],
+            "api_key_hashes": [hash_key(camera_key)],
             # The station trusts the key this machine's training signed the champion with.
             "trusted_keys": [public_key_b64(signing_key())],
             "outbox": settings.data_dir / "edge" / "demo-outbox.db",

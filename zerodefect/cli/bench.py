@@ -1,0 +1,96 @@
+"""`zerodefect bench`: measure the station service against raw ONNX Runtime and eager PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from zerodefect.cli.root import app, console, fail
+from zerodefect.settings import get_settings
+
+
+def _reference_run(name: str) -> Path:
+    from zerodefect.bench import newest_finished_run
+
+    run_dir = newest_finished_run(get_settings().data_dir / "runs", name)
+    if run_dir is None:
+        raise fail(f"no finished run of {name!r} under {get_settings().data_dir / 'runs'}; train it first")
+    return run_dir
+
+
+@app.command()
+def bench(
+    run: Annotated[
+        str, typer.Option(help="Training run name whose newest finished run is measured.")
+    ] = "elpv-classifier",
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            help="Bundle to serve (default: the run's own, or its single-view export when it has "
+            "test-time augmentation, then its INT8 copy unless --no-int8)."
+        ),
+    ] = None,
+    int8: Annotated[
+        bool, typer.Option(help="Measure the run's static INT8 copy (made if missing); --no-int8 for fp32.")
+    ] = True,
+    seconds: Annotated[float, typer.Option(help="Seconds per load level.")] = 10.0,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime / torch threads (the station's cores).")] = 2,
+    docs: Annotated[Path, typer.Option(help="Where benchmarks.md and results/edge-bench.json go.")] = Path(
+        "docs"
+    ),
+    detector_run: Annotated[
+        str,
+        typer.Option(
+            help="Detector training run whose newest finished bundle adds detector rows ('' to skip)."
+        ),
+    ] = "neu-det-detector",
+) -> None:
+    """Measure the station service against raw ONNX Runtime and an eager-PyTorch handler, in one run.
+
+    When a finished detector run exists, its bundle is measured too, on its own test images."""
+    from zerodefect.bench import (
+        newest_finished_run,
+        run_bench,
+        run_detector_bench,
+        select_bundle,
+        write_reports,
+    )
+    from zerodefect.datasets.manifest import Manifest
+    from zerodefect.inference.preprocess import read_image
+
+    run_dir = _reference_run(run)
+    manifest = Manifest.read(run_dir / "manifest.jsonl")
+    images = [read_image(manifest.resolve(s)) for s in manifest.split("test")[:64]]
+    if bundle is None:
+        bundle = select_bundle(run_dir, manifest, int8, console)
+    command = (
+        f"make bench  # zerodefect bench --run {run} {'--int8' if int8 else '--no-int8'} "
+        f"--seconds {seconds:g} --threads {threads}, which measured {bundle}"
+    )
+    result = run_bench(bundle, run_dir, images, get_settings().data_dir, threads, seconds, command=command)
+    if detector_run:
+        det_dir = newest_finished_run(get_settings().data_dir / "runs", detector_run)
+        if det_dir is None:
+            console.print(f"no finished {detector_run} run: detector rows skipped")
+        else:
+            det_manifest = Manifest.read(det_dir / "manifest.jsonl")
+            jpegs = [det_manifest.resolve(s).read_bytes() for s in det_manifest.split("test")[:64]]
+            result["detector"] = run_detector_bench(
+                det_dir / "bundle", jpegs, get_settings().data_dir, threads, seconds
+            )
+            result["command"] += f"; detector rows: --detector-run {detector_run}"
+    md, js = write_reports(result, docs)
+    console.print(md.read_text())
+    console.print(f"written: {md}, {js}")
+
+
+@app.command("bench-eager-server", hidden=True)
+def bench_eager_server(run_dir: Path, port: int = 8300, threads: int = 2, tta: str = "none") -> None:
+    """Serve the eager-PyTorch baseline of `zerodefect bench` (C)."""
+    import uvicorn
+
+    from zerodefect.bench import eager_app
+
+    uvicorn.run(eager_app(run_dir, threads, tta), host="127.0.0.1", port=port, log_level="warning")

@@ -1,0 +1,105 @@
+"""`zerodefect models`: registered model versions, their aliases, and the promotion gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from zerodefect.cli.root import console, fail, user_errors
+from zerodefect.formatting import fmt_rate
+
+models_app = typer.Typer(help="Registered model versions and their aliases (MLflow).", no_args_is_help=True)
+
+
+@models_app.command("list")
+def models_list(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
+    """List versions with their aliases and test metrics."""
+    from zerodefect.inference.registry import UnknownModel, list_versions
+
+    try:
+        versions = list_versions(name)
+    except UnknownModel as exc:
+        raise fail(str(exc)) from None
+    table = Table("version", "aliases", "test AUROC / mAP@0.5", "test escape", "run", title=name)
+    for v in versions:
+        table.add_row(
+            v.version,
+            ", ".join(v.aliases),
+            v.tags.get("test_auroc", v.tags.get("test_map50", "-")),
+            v.tags.get("test_escape_rate", "-"),
+            v.run_id or "-",
+        )
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: @challenger).")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Promote even if the gate fails; needs --reason (kept in MLflow and the record)."),
+    ] = False,
+    reason: Annotated[str | None, typer.Option(help="Why a --force promotion must happen.")] = None,
+    tolerance: Annotated[float, typer.Option(help="Allowed worsening per gate metric.")] = 0.005,
+    manifest: Annotated[
+        Path | None, typer.Option(help="Manifest for the gate (default: the challenger's).")
+    ] = None,
+) -> None:
+    """Move @champion to the challenger if it passes the gate on the test split.
+
+    The gate needs both: the absolute floors of the config's `gate:` section (defaults: AUROC
+    >= 0.75 or mAP@0.5 >= 0.30, escape rate <= 0.20, false-reject rate <= 0.50 at the
+    calibrated threshold), which hold even when there is no champion; and, when a champion
+    exists, no metric worse than the champion's by more than --tolerance on the same split.
+    Every promotion is written to the quality record (GET /v1/model-promotions).
+    """
+    from zerodefect.settings import configure_mlflow
+    from zerodefect.training.registry import promote
+
+    configure_mlflow()
+    try:
+        result = promote(name, version, force, tolerance, manifest, reason=reason)
+    except (*user_errors(), ValueError) as exc:
+        raise fail(str(exc)) from None
+    _print_gate(name, result)
+    if not result.promoted:
+        raise typer.Exit(code=1)
+
+
+def _print_gate(name: str, result) -> None:
+    table = Table(
+        "metric",
+        f"challenger v{result.challenger}",
+        f"champion {'v' + result.champion if result.champion else '(none)'}",
+        "floor",
+        "ok",
+        "note",
+        title=f"promotion gate ({result.split} split of {result.manifest})",
+    )
+    for row in result.rows:
+        table.add_row(
+            row.metric,
+            fmt_rate(row.challenger),
+            fmt_rate(row.champion),
+            f"{'>=' if row.higher_is_better else '<='} {row.floor:g}",
+            "yes" if row.ok else "[red]no[/]",
+            row.note,
+        )
+    console.print(table)
+    if result.promoted:
+        how = (
+            f"[yellow]FORCED over a failed gate: {escape(result.reason or '')}[/]"
+            if result.forced
+            else "gate passed"
+        )
+        console.print(f"{name} v{result.challenger} is now @champion ({how})", soft_wrap=True)
+        if not result.recorded:
+            console.print("[red]the promotion was not written to the quality record (see the log)[/]")
+    else:
+        why = "; ".join(f"{r.metric} {r.note}" for r in result.failures)
+        console.print(f"[red]{name} v{result.challenger} not promoted: {escape(why)}[/]", soft_wrap=True)

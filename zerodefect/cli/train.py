@@ -1,0 +1,224 @@
+"""`zerodefect train / export / evaluate / quantize` and the printers of their reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from zerodefect.cli.root import app, console, fail, user_errors
+from zerodefect.formatting import fmt_rate
+from zerodefect.settings import get_settings
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML training config, e.g. configs/elpv-classifier.yaml.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: train.epochs=3.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the newest unfinished run of this config.")] = False,
+    resume_dir: Annotated[Path | None, typer.Option(help="Continue this run folder.")] = None,
+    extra_data: Annotated[
+        Path | None, typer.Option(help="Another manifest to add (e.g. from reviews).")
+    ] = None,
+) -> None:
+    """Train, calibrate the threshold on val, export a verified bundle, evaluate on test, register.
+
+    Before the first step it prints a pre-flight summary (steps per epoch, warm-up, EMA
+    half-life, smallest box) with warnings. A run that collapses (best val AUROC <= 0.55 or
+    mAP@0.5 < 0.05, a NaN or diverging loss, or an early stop at epoch 1 under the gate's floor)
+    exits with code 3 and the likely causes; it registers nothing and never moves @challenger.
+
+    Without a terminal (nohup, CI, a log file) progress is a plain line every
+    train.log_every_seconds (20). On a machine shared with other work, train.threads=1 or the
+    default OMP_WAIT_POLICY=PASSIVE keeps training from stalling (README, "Training").
+    """
+    from zerodefect.training.config import load_config
+    from zerodefect.training.export import ExportParityError
+    from zerodefect.training.health import TrainingFailed
+    from zerodefect.training.pipeline import run_training
+
+    try:
+        cfg = load_config(config, set_)
+        outcome = run_training(cfg, config, resume_dir or resume, extra_data, console=console)
+    except (*user_errors(), ExportParityError) as exc:
+        raise fail(str(exc)) from None
+    except TrainingFailed as exc:
+        console.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
+        raise typer.Exit(code=3) from None
+    _print_report(outcome.report)
+    console.print(
+        f"bundle:  {outcome.bundle_dir}\nreport:  {outcome.report_path}\nMLflow run: {outcome.run_id}"
+    )
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A training run folder (var/runs/NAME/STAMP).")],
+    out: Annotated[Path | None, typer.Option(help="Bundle folder (default: RUN_DIR/bundle).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override the run's config: export.tta=dihedral.")
+    ] = None,
+) -> None:
+    """Export a run's best weights as a verified ONNX bundle, recalibrating the threshold on val.
+
+    The bundle is written only if ONNX Runtime reproduces PyTorch on the validation images.
+    """
+    from zerodefect.training.export import ExportParityError
+    from zerodefect.training.pipeline import export_run
+
+    try:
+        bundle = export_run(run_dir, out, set_, console)
+    except (*user_errors(), ExportParityError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"bundle: {bundle}")
+
+
+def _print_notes(report: dict) -> None:
+    for note in report.get("notes", []):
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+
+
+def _print_common(table: Table, report: dict) -> None:
+    """The rows every task's report shares: latency, parity, training time."""
+    table.add_row("ms per image, 1 core", fmt_rate(report.get("ms_per_image_1core"), 1))
+    if "training_minutes" in report:
+        table.add_row("training minutes", fmt_rate(report.get("training_minutes"), 1))
+
+
+def _print_detector_report(report: dict) -> None:
+    title = f"{report.get('model')} on {report.get('manifest')}/{report.get('split')}"
+    table = Table("metric", "test", title=title)
+    for key in ("map50", "map50_95", "escape_rate", "false_reject_rate", "box_precision", "box_recall"):
+        table.add_row(key, fmt_rate(report.get(key)))
+    _print_common(table, report)
+    console.print(table)
+    classes = Table("class", "AP@0.5", "AP@[.5:.95]", "threshold", title="per class")
+    for name, ap in report["per_class_ap"].items():
+        classes.add_row(
+            name,
+            fmt_rate(ap),
+            fmt_rate(report["per_class_ap50_95"].get(name)),
+            f"{report['class_thresholds'][name]:.3f}",
+        )
+    console.print(classes)
+    _print_notes(report)
+
+
+def _print_report(report: dict) -> None:
+    if report.get("task") == "detection":
+        _print_detector_report(report)
+        return
+    table = Table(
+        "metric",
+        "test",
+        title=f"{report.get('model')} on {report.get('manifest')}/{report.get('split')}",
+    )
+    for key in (
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "auroc",
+        "escape_rate",
+        "false_reject_rate",
+        "threshold",
+    ):
+        table.add_row(key, fmt_rate(report.get(key)))
+    table.add_row("accuracy at 0.5", fmt_rate(report.get("at_threshold_0.5", {}).get("accuracy")))
+    _print_common(table, report)
+    console.print(table)
+    for key, groups in report.get("groups", {}).items():
+        gt = Table(key, "n", "accuracy", "acc at 0.5", "AUROC", "escape", "false reject", title=f"by {key}")
+        for name, g in groups.items():
+            gt.add_row(
+                name,
+                str(g["n"]),
+                fmt_rate(g["accuracy"]),
+                fmt_rate(g["accuracy_at_0.5"]),
+                fmt_rate(g["auroc"]),
+                fmt_rate(g["escape_rate"]),
+                fmt_rate(g["false_reject_rate"]),
+            )
+        console.print(gt)
+    _print_notes(report)
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder, or models:/NAME@ALIAS.")],
+    manifest: Annotated[Path, typer.Option(help="Manifest with the labeled images.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the machine-readable report here.")
+    ] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the plots. Classifiers: roc.png, pr.png, confusion.png and scores.npz. "
+            "Detectors: pr_curves.png (per class) and samples-*.png sheets (true boxes green, "
+            "predicted red, with a legend)."
+        ),
+    ] = None,
+    group_by: Annotated[list[str] | None, typer.Option(help="Metadata keys to break down by.")] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Another bundle to compare with (e.g. the fp32 one of an INT8 bundle).")
+    ] = None,
+) -> None:
+    """Evaluate a bundle through ONNX Runtime at its calibrated threshold: escapes and false rejects.
+
+    With --baseline, the report also gives each metric's change against that bundle on the same images.
+    """
+    from zerodefect.datasets.manifest import Manifest
+    from zerodefect.inference.bundle import read_meta
+    from zerodefect.inference.source import fetch_bundle
+    from zerodefect.training.evaluate import compare_reports, evaluate_any, evaluate_bundle, write_report
+
+    try:
+        folder = fetch_bundle(bundle, get_settings().data_dir / "registry-cache")
+        data = Manifest.read(manifest)
+        if read_meta(folder).task == "detection":
+            if baseline:
+                raise fail("--baseline compares classifiers; compare detector reports' mAP directly")
+            report = evaluate_any(folder, data, split, plots)
+        else:
+            report = evaluate_bundle(folder, data, split, group_by or None, plots)
+        if baseline:
+            base = evaluate_bundle(
+                fetch_bundle(baseline, get_settings().data_dir / "registry-cache"), data, split, []
+            )
+            report["versus_baseline"] = compare_reports(report, base, baseline)
+    except user_errors() as exc:
+        raise fail(str(exc)) from None
+    _print_report(report)
+    for metric, row in report.get("versus_baseline", {}).get("metrics", {}).items():
+        delta = "n/a" if row["delta"] is None else f"{row['delta']:+.4f}"
+        console.print(f"{metric}: {fmt_rate(row['this'])} vs baseline {fmt_rate(row['baseline'])} ({delta})")
+    if json_path:
+        console.print(f"report: {write_report(report, json_path)}")
+
+
+@app.command()
+def quantize(
+    bundle: Annotated[Path, typer.Argument(help="An fp32 bundle folder.")],
+    manifest: Annotated[
+        Path, typer.Option(help="Manifest: train images calibrate, val recalibrates the threshold.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the INT8 bundle.")],
+    calibration_images: Annotated[int, typer.Option(help="Train images used for activation ranges.")] = 256,
+) -> None:
+    """Make a static INT8 (QDQ, per-channel) copy of a bundle; check its cost with `evaluate --baseline`."""
+    from zerodefect.datasets.manifest import Manifest
+    from zerodefect.training.quantize import quantize_bundle
+
+    try:
+        folder = quantize_bundle(bundle, Manifest.read(manifest), out, calibration_images)
+    except user_errors() as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"INT8 bundle: {folder}\ncheck its accuracy cost: zerodefect evaluate {folder} --manifest {manifest} --baseline {bundle}"
+    )
