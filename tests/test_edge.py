@@ -253,3 +253,13 @@ def test_the_registry_module_lists_and_resolves_versions(data_dir: Path, bundles
     assert str(alias_version("listed", "champion").version) == v1 and alias_version("listed", "nope") is None
     with pytest.raises(UnknownModel, match="no registered model 'nothing'"):
         list_versions("nothing")
+    # `zerodefect models list` prints the same listing.
+    from typer.testing import CliRunner
+
+    from zerodefect.cli import app as cli
+
+    listed = CliRunner().invoke(cli, ["models", "list", "listed"])
+    assert listed.exit_code == 0, listed.output
+    assert all(v.version in listed.output for v in versions) and "challenger" in listed.output
+    unknown = CliRunner().invoke(cli, ["models", "list", "nothing"])
+    assert unknown.exit_code == 2 and "no registered model 'nothing'" in unknown.output
