@@ -78,6 +78,19 @@ class Detections:
         """The same boxes in another image size (sx, sy: new/old width and height)."""
         return Detections(self.xyxy * np.array([sx, sy, sx, sy], np.float32), self.scores, self.class_id)
 
+    # manifests (datasets/)
+    @classmethod
+    def from_manifest(cls, boxes: Sequence[dict[str, Any]], classes: Sequence[str]) -> Detections:
+        """A manifest row's boxes, [{"label": name, "box": [xmin, ymin, xmax, ymax]}], score 1."""
+        return cls.from_labels([b["label"] for b in boxes], [b["box"] for b in boxes], classes)
+
+    def to_manifest(self, classes: Sequence[str]) -> list[dict[str, Any]]:
+        """The boxes as a manifest row stores them (the format on disk)."""
+        return [
+            {"label": label, "box": [float(v) for v in xyxy]}
+            for label, xyxy in zip(self.labels(classes), self.xyxy, strict=True)
+        ]
+
 
 @dataclass
 class InspectionResult:
