@@ -229,34 +229,77 @@ def edge_load(
         _stop(edge)
 
 
-def run_detector_bench(
+def measure_bundle(
     bundle: Path,
+    images: list[np.ndarray],
     jpegs: list[bytes],
     out_dir: Path,
     threads: int = 2,
     seconds: float = 10.0,
     cameras: tuple[int, ...] = (1, 2, 4),
+    run_dir: Path | None = None,
+    one_thread: bool = False,
 ) -> dict[str, Any]:
-    """The detector's rows: A on `threads` and on 1 thread, and B, with the plant's own JPEGs."""
-    from zerodefect.inference.preprocess import decode_image
+    """A and B for any task's bundle (A on one thread too with `one_thread`), and C when the
+    training `run_dir` with its PyTorch weights is given; with the ratios of the targets."""
     from zerodefect.models.bundle import read_meta
 
     work = out_dir / "bench-work"
     work.mkdir(parents=True, exist_ok=True)
-    images = [decode_image(j) for j in jpegs]
     meta = read_meta(bundle)
     result: dict[str, Any] = {"bundle": str(bundle), "input_size": meta.input.height}
     result.update(model_only(bundle, images, threads))
-    one = model_only(bundle, images, 1, seconds=4.0)
-    result["model_median_ms_1thread"] = one["model_median_ms"]
+    if one_thread:
+        result["model_median_ms_1thread"] = model_only(bundle, images, 1, seconds=4.0)["model_median_ms"]
     env = {**os.environ, "ZD_DATA_DIR": str(work / "var")}
-    result.update(edge_load(bundle, jpegs, threads, seconds, cameras, work, env, work / "servers.log"))
+    log = work / "servers.log"
+    result.update(edge_load(bundle, jpegs, threads, seconds, cameras, work, env, log))
+    if run_dir is not None and (run_dir / "best.pt").exists():
+        result["eager"] = eager_load(run_dir, jpegs, threads, seconds, cameras, meta.tta, env, log)
     best = max(result["e2e"].values(), key=lambda r: r["ips"])
     result["e2e_ips"] = best["ips"]
     result["e2e_over_model"] = best["ips"] / result["model_only_ips"]
+    if "eager" in result:
+        result["eager_ips"] = max(r["ips"] for r in result["eager"].values())
+        result["e2e_over_eager"] = result["e2e_ips"] / result["eager_ips"]
     result["p99_ms"] = result["paced_2x15fps"]["p99_ms"]
     result["p99_over_model_median"] = result["p99_ms"] / result["model_median_ms"]
     return result
+
+
+def eager_load(
+    run_dir: Path,
+    jpegs: list[bytes],
+    threads: int,
+    seconds: float,
+    cameras: tuple[int, ...],
+    tta: str,
+    env: dict[str, str],
+    log: Path,
+) -> dict[str, Any]:
+    """C: the eager-PyTorch handler in its own process, loaded by 1..n cameras."""
+    eager_port = _free_port()
+    eager = _start(
+        [
+            "bench-eager-server",
+            str(run_dir),
+            "--port",
+            str(eager_port),
+            "--threads",
+            str(threads),
+            "--tta",
+            tta,
+        ],
+        env,
+        log,
+    )
+    url = f"http://127.0.0.1:{eager_port}"
+    try:
+        _wait_healthy(url, eager)
+        load(url, jpegs, 1, 2.0)
+        return {str(c): load(url, jpegs, c, seconds) for c in cameras}
+    finally:
+        _stop(eager)
 
 
 def run_bench(
@@ -269,62 +312,21 @@ def run_bench(
     cameras: tuple[int, ...] = (1, 2, 4),
     command: str = "make bench",
 ) -> dict[str, Any]:
-    """Measure A, B and C; write docs/benchmarks.md and docs/results/edge-bench.json."""
-    work = out_dir / "bench-work"
-    work.mkdir(parents=True, exist_ok=True)
+    """Measure A, B and C of the main bundle, with what the report's header says of the run."""
+    from zerodefect.models.bundle import read_meta
+
     jpegs = [
         cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
         for im in images
     ]
     result: dict[str, Any] = {
-        "bundle": str(bundle),
         "threads": threads,
         "cores": os.cpu_count(),
         "command": command,
         "cameras": list(cameras),
+        "tta": read_meta(bundle).tta,
     }
-    from zerodefect.models.bundle import read_meta
-
-    meta = read_meta(bundle)
-    result.update(input_size=meta.input.height, tta=meta.tta)
-    result.update(model_only(bundle, images, threads))
-
-    env = {**os.environ, "ZD_DATA_DIR": str(work / "var")}
-    log = work / "servers.log"
-    result.update(edge_load(bundle, jpegs, threads, seconds, cameras, work, env, log))
-
-    if run_dir is not None and (run_dir / "best.pt").exists():
-        eager_port = _free_port()
-        eager = _start(
-            [
-                "bench-eager-server",
-                str(run_dir),
-                "--port",
-                str(eager_port),
-                "--threads",
-                str(threads),
-                "--tta",
-                result["tta"],
-            ],
-            env,
-            log,
-        )
-        url = f"http://127.0.0.1:{eager_port}"
-        try:
-            _wait_healthy(url, eager)
-            load(url, jpegs, 1, 2.0)
-            result["eager"] = {str(c): load(url, jpegs, c, seconds) for c in cameras}
-        finally:
-            _stop(eager)
-
-    best = max(result["e2e"].values(), key=lambda r: r["ips"])
-    result["e2e_ips"] = best["ips"]
-    result["e2e_over_model"] = best["ips"] / result["model_only_ips"]
-    if "eager" in result:
-        result["eager_ips"] = max(r["ips"] for r in result["eager"].values())
-        result["e2e_over_eager"] = result["e2e_ips"] / result["eager_ips"]
-    result["p99_ms"] = result["paced_2x15fps"]["p99_ms"]
-    result["p99_over_model_median"] = result["p99_ms"] / result["model_median_ms"]
+    result.update(measure_bundle(bundle, images, jpegs, out_dir, threads, seconds, cameras, run_dir))
     return result
 
 
@@ -406,22 +408,15 @@ def eager_app(run_dir: Path, threads: int, tta: str = "none"):
     """
     import torch
 
+    from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.preprocess import decode_image, resize
-    from zerodefect.models.classifier import build_classifier
     from zerodefect.training.config import load_config
+    from zerodefect.training.tasks import get_task
 
     torch.set_num_threads(threads)
     cfg = load_config(run_dir / "config.yaml")
-    from zerodefect.datasets.manifest import Manifest
-
     manifest = Manifest.read(run_dir / "manifest.jsonl")
-    model, _ = build_classifier(
-        cfg.model.arch,
-        manifest.classes,
-        manifest.good_class,
-        None,
-        soft_labels=cfg.data.soft_label_key is not None,
-    )
+    model, _ = get_task(cfg.task).build_model(cfg, manifest, None)
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["model"])
     model.tta = tta
     model = model.eval().to(memory_format=torch.channels_last)

@@ -212,6 +212,7 @@ def train(
     from zerodefect.training.export import ExportParityError
     from zerodefect.training.health import TrainingFailed
     from zerodefect.training.pipeline import run_training
+    from zerodefect.training.report import print_report
 
     try:
         cfg = load_config(config, set_)
@@ -221,7 +222,7 @@ def train(
     except TrainingFailed as exc:
         console.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
         raise typer.Exit(code=3) from None
-    _print_report(outcome.report)
+    print_report(outcome.report, console)
     console.print(
         f"bundle:  {outcome.bundle_dir}\nreport:  {outcome.report_path}\nMLflow run: {outcome.run_id}"
     )
@@ -247,76 +248,6 @@ def export(
     except (*user_errors(), ExportParityError) as exc:
         raise fail(str(exc)) from None
     console.print(f"bundle: {bundle}")
-
-
-def _print_notes(report: dict) -> None:
-    for note in report.get("notes", []):
-        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-
-
-def _print_common(table: Table, report: dict) -> None:
-    """The rows every task's report shares: latency, parity, training time."""
-    table.add_row("ms per image, 1 core", fmt_rate(report.get("ms_per_image_1core"), 1))
-    if "training_minutes" in report:
-        table.add_row("training minutes", fmt_rate(report.get("training_minutes"), 1))
-
-
-def _print_detector_report(report: dict) -> None:
-    title = f"{report.get('model')} on {report.get('manifest')}/{report.get('split')}"
-    table = Table("metric", "test", title=title)
-    for key in ("map50", "map50_95", "escape_rate", "false_reject_rate", "box_precision", "box_recall"):
-        table.add_row(key, fmt_rate(report.get(key)))
-    _print_common(table, report)
-    console.print(table)
-    classes = Table("class", "AP@0.5", "AP@[.5:.95]", "threshold", title="per class")
-    for name, ap in report["per_class_ap"].items():
-        classes.add_row(
-            name,
-            fmt_rate(ap),
-            fmt_rate(report["per_class_ap50_95"].get(name)),
-            f"{report['class_thresholds'][name]:.3f}",
-        )
-    console.print(classes)
-    _print_notes(report)
-
-
-def _print_report(report: dict) -> None:
-    if report.get("task") == "detection":
-        _print_detector_report(report)
-        return
-    table = Table(
-        "metric",
-        "test",
-        title=f"{report.get('model')} on {report.get('manifest')}/{report.get('split')}",
-    )
-    for key in (
-        "accuracy",
-        "precision",
-        "recall",
-        "f1",
-        "auroc",
-        "escape_rate",
-        "false_reject_rate",
-        "threshold",
-    ):
-        table.add_row(key, fmt_rate(report.get(key)))
-    table.add_row("accuracy at 0.5", fmt_rate(report.get("at_threshold_0.5", {}).get("accuracy")))
-    _print_common(table, report)
-    console.print(table)
-    for key, groups in report.get("groups", {}).items():
-        gt = Table(key, "n", "accuracy", "acc at 0.5", "AUROC", "escape", "false reject", title=f"by {key}")
-        for name, g in groups.items():
-            gt.add_row(
-                name,
-                str(g["n"]),
-                fmt_rate(g["accuracy"]),
-                fmt_rate(g["accuracy_at_0.5"]),
-                fmt_rate(g["auroc"]),
-                fmt_rate(g["escape_rate"]),
-                fmt_rate(g["false_reject_rate"]),
-            )
-        console.print(gt)
-    _print_notes(report)
 
 
 @app.command()
@@ -346,27 +277,22 @@ def evaluate(
     """
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.source import fetch_bundle
-    from zerodefect.models.bundle import read_meta
-    from zerodefect.training.evaluate import compare_reports, evaluate_any, evaluate_bundle, write_report
+    from zerodefect.training.evaluate import compare_reports, evaluate_bundle
+    from zerodefect.training.report import print_report, write_report
 
     try:
         folder = fetch_bundle(bundle, get_settings().data_dir / "registry-cache")
         data = Manifest.read(manifest)
-        if read_meta(folder).task == "detection":
-            if baseline:
-                raise fail("--baseline compares classifiers; compare detector reports' mAP directly")
-            report = evaluate_any(folder, data, split, plots)
-        else:
-            report = evaluate_bundle(folder, data, split, group_by or None, plots)
+        report = evaluate_bundle(folder, data, split, group_by or None, plots)
         if baseline:
             base = evaluate_bundle(
                 fetch_bundle(baseline, get_settings().data_dir / "registry-cache"), data, split, []
             )
-            report["versus_baseline"] = compare_reports(report, base, baseline)
+            report.data["versus_baseline"] = compare_reports(report, base, baseline)
     except user_errors() as exc:
         raise fail(str(exc)) from None
-    _print_report(report)
-    for metric, row in report.get("versus_baseline", {}).get("metrics", {}).items():
+    print_report(report, console)
+    for metric, row in report.data.get("versus_baseline", {}).get("metrics", {}).items():
         delta = "n/a" if row["delta"] is None else f"{row['delta']:+.4f}"
         console.print(f"{metric}: {fmt_rate(row['this'])} vs baseline {fmt_rate(row['baseline'])} ({delta})")
     if json_path:
@@ -770,9 +696,9 @@ def bench(
     """Measure the station service against raw ONNX Runtime and an eager-PyTorch handler, in one run.
 
     When a finished detector run exists, its bundle is measured too, on its own test images."""
-    from zerodefect.bench import run_bench, run_detector_bench, write_reports
+    from zerodefect.bench import measure_bundle, run_bench, write_reports
     from zerodefect.datasets.manifest import Manifest
-    from zerodefect.inference.preprocess import read_image
+    from zerodefect.inference.preprocess import decode_image, read_image
     from zerodefect.models.bundle import read_meta
 
     run_dir = _reference_run(run)
@@ -810,8 +736,14 @@ def bench(
             det_dir = _reference_run(detector_run)
             det_manifest = Manifest.read(det_dir / "manifest.jsonl")
             jpegs = [det_manifest.resolve(s).read_bytes() for s in det_manifest.split("test")[:64]]
-            result["detector"] = run_detector_bench(
-                det_dir / "bundle", jpegs, get_settings().data_dir, threads, seconds
+            result["detector"] = measure_bundle(
+                det_dir / "bundle",
+                [decode_image(j) for j in jpegs],
+                jpegs,
+                get_settings().data_dir,
+                threads,
+                seconds,
+                one_thread=True,
             )
             result["command"] += f"; detector rows: --detector-run {detector_run}"
     md, js = write_reports(result, docs)
