@@ -36,10 +36,10 @@ def evaluate_bundle(
     training group_by); `timing_images` test images measure the model-only latency on one
     core (0 skips it); `plots_dir` receives the task's plots.
     """
-    from zerodefect.training.tasks import get_task
+    from zerodefect.training.tasks import EvalRequest, get_task
 
-    task = get_task(read_meta(bundle).task)
-    return task.evaluate(bundle, manifest, split, group_by, plots_dir, threads, progress, timing_images)
+    request = EvalRequest(bundle, manifest, split, group_by, plots_dir, threads, progress, timing_images)
+    return get_task(read_meta(bundle).task).evaluate(request)
 
 
 def split_samples(manifest: Manifest, split: str) -> list[Sample]:

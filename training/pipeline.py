@@ -24,7 +24,7 @@ from zerodefect.training.progress import progress_bar
 from zerodefect.training.release import calibrate_and_export, decode_splits
 from zerodefect.training.report import Report, write_report
 from zerodefect.training.runs import keep_inputs, mark_finished, new_run_dir, prepare_manifest, run_id_of
-from zerodefect.training.tasks import get_task
+from zerodefect.training.tasks import FitJob, get_task
 
 
 @dataclass
@@ -141,9 +141,8 @@ def run_training(
             on_batch,
             on_epoch,
         ):
-            result = task.fit(
-                cfg, model, manifest, train, val, run_dir, augment, bool(resume), on_batch, on_epoch
-            )
+            job = FitJob(cfg, model, manifest, train, val, run_dir, augment, bool(resume), on_batch, on_epoch)
+            result = task.fit(job)
         console.print(
             f"best val {task.headline_label} {result.best_score:.4f} at epoch {result.best_epoch + 1}; "
             f"{result.epochs_run} epochs in {result.seconds / 60:.1f} min"

@@ -21,7 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,20 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> Non
 def _stop(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(30)
+
+
+@contextmanager
+def _serving(args: list[str], env: dict[str, str], log: Path) -> Iterator[str]:
+    """A `zerodefect` server command in its own process on a free local port: its URL once
+    healthy; stopped on the way out."""
+    port = _free_port()
+    proc = _start([*args, "--port", str(port)], env, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        _stop(proc)
 
 
 def multipart(fields: dict[str, str], jpeg: bytes) -> tuple[bytes, str]:
@@ -200,7 +216,6 @@ def edge_load(
     The station trusts this machine's training key, which signed the bundles measured."""
     from zerodefect.models.signing import public_key_b64, signing_key
 
-    edge_port = _free_port()
     config = work / "station.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -216,17 +231,12 @@ def edge_load(
             }
         )
     )
-    edge = _start(["serve", "edge", "--config", str(config), "--port", str(edge_port)], env, log)
-    url = f"http://127.0.0.1:{edge_port}"
-    try:
-        _wait_healthy(url, edge)
+    with _serving(["serve", "edge", "--config", str(config)], env, log) as url:
         load(url, jpegs, 1, 2.0)  # warm-up
         return {
             "e2e": {str(c): load(url, jpegs, c, seconds) for c in cameras},
             "paced_2x15fps": load(url, jpegs, 2, seconds, fps=15.0),
         }
-    finally:
-        _stop(edge)
 
 
 def measure_bundle(
@@ -255,7 +265,11 @@ def measure_bundle(
     log = work / "servers.log"
     result.update(edge_load(bundle, jpegs, threads, seconds, cameras, work, env, log))
     if run_dir is not None and (run_dir / "best.pt").exists():
-        result["eager"] = eager_load(run_dir, jpegs, threads, seconds, cameras, meta.tta, env, log)
+        # C: the eager-PyTorch handler, same weights and test-time augmentation as the bundle.
+        eager = ["bench-eager-server", str(run_dir), "--threads", str(threads), "--tta", meta.tta]
+        with _serving(eager, env, log) as url:
+            load(url, jpegs, 1, 2.0)  # warm-up
+            result["eager"] = {str(c): load(url, jpegs, c, seconds) for c in cameras}
     best = max(result["e2e"].values(), key=lambda r: r["ips"])
     result["e2e_ips"] = best["ips"]
     result["e2e_over_model"] = best["ips"] / result["model_only_ips"]
@@ -265,41 +279,6 @@ def measure_bundle(
     result["p99_ms"] = result["paced_2x15fps"]["p99_ms"]
     result["p99_over_model_median"] = result["p99_ms"] / result["model_median_ms"]
     return result
-
-
-def eager_load(
-    run_dir: Path,
-    jpegs: list[bytes],
-    threads: int,
-    seconds: float,
-    cameras: tuple[int, ...],
-    tta: str,
-    env: dict[str, str],
-    log: Path,
-) -> dict[str, Any]:
-    """C: the eager-PyTorch handler in its own process, loaded by 1..n cameras."""
-    eager_port = _free_port()
-    eager = _start(
-        [
-            "bench-eager-server",
-            str(run_dir),
-            "--port",
-            str(eager_port),
-            "--threads",
-            str(threads),
-            "--tta",
-            tta,
-        ],
-        env,
-        log,
-    )
-    url = f"http://127.0.0.1:{eager_port}"
-    try:
-        _wait_healthy(url, eager)
-        load(url, jpegs, 1, 2.0)
-        return {str(c): load(url, jpegs, c, seconds) for c in cameras}
-    finally:
-        _stop(eager)
 
 
 def run_bench(

@@ -144,9 +144,10 @@ def datasets_from_reviews(
     from zerodefect.quality.db import make_engine, migrate, session_factory
     from zerodefect.quality.images import ImageStore
     from zerodefect.quality.reviews_export import manifest_from_reviews
+    from zerodefect.training.tasks import TASKS
 
-    if task not in ("classification", "detection"):
-        raise fail(f"--task must be classification or detection, not {task!r}")
+    if task not in TASKS:
+        raise fail(f"--task must be {' or '.join(TASKS)}, not {task!r}")
     settings = get_settings()
     migrate(settings.record_database_url)
     with session_factory(make_engine(settings.record_database_url))() as session:

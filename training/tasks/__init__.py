@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from zerodefect.training.tasks.base import Calibration, ParityReport, Split, Task
+from zerodefect.training.tasks.base import Calibration, EvalRequest, FitJob, ParityReport, Split, Task
 from zerodefect.training.tasks.classification import Classification
 from zerodefect.training.tasks.detection import Detection
 
 TASKS: dict[str, Task] = {"classification": Classification(), "detection": Detection()}
 
-__all__ = ["TASKS", "Calibration", "ParityReport", "Split", "Task", "get_task"]
+__all__ = ["TASKS", "Calibration", "EvalRequest", "FitJob", "ParityReport", "Split", "Task", "get_task"]
 
 
 def get_task(name: str) -> Task:

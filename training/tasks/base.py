@@ -62,6 +62,39 @@ class ParityReport:
         return {"images": self.images, **self.fields}
 
 
+@dataclass
+class FitJob:
+    """What a task's training step gets: the model, the decoded splits, the run folder (its
+    checkpoints, for --resume) and the progress callbacks."""
+
+    cfg: Config
+    model: Any
+    manifest: Manifest
+    train: Split
+    val: Split
+    run_dir: Path
+    augment: Any = None
+    resume: bool = False
+    on_batch: Callable[[float], None] | None = None
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class EvalRequest:
+    """A bundle to evaluate on one split: `group_by` metadata keys break the numbers down
+    (default: the bundle's training group_by), `timing_images` measure the 1-core latency
+    (0 skips it), `plots_dir` receives the task's plots."""
+
+    bundle: Path
+    manifest: Manifest
+    split: str = "test"
+    group_by: list[str] | None = None
+    plots_dir: Path | None = None
+    threads: int | None = None
+    progress: Callable[[int], None] | None = None
+    timing_images: int = 50
+
+
 class Task(Protocol):
     """One task's part of training, export, evaluation and the gate."""
 
@@ -95,19 +128,7 @@ class Task(Protocol):
     def boxes_at_input(self, train: Split) -> list[np.ndarray] | None:
         """Training boxes as the model sees them (pre-flight), or None for a task without boxes."""
 
-    def fit(
-        self,
-        cfg: Config,
-        model: Any,
-        manifest: Manifest,
-        train: Split,
-        val: Split,
-        run_dir: Path,
-        augment: Any,
-        resume: bool,
-        on_batch: Callable[[float], None] | None,
-        on_epoch: Callable[[dict[str, Any]], None] | None,
-    ) -> Any:
+    def fit(self, job: FitJob) -> Any:
         """Train, keeping the best weights by the val headline: a FitResult. The shared `fit` loop
         of zerodefect.training.train, or the task's own (a one-pass model)."""
 
@@ -128,17 +149,7 @@ class Task(Protocol):
     def recalibrate(self, bundle: Path, manifest: Manifest, target_escape_rate: float) -> dict[str, Any]:
         """BundleMeta updates that recalibrate a changed graph (an INT8 copy) on val."""
 
-    def evaluate(
-        self,
-        bundle: Path,
-        manifest: Manifest,
-        split: str,
-        group_by: list[str] | None,
-        plots_dir: Path | None,
-        threads: int | None,
-        progress: Callable[[int], None] | None,
-        timing_images: int,
-    ) -> Report:
+    def evaluate(self, request: EvalRequest) -> Report:
         """The bundle through ONNX Runtime at its threshold(s) on `split`: the typed report."""
 
     def report_from_json(self, data: dict[str, Any]) -> Report:

@@ -14,7 +14,7 @@ from zerodefect.datasets.manifest import Manifest, Sample
 from zerodefect.formatting import fmt_rate
 from zerodefect.training.config import Config
 from zerodefect.training.report import Plant, Report
-from zerodefect.training.tasks.base import Calibration, ParityReport, Split
+from zerodefect.training.tasks.base import Calibration, EvalRequest, FitJob, ParityReport, Split
 
 # A val AUROC at or under this is a coin toss: the run learned nothing (health check).
 CHANCE_AUROC = 0.55
@@ -69,36 +69,25 @@ class Classification:
     def boxes_at_input(self, train: Split) -> list[np.ndarray] | None:
         return None
 
-    def fit(
-        self,
-        cfg: Config,
-        model: Any,
-        manifest: Manifest,
-        train: Split,
-        val: Split,
-        run_dir: Path,
-        augment: Any,
-        resume: bool,
-        on_batch: Callable[[float], None] | None,
-        on_epoch: Callable[[dict[str, Any]], None] | None,
-    ) -> Any:
+    def fit(self, job: FitJob) -> Any:
         from zerodefect.training.data import targets_for
         from zerodefect.training.train import fit_classifier
 
+        manifest = job.manifest
         return fit_classifier(
-            cfg,
-            model,
-            train.images,
-            targets_for(manifest, train.samples, cfg.data.soft_label_key),
-            val.images,
-            val.truth,
+            job.cfg,
+            job.model,
+            job.train.images,
+            targets_for(manifest, job.train.samples, job.cfg.data.soft_label_key),
+            job.val.images,
+            job.val.truth,
             _good_index(manifest),
             len(manifest.classes),
-            run_dir,
-            augment,
-            resume=resume,
-            on_batch=on_batch,
-            on_epoch=on_epoch,
+            job.run_dir,
+            job.augment,
+            resume=job.resume,
+            on_batch=job.on_batch,
+            on_epoch=job.on_epoch,
         )
 
     def predict(self, model: Any, images: np.ndarray) -> np.ndarray:
@@ -153,37 +142,29 @@ class Classification:
         defective = np.array([manifest.is_defective(s) for s in val])
         return {"threshold": calibrate_threshold(defective, scores, target_escape_rate)}
 
-    def evaluate(
-        self,
-        bundle: Path,
-        manifest: Manifest,
-        split: str,
-        group_by: list[str] | None,
-        plots_dir: Path | None,
-        threads: int | None,
-        progress: Callable[[int], None] | None,
-        timing_images: int,
-    ) -> Report:
+    def evaluate(self, request: EvalRequest) -> Report:
         """Plant report at the bundle's threshold and at 0.5, per group of metadata keys."""
         from zerodefect.inference.engine import Engine
         from zerodefect.training.evaluate import add_latency, bundle_fields, refuse_unknown, split_samples
         from zerodefect.training.metrics import curves, plant_report
         from zerodefect.training.plots import save_plots
 
-        engine = Engine.from_bundle(bundle, threads=threads)
+        manifest, plots_dir = request.manifest, request.plots_dir
+        engine = Engine.from_bundle(request.bundle, threads=request.threads)
         meta = engine.meta
-        samples = split_samples(manifest, split)
+        samples = split_samples(manifest, request.split)
         refuse_unknown(manifest, meta, {lab for s in samples for lab in s.labels})
         paths = [manifest.resolve(s) for s in samples]
-        scores = engine.defect_scores(engine.score_files(paths, progress=progress))
+        scores = engine.defect_scores(engine.score_files(paths, progress=request.progress))
         defective = np.array([manifest.is_defective(s) for s in samples])
+        group_by = request.group_by
         if group_by is None:
             group_by = list(meta.training.get("group_by", []))
         groups = {key: np.array([str(s.meta.get(key)) for s in samples]) for key in group_by}
         data = plant_report(defective, scores, meta.threshold, groups)
-        data.update(bundle_fields(meta, manifest, split))
+        data.update(bundle_fields(meta, manifest, request.split))
         data["tta"] = meta.tta
-        add_latency(data, bundle, paths, timing_images)
+        add_latency(data, request.bundle, paths, request.timing_images)
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
             if data["auroc"] is not None:

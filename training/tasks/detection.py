@@ -15,7 +15,7 @@ from zerodefect.datasets.manifest import DatasetError, Manifest, Sample
 from zerodefect.formatting import fmt_rate
 from zerodefect.training.config import Config
 from zerodefect.training.report import Plant, Report
-from zerodefect.training.tasks.base import Calibration, ParityReport, Split
+from zerodefect.training.tasks.base import Calibration, EvalRequest, FitJob, ParityReport, Split
 
 # A detector whose best val mAP@0.5 stays under this learned nothing usable.
 MIN_VAL_MAP50 = 0.05
@@ -80,34 +80,22 @@ class Detection:
     def boxes_at_input(self, train: Split) -> list[np.ndarray] | None:
         return [truth.xyxy for truth in train.truth]
 
-    def fit(
-        self,
-        cfg: Config,
-        model: Any,
-        manifest: Manifest,
-        train: Split,
-        val: Split,
-        run_dir: Path,
-        augment: Any,
-        resume: bool,
-        on_batch: Callable[[float], None] | None,
-        on_epoch: Callable[[dict[str, Any]], None] | None,
-    ) -> Any:
+    def fit(self, job: FitJob) -> Any:
         from zerodefect.training.detection import fit_detector
 
         return fit_detector(
-            cfg,
-            model,
-            manifest.classes,
-            train.images,
-            train.truth,
-            val.images,
-            val.truth,
-            run_dir,
-            augment,
-            resume=resume,
-            on_batch=on_batch,
-            on_epoch=on_epoch,
+            job.cfg,
+            job.model,
+            job.manifest.classes,
+            job.train.images,
+            job.train.truth,
+            job.val.images,
+            job.val.truth,
+            job.run_dir,
+            job.augment,
+            resume=job.resume,
+            on_batch=job.on_batch,
+            on_epoch=job.on_epoch,
         )
 
     def predict(self, model: Any, images: np.ndarray) -> list:
@@ -161,17 +149,7 @@ class Detection:
     def recalibrate(self, bundle: Path, manifest: Manifest, target_escape_rate: float) -> dict[str, Any]:
         raise NotImplementedError("detector bundles are not quantized")
 
-    def evaluate(
-        self,
-        bundle: Path,
-        manifest: Manifest,
-        split: str,
-        group_by: list[str] | None,
-        plots_dir: Path | None,
-        threads: int | None,
-        progress: Callable[[int], None] | None,
-        timing_images: int,
-    ) -> Report:
+    def evaluate(self, request: EvalRequest) -> Report:
         """COCO mAP, per-class AP and the part-level plant numbers at the class thresholds."""
         from zerodefect.inference.engine import Engine
         from zerodefect.inference.postprocess import above
@@ -179,12 +157,13 @@ class Detection:
         from zerodefect.training.detection_metrics import coco_map, part_report
         from zerodefect.training.evaluate import add_latency, bundle_fields, refuse_unknown, split_samples
 
-        engine = Engine.from_bundle(bundle, threads=threads)
+        manifest, plots_dir = request.manifest, request.plots_dir
+        engine = Engine.from_bundle(request.bundle, threads=request.threads)
         meta = engine.meta
-        samples = split_samples(manifest, split)
+        samples = split_samples(manifest, request.split)
         refuse_unknown(manifest, meta, {b.label for s in samples for b in s.boxes}, "box classes")
         paths = [manifest.resolve(s) for s in samples]
-        detections, sizes = engine.detect_files(paths, progress=progress)
+        detections, sizes = engine.detect_files(paths, progress=request.progress)
         truths = [truth_for(manifest, s, size) for s, size in zip(samples, sizes, strict=True)]
         scores = coco_map(truths, detections, meta.classes, sizes)
         thresholds = engine.class_thresholds()
@@ -195,9 +174,9 @@ class Detection:
             "per_class_ap50_95": scores["per_class_ap50_95"],
             **part_report(truths, detections, thresholds),
             "class_thresholds": dict(zip(meta.classes, thresholds.tolist(), strict=True)),
-            **bundle_fields(meta, manifest, split),
+            **bundle_fields(meta, manifest, request.split),
         }
-        add_latency(data, bundle, paths, timing_images)
+        add_latency(data, request.bundle, paths, request.timing_images)
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
             from zerodefect.inference.preprocess import read_image
