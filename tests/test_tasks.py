@@ -46,7 +46,10 @@ def test_committed_reports_keep_their_keys_through_the_typed_report() -> None:
         detector["escapes"],
     )
     assert plant.false_reject_rate is None and plant.thresholds == detector["class_thresholds"]
-    assert report.metric("map50") == detector["map50"] and report.metric("escape_rate") == detector["escape_rate"]
+    assert (
+        report.metric("map50") == detector["map50"]
+        and report.metric("escape_rate") == detector["escape_rate"]
+    )
 
 
 def test_the_gate_reads_the_typed_report_and_the_task_names_its_metrics() -> None:
@@ -69,7 +72,10 @@ def test_tasks_are_registered_by_name_and_an_unknown_one_is_named() -> None:
 
 
 def test_manifest_boxes_travel_as_detections_and_back() -> None:
-    rows = [{"label": "spot", "box": [1.0, 2.0, 30.0, 40.0]}, {"label": "scratch", "box": [5.0, 5.0, 9.0, 9.5]}]
+    rows = [
+        {"label": "spot", "box": [1.0, 2.0, 30.0, 40.0]},
+        {"label": "scratch", "box": [5.0, 5.0, 9.0, 9.5]},
+    ]
     boxes = Detections.from_manifest(rows, ["scratch", "spot"])
     assert boxes.class_id.tolist() == [1, 0] and boxes.scores.tolist() == [1.0, 1.0]
     assert boxes.to_manifest(["scratch", "spot"]) == rows
