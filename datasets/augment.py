@@ -14,8 +14,10 @@ class AugmentationError(ValueError):
     """An augmentation in the config that albumentations does not know or rejects."""
 
 
-def build_augmentations(specs: list[dict[str, Any]], task: str = "classification"):
-    """Build an `albumentations.Compose` from config entries; None when the list is empty."""
+def build_augmentations(specs: list[dict[str, Any]], boxes: bool = False):
+    """Build an `albumentations.Compose` from config entries; None when the list is empty.
+
+    With `boxes` (a task whose truth is boxes), every transform moves the boxes too."""
     if not specs:
         return None
     import albumentations as A
@@ -31,7 +33,7 @@ def build_augmentations(specs: list[dict[str, Any]], task: str = "classification
             transforms.append(cls(**params))
         except (TypeError, ValueError) as exc:
             raise AugmentationError(f"{name}: {exc}") from exc
-    if task == "detection":
+    if boxes:
         bbox = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3)
         return A.Compose(transforms, bbox_params=bbox)
     return A.Compose(transforms)

@@ -112,10 +112,9 @@ class Manifest:
         return [c for c in self.classes if c != self.good_class]
 
     def is_defective(self, sample: Sample) -> bool:
-        """Plant view of a sample: defective when any label is not the good class."""
-        if self.task == "detection":
-            return bool(sample.boxes) or any(lab != self.good_class for lab in sample.labels)
-        return any(lab != self.good_class for lab in sample.labels)
+        """Plant view of a sample, for every task: defective when it has a box or any label
+        that is not the good class."""
+        return bool(sample.boxes) or any(lab != self.good_class for lab in sample.labels)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and label, for logs and reports."""

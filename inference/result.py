@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -109,6 +109,19 @@ class Detections:
             if x2 > x1 and y2 > y1:
                 rows.append(DefectIn(class_name=label, score=round(float(score), 6), box=[x1, y1, x2, y2]))
         return rows
+
+    # manifests (datasets/)
+    @classmethod
+    def from_manifest(cls, boxes: Sequence[dict[str, Any]], classes: Sequence[str]) -> Detections:
+        """A manifest row's boxes, [{"label": name, "box": [xmin, ymin, xmax, ymax]}], score 1."""
+        return cls.from_labels([b["label"] for b in boxes], [b["box"] for b in boxes], classes)
+
+    def to_manifest(self, classes: Sequence[str]) -> list[dict[str, Any]]:
+        """The boxes as a manifest row stores them (the format on disk)."""
+        return [
+            {"label": label, "box": [float(v) for v in xyxy]}
+            for label, xyxy in zip(self.labels(classes), self.xyxy, strict=True)
+        ]
 
 
 @dataclass

@@ -27,10 +27,10 @@ from zerodefect.quality.store import add_station
 from zerodefect.settings import get_settings
 from zerodefect.training.config import load_config
 from zerodefect.training.detection import DetectionDataset, load_detection_data, predict_detections
-from zerodefect.training.detection_metrics import GroundTruth, coco_map, part_report
-from zerodefect.training.detection_pipeline import build_from_config
+from zerodefect.training.detection_metrics import coco_map, part_report
 from zerodefect.training.export import check_detection_parity
 from zerodefect.training.pipeline import run_training
+from zerodefect.training.tasks import get_task
 
 from .people import client_for
 from .servers import serve
@@ -71,14 +71,18 @@ def trained(module_store: Path, voc_dataset: Path, tmp_path_factory: pytest.Temp
 
 def test_detector_learns_and_reports_plant_numbers(trained) -> None:
     cfg, outcome = trained
-    report = outcome.report
+    report = outcome.report.to_json()
+    assert report["task"] == "detection" and outcome.report.headline["map50"] == report["map50"]
     # Dark scratches and bright spots on a plain texture: a detector that learned finds them.
     assert report["map50"] > 0.5, report["map50"]
     assert 0 <= report["map50_95"] <= report["map50"]
     assert set(report["per_class_ap"]) == {"scratch", "spot"}
     # The generated set has clean parts, so both part-level rates are defined.
     assert report["clean_images"] > 0 and report["defective_images"] > 0
-    assert report["escape_rate"] is not None and report["false_reject_rate"] is not None
+    plant = outcome.report.plant
+    assert (plant.n, plant.defective) == (report["images"], report["defective_images"])
+    assert plant.escape_rate is not None and plant.false_reject_rate is not None
+    assert plant.thresholds == report["class_thresholds"]
     assert report["val"]["escape_rate"] <= cfg.calibration.target_escape_rate
     assert report["ms_per_image_1core"] > 0
     assert any(p.endswith("pr_curves.png") for p in report["plots"])
@@ -92,16 +96,16 @@ def test_export_parity_with_torchvision_on_generated_images(trained) -> None:
     assert meta.task == "detection" and meta.classes == ["scratch", "spot"]
     assert set(meta.class_thresholds) == {"scratch", "spot"}
     assert meta.postprocess["level_sizes"] == [256, 64, 16, 4, 1]
-    assert outcome.report["parity"]["differing_images"] == 0
+    assert outcome.report.data["parity"]["differing_images"] == 0
     # Independently of the run's own check: best weights in PyTorch against the shipped bundle.
     manifest = Manifest.read(outcome.run_dir / "manifest.jsonl")
-    model, _ = build_from_config(cfg, manifest.classes, None)
+    model, _ = get_task("detection").build_model(cfg, manifest, None)
     model.load_state_dict(torch.load(outcome.run_dir / "best.pt", weights_only=False)["model"])
     images, _ = load_detection_data(manifest, manifest.split("val"), 128, cfg.model.interpolation)
     reference = predict_detections(model, images, torch.device("cpu"))
     parity = check_detection_parity(engine, images, reference)
-    assert parity.ok and parity.compared_detections > 0
-    assert parity.min_matched_iou >= 0.99 and parity.differing_images == 0
+    assert parity.ok and parity.fields["compared_detections"] > 0
+    assert parity.fields["min_matched_iou"] >= 0.99 and parity.differing == 0
 
 
 def test_numpy_nms_matches_torchvision() -> None:
@@ -121,12 +125,13 @@ def test_numpy_nms_matches_torchvision() -> None:
 
 def test_coco_map_and_part_report() -> None:
     truths = [
-        GroundTruth(np.array([[10, 10, 50, 50]], np.float32), np.array([0]), (100, 100)),
-        GroundTruth(np.array([[20, 20, 80, 40]], np.float32), np.array([1]), (100, 100)),
-        GroundTruth(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), (100, 100)),
+        Detections.from_labels(["a"], [[10, 10, 50, 50]], ["a", "b"]),
+        Detections.from_labels(["b"], [[20, 20, 80, 40]], ["a", "b"]),
+        Detections.empty(),
     ]
-    perfect = [Detections(t.boxes, np.full(len(t.labels), 0.9, np.float32), t.labels) for t in truths]
-    scores = coco_map(truths, perfect, ["a", "b"])
+    sizes = [(100, 100)] * 3
+    perfect = [Detections(t.xyxy, np.full(len(t), 0.9, np.float32), t.class_id) for t in truths]
+    scores = coco_map(truths, perfect, ["a", "b"], sizes)
     assert scores["map50"] == pytest.approx(1.0) and scores["map50_95"] == pytest.approx(1.0)
     # Shifted by 6 px the box has IoU 0.57: it counts at 0.5 and 0.55, not at stricter IoUs.
     shifted = [
@@ -134,7 +139,7 @@ def test_coco_map_and_part_report() -> None:
         perfect[1],
         perfect[2],
     ]
-    worse = coco_map(truths, shifted, ["a", "b"])
+    worse = coco_map(truths, shifted, ["a", "b"], sizes)
     assert worse["per_class_ap"]["a"] == pytest.approx(1.0) and worse["per_class_ap50_95"][
         "a"
     ] == pytest.approx(0.2)
@@ -151,8 +156,8 @@ def test_coco_map_and_part_report() -> None:
 
 def test_box_aware_augmentation_moves_the_boxes() -> None:
     image = np.zeros((100, 100, 3), np.uint8)
-    truth = GroundTruth(np.array([[10, 20, 30, 60]], np.float32), np.array([1]), (100, 100))
-    flip = build_augmentations([{"name": "HorizontalFlip", "p": 1.0}], "detection")
+    truth = Detections.from_labels(["b"], [[10, 20, 30, 60]], ["a", "b"])
+    flip = build_augmentations([{"name": "HorizontalFlip", "p": 1.0}], boxes=True)
     _, target = DetectionDataset(image[None], [truth], flip)[0]
     assert target["boxes"].numpy() == pytest.approx(np.array([[70, 20, 90, 60]]), abs=1e-3)
     assert target["labels"].tolist() == [1]
@@ -176,7 +181,7 @@ def test_evaluate_cli_writes_the_detector_report(trained, tmp_path: Path) -> Non
         "ms_per_image_1core",
     ):
         assert key in report
-    assert report["map50"] == pytest.approx(outcome.report["map50"])
+    assert report["map50"] == pytest.approx(outcome.report.headline["map50"])
 
 
 def test_edge_serves_boxes_into_the_record(
@@ -212,7 +217,7 @@ def test_edge_serves_boxes_into_the_record(
         for defect in body["defects"]:
             x1, y1, x2, y2 = defect["box"]
             assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 128
-            assert defect["score"] >= outcome.report["class_thresholds"][defect["class_name"]]
+            assert defect["score"] >= outcome.report.plant.thresholds[defect["class_name"]]
         reader = client_for(record_app, record_url)
         page = reader.get("/v1/inspections", params={"limit": 10}).json()
         row = next(r for r in page["items"] if r["serial"] == "SN-D1")

@@ -74,7 +74,8 @@ def test_bundle_is_self_describing_and_matches_pytorch(first_run) -> None:
     assert meta["run_id"] == outcome.run_id and len(meta["dataset_hash"]) == 64
     assert meta["onnx_sha256"] == sha256_file(outcome.bundle_dir / "model.onnx")
     assert 0 < meta["threshold"] < 1
-    assert outcome.report["parity"]["max_abs_diff"] <= 1e-4 and outcome.report["parity"]["decisions_equal"]
+    parity = outcome.report.data["parity"]
+    assert parity["max_abs_diff"] <= 1e-4 and parity["decisions_equal"]
 
     # The engine, reading only the bundle, scores test images as the PyTorch model does.
     manifest = Manifest.read(Path(first_run[1]) / "manifest.jsonl")
@@ -98,7 +99,7 @@ def test_mlflow_run_version_and_alias(first_run) -> None:
     client = mlflow.MlflowClient()
     run = client.get_run(outcome.run_id)
     assert run.data.params["model.arch"] == "tf_efficientnet_lite0"
-    assert run.data.tags["dataset_hash"] == outcome.report["trained_on_dataset_hash"]
+    assert run.data.tags["dataset_hash"] == outcome.report.data["trained_on_dataset_hash"]
     for key in (
         "test_auroc",
         "test_escape_rate",
@@ -379,4 +380,4 @@ def test_int8_bundle_and_its_reported_cost(first_run, tmp_path: Path) -> None:
     report = json.loads(report_path.read_text())
     assert report["quantization"] == "int8-qdq"
     cost = report["versus_baseline"]["metrics"]["accuracy"]
-    assert cost["delta"] == pytest.approx(report["accuracy"] - outcome.report["accuracy"])
+    assert cost["delta"] == pytest.approx(report["accuracy"] - outcome.report.metric("accuracy"))

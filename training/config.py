@@ -119,6 +119,15 @@ class GateConfig(Strict):
     max_escape_rate: float = Field(default=0.20, ge=0, le=1)
     max_false_reject_rate: float = Field(default=0.50, ge=0, le=1)
 
+    def floor(self, metric: str) -> float:
+        """The floor of a gate metric, by the metric's report name."""
+        return {
+            "auroc": self.min_auroc,
+            "map50": self.min_map50,
+            "escape_rate": self.max_escape_rate,
+            "false_reject_rate": self.max_false_reject_rate,
+        }[metric]
+
 
 class MlflowConfig(Strict):
     experiment: str = "zerodefect"

@@ -22,14 +22,14 @@ from zerodefect.inference.preprocess import read_image, resize
 from zerodefect.inference.result import Detections
 from zerodefect.models.detector import InspectionDetector
 from zerodefect.training.config import Config
-from zerodefect.training.detection_metrics import GroundTruth, coco_map
+from zerodefect.training.detection_metrics import coco_map
 from zerodefect.training.train import FitResult, fit
 
 
 def load_detection_data(
     manifest: Manifest, samples: list[Sample], size: int, interpolation: str, progress=None
-) -> tuple[np.ndarray, list[GroundTruth]]:
-    """uint8 [N, size, size, 3] images and their boxes scaled to that size (class indices)."""
+) -> tuple[np.ndarray, list[Detections]]:
+    """uint8 [N, size, size, 3] images and their true boxes scaled to that size (score 1)."""
     images = np.empty((len(samples), size, size, 3), dtype=np.uint8)
     truths = []
     for i, sample in enumerate(samples):
@@ -43,26 +43,24 @@ def load_detection_data(
 
 def truth_for(
     manifest: Manifest, sample: Sample, image_size: tuple[int, int], size: tuple[int, int] | None = None
-) -> GroundTruth:
-    """A sample's boxes as class indices, in its own pixels or scaled to `size` (h, w); boxes
-    are clipped to the image and boxes with no area dropped, the same way for every split."""
+) -> Detections:
+    """A sample's true boxes (score 1), in its own pixels or scaled to `size` (h, w); boxes are
+    clipped to the image and boxes with no area dropped, the same way for every split."""
     height, width = size or image_size
     unknown = [b.label for b in sample.boxes if b.label not in manifest.classes]
     if unknown:
         raise DatasetError(f"{manifest.resolve(sample)}: box classes {unknown} are not in {manifest.classes}")
     h, w = image_size
-    scale = np.array([width / w, height / h, width / w, height / h], np.float32)
-    boxes = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in sample.boxes], np.float32).reshape(-1, 4)
-    boxes = np.clip(boxes * scale, 0, np.array([width, height, width, height], np.float32))
-    labels = np.array([manifest.classes.index(b.label) for b in sample.boxes], np.int64)
-    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return GroundTruth(boxes[valid], labels[valid], (height, width))
+    truth = Detections.from_manifest([b.to_json() for b in sample.boxes], manifest.classes)
+    truth = truth.scaled(width / w, height / h)
+    truth.xyxy = np.clip(truth.xyxy, 0, np.array([width, height, width, height], np.float32))
+    return truth[(truth.xyxy[:, 2] > truth.xyxy[:, 0]) & (truth.xyxy[:, 3] > truth.xyxy[:, 1])]
 
 
 class DetectionDataset(Dataset):
     """Cached images with boxes; `augment` is a box-aware albumentations pipeline or None."""
 
-    def __init__(self, images: np.ndarray, truths: list[GroundTruth], augment=None):
+    def __init__(self, images: np.ndarray, truths: list[Detections], augment=None):
         self.images = images
         self.truths = truths
         self.augment = augment
@@ -72,7 +70,7 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image, gt = self.images[i], self.truths[i]
-        boxes, labels = gt.boxes, gt.labels
+        boxes, labels = gt.xyxy, gt.class_id
         if self.augment is not None:
             out = self.augment(image=image, bboxes=boxes, labels=labels)
             image = out["image"]
@@ -118,9 +116,9 @@ def fit_detector(
     model: InspectionDetector,
     classes: list[str],
     train_images: np.ndarray,
-    train_truths: list[GroundTruth],
+    train_truths: list[Detections],
     val_images: np.ndarray,
-    val_truths: list[GroundTruth],
+    val_truths: list[Detections],
     run_dir: Path,
     augment=None,
     resume: bool = False,
@@ -130,7 +128,8 @@ def fit_detector(
     """Train a detector, keeping the weights with the best validation mAP@0.5."""
 
     def validate(net: nn.Module, device: torch.device) -> dict[str, Any]:
-        scores = coco_map(val_truths, predict_detections(net, val_images, device), classes)
+        sizes = [val_images.shape[1:3]] * len(val_images)
+        scores = coco_map(val_truths, predict_detections(net, val_images, device), classes, sizes)
         return {"score": scores["map50"], "val_map50": scores["map50"], "val_map50_95": scores["map50_95"]}
 
     dataset = DetectionDataset(train_images, train_truths, augment)
@@ -145,7 +144,7 @@ TRUE_BGR, PREDICTED_BGR = (0, 170, 0), (0, 0, 220)
 def draw_samples(
     folder: Path,
     images: list[np.ndarray],
-    truths: list[GroundTruth],
+    truths: list[Detections],
     detections: list[Detections],
     classes: list[str],
     names: list[str],
@@ -163,8 +162,7 @@ def draw_samples(
         canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         scale = max(1, 400 // max(canvas.shape[:2]))
         canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        truth = Detections(gt.boxes, np.ones(len(gt.labels), np.float32), gt.labels)
-        draw_detections(canvas, truth, None, TRUE_BGR, scale=scale)
+        draw_detections(canvas, gt, None, TRUE_BGR, scale=scale)
         draw_detections(canvas, det, classes, PREDICTED_BGR, scale=scale)
         legend = np.full((22, canvas.shape[1], 3), 255, np.uint8)
         cv2.rectangle(legend, (4, 6), (16, 16), TRUE_BGR, -1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,28 +22,19 @@ from zerodefect.training.metrics import rate_notes, ratio
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class GroundTruth:
-    """One image's true boxes (xyxy pixels) and class indices, and its size (h, w)."""
+def coco_map(
+    truths: list[Detections], detections: list[Detections], classes: list[str], sizes: list[tuple[int, int]]
+) -> dict[str, Any]:
+    """COCO mAP@0.5 and mAP@[.5:.95] (maxDets 100), per-class AP and PR curves at IoU 0.5.
 
-    boxes: np.ndarray
-    labels: np.ndarray
-    size: tuple[int, int]
-
-    @property
-    def defective(self) -> bool:
-        return len(self.labels) > 0
-
-
-def coco_map(truths: list[GroundTruth], detections: list[Detections], classes: list[str]) -> dict[str, Any]:
-    """COCO mAP@0.5 and mAP@[.5:.95] (maxDets 100), per-class AP and PR curves at IoU 0.5."""
+    Ground truth is Detections with score 1; `sizes` are the images' (h, w), beside them."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     images, annotations, results = [], [], []
-    for image_id, (gt, det) in enumerate(zip(truths, detections, strict=True)):
-        images.append({"id": image_id, "height": gt.size[0], "width": gt.size[1]})
-        for box, label in zip(gt.boxes, gt.labels, strict=True):
+    for image_id, (gt, det, size) in enumerate(zip(truths, detections, sizes, strict=True)):
+        images.append({"id": image_id, "height": size[0], "width": size[1]})
+        for box, label in zip(gt.xyxy, gt.class_id, strict=True):
             w, h = float(box[2] - box[0]), float(box[3] - box[1])
             annotations.append(
                 {
@@ -108,28 +98,30 @@ def coco_map(truths: list[GroundTruth], detections: list[Detections], classes: l
     }
 
 
-def match_boxes(gt: GroundTruth, det: Detections, iou: float = 0.5) -> tuple[int, int, int]:
+def match_boxes(gt: Detections, det: Detections, iou: float = 0.5) -> tuple[int, int, int]:
     """Greedy same-class matching by score: (true positives, false positives, missed boxes)."""
     order = np.argsort(-det.scores, kind="stable")
-    taken = np.zeros(len(gt.labels), bool)
-    overlaps = box_iou(det.xyxy, gt.boxes)
+    taken = np.zeros(len(gt), bool)
+    overlaps = box_iou(det.xyxy, gt.xyxy)
     tp = 0
     for i in order:
-        candidates = np.flatnonzero((gt.labels == det.class_id[i]) & ~taken)
+        candidates = np.flatnonzero((gt.class_id == det.class_id[i]) & ~taken)
         if candidates.size:
             best = candidates[np.argmax(overlaps[i, candidates])]
             if overlaps[i, best] >= iou:
                 taken[best] = True
                 tp += 1
-    return tp, len(det) - tp, len(gt.labels) - tp
+    return tp, len(det) - tp, len(gt) - tp
 
 
 def part_report(
-    truths: list[GroundTruth], detections: list[Detections], thresholds: np.ndarray
+    truths: list[Detections], detections: list[Detections], thresholds: np.ndarray
 ) -> dict[str, Any]:
-    """Part-level escape and false-reject rates, and box precision/recall, at the thresholds."""
+    """Part-level escape and false-reject rates, and box precision/recall, at the thresholds.
+
+    A part with any true box is defective."""
     rejected = np.array([len(above(d, thresholds)) > 0 for d in detections], bool)
-    defective = np.array([gt.defective for gt in truths], bool)
+    defective = np.array([len(gt) > 0 for gt in truths], bool)
     tp = fp = missed = 0
     for gt, det in zip(truths, detections, strict=True):
         a, b, c = match_boxes(gt, above(det, thresholds))
@@ -154,7 +146,7 @@ def part_report(
 
 
 def calibrate_class_thresholds(
-    truths: list[GroundTruth],
+    truths: list[Detections],
     detections: list[Detections],
     num_classes: int,
     target_escape_rate: float,
@@ -178,8 +170,7 @@ def calibrate_class_thresholds(
             tp = fp = missed = 0
             for gt, det in zip(truths, detections, strict=True):
                 keep = (det.class_id == c) & (det.scores >= t)
-                only = GroundTruth(gt.boxes[gt.labels == c], gt.labels[gt.labels == c], gt.size)
-                a, b, m = match_boxes(only, Detections(det.xyxy[keep], det.scores[keep], det.class_id[keep]))
+                a, b, m = match_boxes(gt[gt.class_id == c], det[keep])
                 tp, fp, missed = tp + a, fp + b, missed + m
             f1 = 2 * tp / (2 * tp + fp + missed) if tp else 0.0
             if tp and f1 >= best_f1:

@@ -11,7 +11,7 @@ import copy
 import io
 import logging
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,25 +24,13 @@ from zerodefect.inference.engine import Engine
 from zerodefect.inference.postprocess import above, box_iou
 from zerodefect.inference.result import Detections
 from zerodefect.models.classifier import InspectionClassifier, static_same_padding
+from zerodefect.training.tasks.base import ParityReport
 
 log = logging.getLogger(__name__)
 
 
 class ExportParityError(RuntimeError):
     """ONNX Runtime does not reproduce PyTorch within tolerance; the bundle is not written."""
-
-
-@dataclass
-class ParityReport:
-    images: int
-    max_abs_diff: float
-    decisions_equal: bool
-    differing_decisions: int
-    atol: float
-
-    @property
-    def ok(self) -> bool:
-        return self.max_abs_diff <= self.atol and self.decisions_equal
 
 
 def export_onnx(
@@ -84,7 +72,13 @@ def check_parity(
     ort_reject = engine.defect_scores(ort_probs) >= threshold
     torch_reject = engine.defect_scores(torch_probabilities) >= threshold
     differing = int(np.sum(ort_reject != torch_reject))
-    return ParityReport(len(images), diff, differing == 0, differing, atol)
+    return ParityReport(
+        len(images),
+        differing,
+        diff <= atol and differing == 0,
+        {"max_abs_diff": diff, "decisions_equal": differing == 0},
+        f"export parity on {len(images)} val images: max |dp| {diff:.2e}, decisions identical: {differing == 0}",
+    )
 
 
 def export_bundle(
@@ -103,36 +97,42 @@ def export_bundle(
     Raises ExportParityError (and removes the half-written bundle) otherwise.
     """
     onnx_bytes = export_onnx(model, meta.input.height, meta.input.width, opset)
+    return _write_verified(
+        folder,
+        onnx_bytes,
+        meta,
+        signing_key,
+        lambda engine: check_parity(engine, parity_images, torch_probabilities, atol),
+        lambda r: (
+            f"max |dp| {r.fields['max_abs_diff']:.2e} (allowed {atol:.0e}), {r.differing} decisions differ"
+        ),
+    )
+
+
+def _write_verified(
+    folder: Path,
+    onnx_bytes: bytes,
+    meta: BundleMeta,
+    signing_key: Ed25519PrivateKey | None,
+    check: Callable[[Engine], ParityReport],
+    failure: Callable[[ParityReport], str],
+) -> ParityReport:
+    """Write the bundle, run the parity `check` on it through ONNX Runtime, and remove it again
+    (ExportParityError saying `failure`) unless it passes: no task ships an unverified bundle."""
     write_bundle(folder, onnx_bytes, meta, signing_key)
-    engine = Engine.from_bundle(folder)
-    report = check_parity(engine, parity_images, torch_probabilities, atol)
-    log.info("export parity: %s", asdict(report))
+    report = check(Engine.from_bundle(folder))
+    log.info("export parity: %s", report.to_json())
     if not report.ok:
         discard_bundle(folder)
         raise ExportParityError(
-            f"ONNX Runtime differs from PyTorch on {report.images} validation images: max |dp| "
-            f"{report.max_abs_diff:.2e} (allowed {atol:.0e}), {report.differing_decisions} decisions differ"
+            f"ONNX Runtime differs from PyTorch on {report.images} validation images: {failure(report)}"
         )
     return report
 
 
-@dataclass
-class DetectionParityReport:
-    images: int
-    compared_detections: int
-    min_matched_iou: float
-    max_score_diff: float
-    differing_images: int
-    min_iou: float
-
-    @property
-    def ok(self) -> bool:
-        return self.differing_images == 0 and self.min_matched_iou >= self.min_iou
-
-
 def check_detection_parity(
     engine: Engine, images: np.ndarray, torch_detections: list[Detections], min_iou: float = 0.99
-) -> DetectionParityReport:
+) -> ParityReport:
     """ONNX Runtime plus numpy post-processing against torchvision, on prepared images.
 
     For every image, the detections at or above their class thresholds must be the same set:
@@ -159,7 +159,19 @@ def check_detection_parity(
             worst_iou = min(worst_iou, float(ious[i, j]))
             worst_score = max(worst_score, abs(float(ref.scores[i] - mine.scores[j])))
         compared += len(ref)
-    return DetectionParityReport(len(images), compared, worst_iou, worst_score, differing, min_iou)
+    return ParityReport(
+        len(images),
+        differing,
+        differing == 0 and worst_iou >= min_iou,
+        {
+            "compared_detections": compared,
+            "min_matched_iou": worst_iou,
+            "max_score_diff": worst_score,
+            "differing_images": differing,
+        },
+        f"export parity on {len(images)} val images: {compared} detections over threshold, "
+        f"worst matched IoU {worst_iou:.5f}, images differing {differing}",
+    )
 
 
 def export_detector_bundle(
@@ -171,17 +183,17 @@ def export_detector_bundle(
     opset: int = 17,
     min_iou: float = 0.99,
     signing_key: Ed25519PrivateKey | None = None,
-) -> DetectionParityReport:
+) -> ParityReport:
     """Write a signed detector bundle only if ORT + numpy post-processing reproduce torchvision."""
     onnx_bytes = export_onnx(model, meta.input.height, meta.input.width, opset, ("boxes", "scores"))
-    write_bundle(folder, onnx_bytes, meta, signing_key)
-    report = check_detection_parity(Engine.from_bundle(folder), parity_images, torch_detections, min_iou)
-    log.info("detector export parity: %s", asdict(report))
-    if not report.ok:
-        discard_bundle(folder)
-        raise ExportParityError(
-            f"ONNX Runtime differs from PyTorch on {report.images} validation images: "
-            f"{report.differing_images} images with different detections over threshold, "
-            f"worst matched box IoU {report.min_matched_iou:.4f} (needed {min_iou})"
-        )
-    return report
+    return _write_verified(
+        folder,
+        onnx_bytes,
+        meta,
+        signing_key,
+        lambda engine: check_detection_parity(engine, parity_images, torch_detections, min_iou),
+        lambda r: (
+            f"{r.differing} images with different detections over threshold, "
+            f"worst matched box IoU {r.fields['min_matched_iou']:.4f} (needed {min_iou})"
+        ),
+    )

@@ -19,9 +19,6 @@ import numpy as np
 from zerodefect.datasets.manifest import Manifest, Sample
 from zerodefect.training.config import Config
 
-# A val AUROC at or under this is a coin toss; a detector under this val mAP@0.5 found nothing.
-CHANCE_AUROC = 0.55
-MIN_VAL_MAP50 = 0.05
 # An epoch whose mean loss is this many times the best epoch's has diverged.
 DIVERGENCE_FACTOR = 10.0
 # Fewer training examples (images, or boxes for detectors) than this make a class "tiny".
@@ -99,16 +96,10 @@ def preflight(
     decay = t.ema_decay
     half_life = math.log(0.5) / math.log(decay) if decay else None
     initial_share = decay**steps_per_epoch if decay else None
-    detection = cfg.task == "detection"
-    counts = {c: 0 for c in manifest.classes}
+    from zerodefect.training.tasks import get_task
+
+    counts = get_task(cfg.task).label_counts(manifest, train)
     sides: list[float] = []
-    for sample in train:
-        if detection:
-            for box in sample.boxes:
-                counts[box.label] = counts.get(box.label, 0) + 1
-        else:
-            for label in sample.labels:
-                counts[label] = counts.get(label, 0) + 1
     for boxes in boxes_at_input or []:
         sides.extend(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).tolist())
     pre = Preflight(
@@ -174,10 +165,11 @@ def check_run(cfg: Config, result: Any, pre: Preflight, run_dir: Any = None) -> 
 
     `result` is the FitResult of zerodefect.training.train.fit.
     """
-    detection = cfg.task == "detection"
-    metric = "mAP@0.5" if detection else "AUROC"
-    chance = MIN_VAL_MAP50 if detection else CHANCE_AUROC
-    floor = cfg.gate.min_map50 if detection else cfg.gate.min_auroc
+    from zerodefect.training.tasks import get_task
+
+    task = get_task(cfg.task)
+    metric, chance = task.headline_label, task.chance
+    floor = cfg.gate.floor(task.headline_metric)
     generic = [
         "labels that do not match the images: look at a few of each class",
     ]

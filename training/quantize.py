@@ -15,9 +15,8 @@ import numpy as np
 
 from zerodefect.datasets.manifest import Manifest
 from zerodefect.inference.bundle import BundleError, load_bundle, write_bundle
-from zerodefect.inference.engine import Engine
 from zerodefect.training.data import load_images
-from zerodefect.training.metrics import calibrate_threshold
+from zerodefect.training.tasks import get_task
 
 
 class _Reader:
@@ -44,7 +43,8 @@ def quantize_bundle(
     )
 
     meta, onnx_path = load_bundle(bundle)
-    if meta.task != "classification":
+    task = get_task(meta.task)
+    if not task.int8:
         raise BundleError(
             f"{bundle}: INT8 quantization is calibrated for classifiers; a {meta.task} bundle is served in fp32"
         )
@@ -72,13 +72,6 @@ def quantize_bundle(
     out.mkdir(parents=True, exist_ok=True)
     write_bundle(out, quant_bytes, meta.model_copy(update={"quantization": "int8-qdq"}))
     if meta.target_escape_rate is not None and manifest.split("val"):
-        engine = Engine.from_bundle(out)
-        val = manifest.split("val")
-        scores = engine.defect_scores(engine.score_files([manifest.resolve(s) for s in val]))
-        threshold = calibrate_threshold(
-            np.array([manifest.is_defective(s) for s in val]), scores, meta.target_escape_rate
-        )
-        write_bundle(
-            out, quant_bytes, meta.model_copy(update={"quantization": "int8-qdq", "threshold": threshold})
-        )
+        update = task.recalibrate(out, manifest, meta.target_escape_rate)
+        write_bundle(out, quant_bytes, meta.model_copy(update={"quantization": "int8-qdq", **update}))
     return out

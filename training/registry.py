@@ -17,18 +17,12 @@ from typing import Any
 
 from zerodefect.inference.registry import alias_version
 from zerodefect.settings import Settings, get_settings
+from zerodefect.training.report import Report
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# Metrics the promotion gate compares; True when higher is better.
-# Per task: metric -> higher is better. A detector's false-reject rate is undefined without
-# clean parts (NEU-DET) and then skipped, like any metric either side lacks.
-GATE_METRICS = {
-    "classification": {"escape_rate": False, "false_reject_rate": False, "auroc": True},
-    "detection": {"escape_rate": False, "false_reject_rate": False, "map50": True},
-}
 
 
 def experiment_id(name: str, settings: Settings | None = None) -> str:
@@ -148,8 +142,8 @@ def gate_floors(meta: Any) -> Any:
 
 
 def judge(
-    challenger: dict[str, Any],
-    champion: dict[str, Any] | None,
+    challenger: Report,
+    champion: Report | None,
     floors: Any,
     tolerance: float,
 ) -> tuple[bool, list[GateRow]]:
@@ -159,18 +153,13 @@ def judge(
     An undefined headline metric or escape rate fails (the gate cannot see what it must check);
     an undefined false-reject rate (no clean parts in the split) is skipped and says so.
     """
-    task = challenger.get("task", "classification")
-    floor_of = {
-        "auroc": floors.min_auroc,
-        "map50": floors.min_map50,
-        "escape_rate": floors.max_escape_rate,
-        "false_reject_rate": floors.max_false_reject_rate,
-    }
+    from zerodefect.training.tasks import get_task
+
     rows, passed = [], True
-    for metric, higher_better in GATE_METRICS[task].items():
-        new = challenger.get(metric)
-        old = champion.get(metric) if champion else None
-        floor = floor_of[metric]
+    for metric, higher_better in get_task(challenger.task).gate_metrics.items():
+        new = challenger.metric(metric)
+        old = champion.metric(metric) if champion else None
+        floor = floors.floor(metric)
         note = ""
         if new is None:
             ok = metric == "false_reject_rate"
@@ -212,7 +201,7 @@ def promote(
     from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.bundle import read_meta
     from zerodefect.inference.source import fetch_bundle
-    from zerodefect.training.evaluate import evaluate_any
+    from zerodefect.training.evaluate import evaluate_bundle
 
     if force and not (reason and reason.strip()):
         raise ValueError("--force needs --reason: say why this version must serve despite the gate")
@@ -226,11 +215,11 @@ def promote(
     manifest = Manifest.read(manifest_file)
     cache = settings.data_dir / "registry-cache"
     bundle = fetch_bundle(f"models:/{name}/{candidate.version}", cache)
-    new_report = evaluate_any(bundle, manifest, split, timing=False)
+    new_report = evaluate_bundle(bundle, manifest, split, timing_images=0)
     old_report = None
     if champion is not None and champion.version != candidate.version:
-        old_report = evaluate_any(
-            fetch_bundle(f"models:/{name}/{champion.version}", cache), manifest, split, timing=False
+        old_report = evaluate_bundle(
+            fetch_bundle(f"models:/{name}/{champion.version}", cache), manifest, split, timing_images=0
         )
     passed, rows = judge(new_report, old_report, gate_floors(read_meta(bundle)), tolerance)
     result = GateResult(
@@ -278,28 +267,22 @@ def _who() -> str:
 def record_promotion(name: str, result: GateResult, settings: Settings) -> bool:
     """Write the promotion into the quality record's audit trail (ZD_RECORD_URL); a record that
     cannot be reached is logged loudly, and the promotion in MLflow stands."""
-    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.db import record_session
     from zerodefect.quality.promotions import add_promotion
 
     try:
-        url = settings.record_database_url
-        migrate(url)
-        engine = make_engine(url)
-        try:
-            with session_factory(engine)() as session:
-                add_promotion(
-                    session,
-                    name,
-                    result.challenger,
-                    CHAMPION,
-                    result.champion,
-                    "FORCED" if result.forced else "passed",
-                    result.reason,
-                    _who(),
-                    [row.as_dict() for row in result.rows],
-                )
-        finally:
-            engine.dispose()
+        with record_session(settings.record_database_url) as session:
+            add_promotion(
+                session,
+                name,
+                result.challenger,
+                CHAMPION,
+                result.champion,
+                "FORCED" if result.forced else "passed",
+                result.reason,
+                _who(),
+                [row.as_dict() for row in result.rows],
+            )
     except Exception as exc:  # the registry's decision is made; the audit copy must not undo it
         log.error("promotion of %s v%s not written to the quality record: %s", name, result.challenger, exc)
         return False

@@ -16,7 +16,9 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +114,20 @@ def select_bundle(
     return bundle
 
 
+@contextmanager
+def _serving(args: list[str], env: dict[str, str], log: Path) -> Iterator[str]:
+    """A `zerodefect` server command in its own process on a free local port: its URL once
+    healthy; stopped on the way out."""
+    port = free_port()
+    proc = start_zerodefect([*args, "--port", str(port)], log, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, lambda: answers_healthz(url), f"the server at {url}", log)
+        yield url
+    finally:
+        stop_process(proc)
+
+
 def multipart(fields: dict[str, str], jpeg: bytes) -> tuple[bytes, str]:
     """A camera's request body, built as plain bytes: the load generator shares the station's
     cores, so it should cost as little CPU as a camera's firmware would."""
@@ -201,7 +217,6 @@ def edge_load(
     The station trusts this machine's training key, which signed the bundles measured."""
     from zerodefect.inference.signing import public_key_b64, signing_key
 
-    edge_port = free_port()
     config = work / "station.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -217,44 +232,51 @@ def edge_load(
             }
         )
     )
-    edge = start_zerodefect(["serve", "edge", "--config", str(config), "--port", str(edge_port)], log, env)
-    url = f"http://127.0.0.1:{edge_port}"
-    try:
-        wait_ready(edge, lambda: answers_healthz(url), f"the station at {url}", log)
+    with _serving(["serve", "edge", "--config", str(config)], env, log) as url:
         load(url, jpegs, 1, 2.0)  # warm-up
         return {
             "e2e": {str(c): load(url, jpegs, c, seconds) for c in cameras},
             "paced_2x15fps": load(url, jpegs, 2, seconds, fps=15.0),
         }
-    finally:
-        stop_process(edge)
 
 
-def run_detector_bench(
+def measure_bundle(
     bundle: Path,
+    images: list[np.ndarray],
     jpegs: list[bytes],
     out_dir: Path,
     threads: int = 2,
     seconds: float = 10.0,
     cameras: tuple[int, ...] = (1, 2, 4),
+    run_dir: Path | None = None,
+    one_thread: bool = False,
 ) -> dict[str, Any]:
-    """The detector's rows: A on `threads` and on 1 thread, and B, with the plant's own JPEGs."""
+    """A and B for any task's bundle (A on one thread too with `one_thread`), and C when the
+    training `run_dir` with its PyTorch weights is given; with the ratios of the targets."""
     from zerodefect.inference.bundle import read_meta
-    from zerodefect.inference.preprocess import decode_image
 
     work = out_dir / "bench-work"
     work.mkdir(parents=True, exist_ok=True)
-    images = [decode_image(j) for j in jpegs]
     meta = read_meta(bundle)
     result: dict[str, Any] = {"bundle": str(bundle), "input_size": meta.input.height}
     result.update(model_only(bundle, images, threads))
-    one = model_only(bundle, images, 1, seconds=4.0)
-    result["model_median_ms_1thread"] = one["model_median_ms"]
+    if one_thread:
+        result["model_median_ms_1thread"] = model_only(bundle, images, 1, seconds=4.0)["model_median_ms"]
     env = {**os.environ, "ZD_DATA_DIR": str(work / "var")}
-    result.update(edge_load(bundle, jpegs, threads, seconds, cameras, work, env, work / "servers.log"))
+    log = work / "servers.log"
+    result.update(edge_load(bundle, jpegs, threads, seconds, cameras, work, env, log))
+    if run_dir is not None and (run_dir / "best.pt").exists():
+        # C: the eager-PyTorch handler, same weights and test-time augmentation as the bundle.
+        eager = ["bench-eager-server", str(run_dir), "--threads", str(threads), "--tta", meta.tta]
+        with _serving(eager, env, log) as url:
+            load(url, jpegs, 1, 2.0)  # warm-up
+            result["eager"] = {str(c): load(url, jpegs, c, seconds) for c in cameras}
     best = max(result["e2e"].values(), key=lambda r: r["ips"])
     result["e2e_ips"] = best["ips"]
     result["e2e_over_model"] = best["ips"] / result["model_only_ips"]
+    if "eager" in result:
+        result["eager_ips"] = max(r["ips"] for r in result["eager"].values())
+        result["e2e_over_eager"] = result["e2e_ips"] / result["eager_ips"]
     result["p99_ms"] = result["paced_2x15fps"]["p99_ms"]
     result["p99_over_model_median"] = result["p99_ms"] / result["model_median_ms"]
     return result
@@ -270,62 +292,21 @@ def run_bench(
     cameras: tuple[int, ...] = (1, 2, 4),
     command: str = "make bench",
 ) -> dict[str, Any]:
-    """Measure A, B and C; write docs/benchmarks.md and docs/results/edge-bench.json."""
-    work = out_dir / "bench-work"
-    work.mkdir(parents=True, exist_ok=True)
+    """Measure A, B and C of the main bundle, with what the report's header says of the run."""
+    from zerodefect.inference.bundle import read_meta
+
     jpegs = [
         cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
         for im in images
     ]
     result: dict[str, Any] = {
-        "bundle": str(bundle),
         "threads": threads,
         "cores": os.cpu_count(),
         "command": command,
         "cameras": list(cameras),
+        "tta": read_meta(bundle).tta,
     }
-    from zerodefect.inference.bundle import read_meta
-
-    meta = read_meta(bundle)
-    result.update(input_size=meta.input.height, tta=meta.tta)
-    result.update(model_only(bundle, images, threads))
-
-    env = {**os.environ, "ZD_DATA_DIR": str(work / "var")}
-    log = work / "servers.log"
-    result.update(edge_load(bundle, jpegs, threads, seconds, cameras, work, env, log))
-
-    if run_dir is not None and (run_dir / "best.pt").exists():
-        eager_port = free_port()
-        eager = start_zerodefect(
-            [
-                "bench-eager-server",
-                str(run_dir),
-                "--port",
-                str(eager_port),
-                "--threads",
-                str(threads),
-                "--tta",
-                result["tta"],
-            ],
-            log,
-            env,
-        )
-        url = f"http://127.0.0.1:{eager_port}"
-        try:
-            wait_ready(eager, lambda: answers_healthz(url), f"the eager server at {url}", log)
-            load(url, jpegs, 1, 2.0)
-            result["eager"] = {str(c): load(url, jpegs, c, seconds) for c in cameras}
-        finally:
-            stop_process(eager)
-
-    best = max(result["e2e"].values(), key=lambda r: r["ips"])
-    result["e2e_ips"] = best["ips"]
-    result["e2e_over_model"] = best["ips"] / result["model_only_ips"]
-    if "eager" in result:
-        result["eager_ips"] = max(r["ips"] for r in result["eager"].values())
-        result["e2e_over_eager"] = result["e2e_ips"] / result["eager_ips"]
-    result["p99_ms"] = result["paced_2x15fps"]["p99_ms"]
-    result["p99_over_model_median"] = result["p99_ms"] / result["model_median_ms"]
+    result.update(measure_bundle(bundle, images, jpegs, out_dir, threads, seconds, cameras, run_dir))
     return result
 
 
@@ -407,22 +388,15 @@ def eager_app(run_dir: Path, threads: int, tta: str = "none"):
     """
     import torch
 
+    from zerodefect.datasets.manifest import Manifest
     from zerodefect.inference.preprocess import decode_image, resize
-    from zerodefect.models.classifier import build_classifier
     from zerodefect.training.config import load_config
+    from zerodefect.training.tasks import get_task
 
     torch.set_num_threads(threads)
     cfg = load_config(run_dir / "config.yaml")
-    from zerodefect.datasets.manifest import Manifest
-
     manifest = Manifest.read(run_dir / "manifest.jsonl")
-    model, _ = build_classifier(
-        cfg.model.arch,
-        manifest.classes,
-        manifest.good_class,
-        None,
-        soft_labels=cfg.data.soft_label_key is not None,
-    )
+    model, _ = get_task(cfg.task).build_model(cfg, manifest, None)
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["model"])
     model.tta = tta
     model = model.eval().to(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
@@ -18,6 +19,9 @@ from zerodefect.apikeys import hash_key, mint_key
 from zerodefect.formatting import fmt_rate
 from zerodefect.services import free_port, start_zerodefect, stop_process, wait_ready
 from zerodefect.settings import get_settings
+
+if TYPE_CHECKING:
+    from zerodefect.training.report import Report
 
 RECORD_PORT = 8100
 RECORD_TITLE = "zerodefect quality record"
@@ -36,7 +40,6 @@ def run_demo(
     champion alias, and the simulator playing the test split through it.
     """
     from zerodefect.training.config import load_config
-    from zerodefect.training.evaluate import write_report
     from zerodefect.training.pipeline import run_training
     from zerodefect.training.registry import promote
 
@@ -45,20 +48,21 @@ def run_demo(
     console.rule("zerodefect demo: ELPV solar cells")
     outcome = run_training(cfg, config, console=console)
     report = outcome.report
-    json_path = write_report(report, outcome.run_dir / "eval" / "report.json")
+    json_path = outcome.report_path
     if outcome.model_name:
         gate = promote(outcome.model_name, outcome.version)
         status = "promoted to @champion" if gate.promoted else "kept as @challenger (gate failed)"
     else:
         status = "not registered"
     console.rule("demo results (test split)")
+    data, plant = report.data, report.plant
     console.print(
-        f"accuracy {fmt_rate(report['accuracy'])} (at 0.5: {fmt_rate(report['at_threshold_0.5']['accuracy'])})  "
-        f"AUROC {fmt_rate(report['auroc'])}  F1 {fmt_rate(report['f1'])}\n"
-        f"threshold {report['threshold']:.4f} (val escape target {cfg.calibration.target_escape_rate}): "
-        f"escape rate {fmt_rate(report['escape_rate'])}, false-reject rate {fmt_rate(report['false_reject_rate'])}"
+        f"accuracy {fmt_rate(report.metric('accuracy'))} (at 0.5: {fmt_rate(data['at_threshold_0.5']['accuracy'])})  "
+        f"AUROC {fmt_rate(report.metric('auroc'))}  F1 {fmt_rate(report.metric('f1'))}\n"
+        f"threshold {plant.thresholds['threshold']:.4f} (val escape target {cfg.calibration.target_escape_rate}): "
+        f"escape rate {fmt_rate(plant.escape_rate)}, false-reject rate {fmt_rate(plant.false_reject_rate)}"
     )
-    for key, groups in report.get("groups", {}).items():
+    for key, groups in data.get("groups", {}).items():
         for name, g in groups.items():
             console.print(
                 f"  {key}={name}: n={g['n']} accuracy {fmt_rate(g['accuracy'])} AUROC {fmt_rate(g['auroc'])} "
@@ -183,7 +187,7 @@ def demo_login() -> tuple[str, str]:
 def run_line(
     model_name: str,
     manifest_path: Path,
-    report: dict,
+    report: Report,
     station_config: Path,
     rate: float,
     cameras: int,
@@ -247,9 +251,9 @@ def run_line(
         f"(threshold from the bundle), batch {batch}\n"
         f"verdicts: {dict(tally.verdicts)}  fail-safe: {tally.failsafe}  refused: {dict(tally.errors) or 0}\n"
         f"observed escape rate {fmt_rate(tally.escape_rate)} ({tally.escapes}/{tally.defective} defective passed); "
-        f"offline evaluation {fmt_rate(report['escape_rate'])}\n"
+        f"offline evaluation {fmt_rate(report.escape_rate)}\n"
         f"observed false-reject rate {fmt_rate(tally.false_reject_rate)} "
-        f"({tally.false_rejects}/{tally.good} good rejected); offline evaluation {fmt_rate(report['false_reject_rate'])}\n"
+        f"({tally.false_rejects}/{tally.good} good rejected); offline evaluation {fmt_rate(report.false_reject_rate)}\n"
         f"quality record: {recorded['pass']} pass + {recorded['reject']} reject rows for this batch; "
         f"outbox {served['outbox']}"
     )

@@ -51,14 +51,14 @@ def bench(
 
     When a finished detector run exists, its bundle is measured too, on its own test images."""
     from zerodefect.bench import (
+        measure_bundle,
         newest_finished_run,
         run_bench,
-        run_detector_bench,
         select_bundle,
         write_reports,
     )
     from zerodefect.datasets.manifest import Manifest
-    from zerodefect.inference.preprocess import read_image
+    from zerodefect.inference.preprocess import decode_image, read_image
 
     run_dir = _reference_run(run)
     manifest = Manifest.read(run_dir / "manifest.jsonl")
@@ -77,8 +77,14 @@ def bench(
         else:
             det_manifest = Manifest.read(det_dir / "manifest.jsonl")
             jpegs = [det_manifest.resolve(s).read_bytes() for s in det_manifest.split("test")[:64]]
-            result["detector"] = run_detector_bench(
-                det_dir / "bundle", jpegs, get_settings().data_dir, threads, seconds
+            result["detector"] = measure_bundle(
+                det_dir / "bundle",
+                [decode_image(j) for j in jpegs],
+                jpegs,
+                get_settings().data_dir,
+                threads,
+                seconds,
+                one_thread=True,
             )
             result["command"] += f"; detector rows: --detector-run {detector_run}"
     md, js = write_reports(result, docs)

@@ -66,9 +66,10 @@ def datasets_from_reviews(
     from zerodefect.quality.db import record_session
     from zerodefect.quality.images import ImageStore
     from zerodefect.quality.reviews_export import manifest_from_reviews
+    from zerodefect.training.tasks import TASKS
 
-    if task not in ("classification", "detection"):
-        raise fail(f"--task must be classification or detection, not {task!r}")
+    if task not in TASKS:
+        raise fail(f"--task must be {' or '.join(TASKS)}, not {task!r}")
     settings = get_settings()
     with record_session(settings.record_database_url) as session:
         export = manifest_from_reviews(

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from zerodefect.cli.root import app, console, fail, user_errors
 from zerodefect.formatting import fmt_rate
@@ -41,6 +40,7 @@ def train(
     from zerodefect.training.export import ExportParityError
     from zerodefect.training.health import TrainingFailed
     from zerodefect.training.pipeline import run_training
+    from zerodefect.training.report import print_report
 
     try:
         cfg = load_config(config, set_)
@@ -50,7 +50,7 @@ def train(
     except TrainingFailed as exc:
         console.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
         raise typer.Exit(code=3) from None
-    _print_report(outcome.report)
+    print_report(outcome.report, console)
     console.print(
         f"bundle:  {outcome.bundle_dir}\nreport:  {outcome.report_path}\nMLflow run: {outcome.run_id}"
     )
@@ -76,76 +76,6 @@ def export(
     except (*user_errors(), ExportParityError) as exc:
         raise fail(str(exc)) from None
     console.print(f"bundle: {bundle}")
-
-
-def _print_notes(report: dict) -> None:
-    for note in report.get("notes", []):
-        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-
-
-def _print_common(table: Table, report: dict) -> None:
-    """The rows every task's report shares: latency, parity, training time."""
-    table.add_row("ms per image, 1 core", fmt_rate(report.get("ms_per_image_1core"), 1))
-    if "training_minutes" in report:
-        table.add_row("training minutes", fmt_rate(report.get("training_minutes"), 1))
-
-
-def _print_detector_report(report: dict) -> None:
-    title = f"{report.get('model')} on {report.get('manifest')}/{report.get('split')}"
-    table = Table("metric", "test", title=title)
-    for key in ("map50", "map50_95", "escape_rate", "false_reject_rate", "box_precision", "box_recall"):
-        table.add_row(key, fmt_rate(report.get(key)))
-    _print_common(table, report)
-    console.print(table)
-    classes = Table("class", "AP@0.5", "AP@[.5:.95]", "threshold", title="per class")
-    for name, ap in report["per_class_ap"].items():
-        classes.add_row(
-            name,
-            fmt_rate(ap),
-            fmt_rate(report["per_class_ap50_95"].get(name)),
-            f"{report['class_thresholds'][name]:.3f}",
-        )
-    console.print(classes)
-    _print_notes(report)
-
-
-def _print_report(report: dict) -> None:
-    if report.get("task") == "detection":
-        _print_detector_report(report)
-        return
-    table = Table(
-        "metric",
-        "test",
-        title=f"{report.get('model')} on {report.get('manifest')}/{report.get('split')}",
-    )
-    for key in (
-        "accuracy",
-        "precision",
-        "recall",
-        "f1",
-        "auroc",
-        "escape_rate",
-        "false_reject_rate",
-        "threshold",
-    ):
-        table.add_row(key, fmt_rate(report.get(key)))
-    table.add_row("accuracy at 0.5", fmt_rate(report.get("at_threshold_0.5", {}).get("accuracy")))
-    _print_common(table, report)
-    console.print(table)
-    for key, groups in report.get("groups", {}).items():
-        gt = Table(key, "n", "accuracy", "acc at 0.5", "AUROC", "escape", "false reject", title=f"by {key}")
-        for name, g in groups.items():
-            gt.add_row(
-                name,
-                str(g["n"]),
-                fmt_rate(g["accuracy"]),
-                fmt_rate(g["accuracy_at_0.5"]),
-                fmt_rate(g["auroc"]),
-                fmt_rate(g["escape_rate"]),
-                fmt_rate(g["false_reject_rate"]),
-            )
-        console.print(gt)
-    _print_notes(report)
 
 
 @app.command()
@@ -174,28 +104,23 @@ def evaluate(
     With --baseline, the report also gives each metric's change against that bundle on the same images.
     """
     from zerodefect.datasets.manifest import Manifest
-    from zerodefect.inference.bundle import read_meta
     from zerodefect.inference.source import fetch_bundle
-    from zerodefect.training.evaluate import compare_reports, evaluate_any, evaluate_bundle, write_report
+    from zerodefect.training.evaluate import compare_reports, evaluate_bundle
+    from zerodefect.training.report import print_report, write_report
 
     try:
         folder = fetch_bundle(bundle, get_settings().data_dir / "registry-cache")
         data = Manifest.read(manifest)
-        if read_meta(folder).task == "detection":
-            if baseline:
-                raise fail("--baseline compares classifiers; compare detector reports' mAP directly")
-            report = evaluate_any(folder, data, split, plots)
-        else:
-            report = evaluate_bundle(folder, data, split, group_by or None, plots)
+        report = evaluate_bundle(folder, data, split, group_by or None, plots)
         if baseline:
             base = evaluate_bundle(
                 fetch_bundle(baseline, get_settings().data_dir / "registry-cache"), data, split, []
             )
-            report["versus_baseline"] = compare_reports(report, base, baseline)
+            report.data["versus_baseline"] = compare_reports(report, base, baseline)
     except user_errors() as exc:
         raise fail(str(exc)) from None
-    _print_report(report)
-    for metric, row in report.get("versus_baseline", {}).get("metrics", {}).items():
+    print_report(report, console)
+    for metric, row in report.data.get("versus_baseline", {}).get("metrics", {}).items():
         delta = "n/a" if row["delta"] is None else f"{row['delta']:+.4f}"
         console.print(f"{metric}: {fmt_rate(row['this'])} vs baseline {fmt_rate(row['baseline'])} ({delta})")
     if json_path:
