@@ -59,6 +59,9 @@ class Sample:
     split: str | None = None
     boxes: list[Box] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # A defect mask (same size as the image, 0 = good, >0 = defect), relative like `path`:
+    # the truth of anomaly tasks' pixel metrics. None: no mask (a good part, or not annotated).
+    mask: str | None = None
 
     @property
     def label(self) -> str | None:
@@ -71,6 +74,8 @@ class Sample:
             row["boxes"] = [b.to_json() for b in self.boxes]
         if self.meta:
             row["meta"] = self.meta
+        if self.mask is not None:
+            row["mask"] = self.mask
         return row
 
     @classmethod
@@ -81,6 +86,7 @@ class Sample:
             split=row.get("split"),
             boxes=[Box.from_json(b) for b in row.get("boxes", [])],
             meta=dict(row.get("meta", {})),
+            mask=None if row.get("mask") is None else str(row["mask"]),
         )
 
 
@@ -103,6 +109,13 @@ class Manifest:
 
     def resolve(self, sample: Sample) -> Path:
         path = Path(sample.path)
+        return path if path.is_absolute() else self.root / path
+
+    def resolve_mask(self, sample: Sample) -> Path | None:
+        """The sample's mask file, or None when it has none."""
+        if sample.mask is None:
+            return None
+        path = Path(sample.mask)
         return path if path.is_absolute() else self.root / path
 
     def split(self, name: str) -> list[Sample]:
