@@ -11,8 +11,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
+import numpy as np
 
-from zerodefect.datasets.manifest import SPLITS, Box, DatasetError, Manifest, Sample
+from zerodefect.datasets.manifest import SPLITS, DatasetError, Manifest, Sample
+from zerodefect.inference.result import Detections
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -112,7 +114,7 @@ def import_voc(
     ann = Path(annotations_dir) if annotations_dir else _first_dir(root, "Annotations", "annotations")
     img = Path(images_dir) if images_dir else _first_dir(root, "JPEGImages", "images")
     problems: list[tuple[str, str]] = []
-    samples = []
+    found: list[tuple[str, list[str], list[list[float]]]] = []  # path, box labels, boxes
     for xml_path in sorted(ann.glob("*.xml")):
         try:
             tree = ET.parse(xml_path).getroot()
@@ -124,7 +126,7 @@ def import_voc(
         if not image_path.exists():
             matches = sorted(img.glob(xml_path.stem + ".*"))
             image_path = matches[0] if matches else image_path
-        boxes = []
+        names, boxes = [], []
         try:
             for obj in tree.iter("object"):
                 name = (obj.findtext("name") or "").strip()
@@ -132,26 +134,23 @@ def import_voc(
                 if bb is None or not name:
                     raise DatasetError(f"{xml_path}: object without name or bndbox")
                 x1, y1, x2, y2 = (_voc_number(bb, t, str(xml_path)) for t in ("xmin", "ymin", "xmax", "ymax"))
-                boxes.append(Box(name, x1 - 1, y1 - 1, x2, y2))
+                names.append(name)
+                boxes.append([x1 - 1, y1 - 1, x2, y2])
         except DatasetError as exc:
             problems.append((str(xml_path), str(exc).split(": ", 1)[-1]))
             continue
-        labels = sorted({b.label for b in boxes})
-        samples.append(
-            Sample(
-                path=str(image_path.relative_to(root))
-                if image_path.is_relative_to(root)
-                else str(image_path),
-                labels=labels,
-                boxes=boxes,
-            )
-        )
+        path = str(image_path.relative_to(root)) if image_path.is_relative_to(root) else str(image_path)
+        found.append((path, names, boxes))
     if problems:
         raise DatasetError(f"{ann}: {len(problems)} bad annotation files", problems)
-    if not samples:
+    if not found:
         raise DatasetError(f"{ann}: no VOC annotations found")
-    found = sorted({b.label for s in samples for b in s.boxes})
-    return Manifest("detection", _class_list(classes, found, ann), samples, root, None, root.name)
+    class_list = _class_list(classes, sorted({n for _, names, _ in found for n in names}), ann)
+    samples = [
+        Sample(path, sorted(set(names)), boxes=Detections.from_labels(names, boxes, class_list))
+        for path, names, boxes in found
+    ]
+    return Manifest("detection", class_list, samples, root, None, root.name)
 
 
 def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -> Manifest:
@@ -166,7 +165,8 @@ def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -
     try:
         categories = {c["id"]: c["name"] for c in data["categories"]}
         images = {im["id"]: im for im in data["images"]}
-        boxes: dict[int, list[Box]] = {i: [] for i in images}
+        classes = [categories[k] for k in sorted(categories)]
+        boxes: dict[int, tuple[list[str], list[list[float]]]] = {i: ([], []) for i in images}
         problems = []
         for a in data.get("annotations", []):
             if a["category_id"] not in categories or a["image_id"] not in images:
@@ -178,7 +178,8 @@ def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -
                 )
                 continue
             x, y, w, h = (float(v) for v in a["bbox"])
-            boxes[a["image_id"]].append(Box(categories[a["category_id"]], x, y, x + w, y + h))
+            boxes[a["image_id"]][0].append(categories[a["category_id"]])
+            boxes[a["image_id"]][1].append([x, y, x + w, y + h])
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetError(f"{annotations}: not COCO detection JSON ({exc!r})") from exc
     if problems:
@@ -186,12 +187,11 @@ def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -
     samples = [
         Sample(
             path=str(im["file_name"]),
-            labels=sorted({b.label for b in boxes[i]}),
-            boxes=boxes[i],
+            labels=sorted(set(boxes[i][0])),
+            boxes=Detections.from_labels(*boxes[i], classes),
         )
         for i, im in sorted(images.items())
     ]
-    classes = [categories[k] for k in sorted(categories)]
     return Manifest("detection", classes, samples, images_dir, None, annotations.stem)
 
 
@@ -212,7 +212,8 @@ def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
         rel = image_path.relative_to(images_root)
         label_path = (labels_root / rel).with_suffix(".txt")
         split = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in SPLITS else None
-        boxes: list[Box] = []
+        ids: list[int] = []
+        boxes: list[list[float]] = []
         if label_path.exists():
             image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
             if image is None:
@@ -225,7 +226,8 @@ def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
                 try:
                     cls, cx, cy, w, h = line.split()[:5]
                     cid = int(cls)
-                    name = names[cid]
+                    if not 0 <= cid < len(names):
+                        raise IndexError(cid)
                     cx, cy, w, h = (
                         float(cx) * width,
                         float(cy) * height,
@@ -235,9 +237,11 @@ def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
                 except (ValueError, IndexError):
                     problems.append((f"{label_path}:{number}", f"bad YOLO row {line!r}"))
                     continue
-                boxes.append(Box(name, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+                ids.append(cid)
+                boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        found = Detections(np.asarray(boxes, np.float32), np.ones(len(ids)), ids)
         samples.append(
-            Sample(str(image_path.relative_to(root)), sorted({b.label for b in boxes}), split, boxes)
+            Sample(str(image_path.relative_to(root)), sorted(set(found.labels(names))), split, found)
         )
     if problems:
         raise DatasetError(f"{root}: bad YOLO labels", problems)
