@@ -1,7 +1,8 @@
 """Check a whole dataset before training starts, and fingerprint it.
 
-Every image is opened once here, so a missing file, a corrupt image, an unknown label or a box
-outside its image stops the run before the first epoch, with every offending file listed.
+Every image and mask is opened once here, so a missing file, a corrupt image, an unknown label,
+a box outside its image or a mask that does not fit its image (other size, not binary) stops the
+run before the first epoch, with every offending file listed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zerodefect.datasets.manifest import SPLITS, DatasetError, Manifest, file_sha256
+from zerodefect.datasets.masks import mask_problem, read_mask
 from zerodefect.inference.preprocess import ImageDecodeError, read_image
 
 
@@ -26,8 +28,8 @@ class ValidationReport:
 def validate(manifest: Manifest, require_splits: bool = True) -> ValidationReport:
     """Validate every row and image; raise DatasetError listing all problems at once.
 
-    The dataset hash covers the header, every row and every image's bytes, so a changed
-    pixel, label, box or split gives a different hash.
+    The dataset hash covers the header, every row and every image's and mask's bytes, so a
+    changed pixel, label, box, mask or split gives a different hash.
     """
     problems: list[tuple[str, str]] = []
     known = set(manifest.classes)
@@ -65,6 +67,14 @@ def validate(manifest: Manifest, require_splits: bool = True) -> ValidationRepor
             problems.append((where, f"box {label} [{box}] is outside the {width}x{height} image or empty"))
         digest.update(json.dumps(sample.to_json(manifest.classes), sort_keys=True).encode())
         digest.update(file_sha256(path).encode())
+        mask_path = manifest.resolve_mask(sample)
+        if mask_path is not None:
+            mask = read_mask(mask_path)
+            problem = mask if isinstance(mask, str) else mask_problem(mask, image.shape)
+            if problem:
+                problems.append((str(mask_path), problem))
+            else:
+                digest.update(file_sha256(mask_path).encode())
     if problems:
         bad_files = len({p for p, _ in problems})
         raise DatasetError(f"dataset {manifest.name!r} rejected: {bad_files} bad files", problems)
