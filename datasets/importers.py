@@ -25,6 +25,16 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _split_tree(images_root: Path) -> list[tuple[Path, Path, str | None]]:
+    """Each image under `images_root`, its path relative to it, and the split its first folder
+    names (images/train/x.png), if any: the layout of YOLO and mask-folder data sets."""
+    out = []
+    for image in _images_in(images_root):
+        rel = image.relative_to(images_root)
+        out.append((image, rel, rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in SPLITS else None))
+    return out
+
+
 def import_folders(root: str | Path, good_class: str | None = "good") -> Manifest:
     """Class-per-folder trees: ROOT/<class>/*.png, or ROOT/<split>/<class>/*.png.
 
@@ -210,10 +220,8 @@ def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
     names = classes or _yolo_names(root)
     problems: list[tuple[str, str]] = []
     samples = []
-    for image_path in _images_in(images_root):
-        rel = image_path.relative_to(images_root)
+    for image_path, rel, split in _split_tree(images_root):
         label_path = (labels_root / rel).with_suffix(".txt")
-        split = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in SPLITS else None
         ids: list[int] = []
         boxes: list[list[float]] = []
         if label_path.exists():
@@ -314,10 +322,8 @@ def import_yolo_seg(root: str | Path, masks: str | Path, classes: list[str] | No
         raise DatasetError(f"{root}: a defect class may not be called 'good' (the good parts' label)")
     problems: list[tuple[str, str]] = []
     samples = []
-    for image_path in _images_in(images_root):
-        rel = image_path.relative_to(images_root)
+    for image_path, rel, split in _split_tree(images_root):
         label_path = (labels_root / rel).with_suffix(".txt")
-        split = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in SPLITS else None
         ids, polygons = set(), []
         lines = label_path.read_text().splitlines() if label_path.exists() else []
         for number, line in enumerate(lines, start=1):
@@ -367,9 +373,7 @@ def import_mask_folders(root: str | Path) -> Manifest:
         raise DatasetError(f"{root}: needs images/ and masks/ folders side by side")
     problems: list[tuple[str, str]] = []
     samples = []
-    for image_path in _images_in(images_root):
-        rel = image_path.relative_to(images_root)
-        split = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in SPLITS else None
+    for image_path, rel, split in _split_tree(images_root):
         mask_path = _mask_beside(masks_root / rel.parent, rel.stem)
         label = "good"
         if mask_path is not None:
