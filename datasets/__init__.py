@@ -1,5 +1,5 @@
 """Datasets: the manifest format, importers, splits, validation and augmentation."""
 
-from zerodefect.datasets.manifest import Box, DatasetError, Manifest, Sample
+from zerodefect.datasets.manifest import DatasetError, Manifest, Sample
 
-__all__ = ["Box", "DatasetError", "Manifest", "Sample"]
+__all__ = ["DatasetError", "Manifest", "Sample"]

@@ -11,14 +11,28 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
+import numpy as np
 
-from zerodefect.datasets.manifest import SPLITS, Box, DatasetError, Manifest, Sample
+from zerodefect.datasets.manifest import SPLITS, DatasetError, Manifest, Sample
+from zerodefect.datasets.masks import rasterise, read_mask
+from zerodefect.datasets.splits import assign_splits
+from zerodefect.inference.result import Detections
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _split_tree(images_root: Path) -> list[tuple[Path, Path, str | None]]:
+    """Each image under `images_root`, its path relative to it, and the split its first folder
+    names (images/train/x.png), if any: the layout of YOLO and mask-folder data sets."""
+    out = []
+    for image in _images_in(images_root):
+        rel = image.relative_to(images_root)
+        out.append((image, rel, rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in SPLITS else None))
+    return out
 
 
 def import_folders(root: str | Path, good_class: str | None = "good") -> Manifest:
@@ -112,7 +126,7 @@ def import_voc(
     ann = Path(annotations_dir) if annotations_dir else _first_dir(root, "Annotations", "annotations")
     img = Path(images_dir) if images_dir else _first_dir(root, "JPEGImages", "images")
     problems: list[tuple[str, str]] = []
-    samples = []
+    found: list[tuple[str, list[str], list[list[float]]]] = []  # path, box labels, boxes
     for xml_path in sorted(ann.glob("*.xml")):
         try:
             tree = ET.parse(xml_path).getroot()
@@ -124,7 +138,7 @@ def import_voc(
         if not image_path.exists():
             matches = sorted(img.glob(xml_path.stem + ".*"))
             image_path = matches[0] if matches else image_path
-        boxes = []
+        names, boxes = [], []
         try:
             for obj in tree.iter("object"):
                 name = (obj.findtext("name") or "").strip()
@@ -132,26 +146,23 @@ def import_voc(
                 if bb is None or not name:
                     raise DatasetError(f"{xml_path}: object without name or bndbox")
                 x1, y1, x2, y2 = (_voc_number(bb, t, str(xml_path)) for t in ("xmin", "ymin", "xmax", "ymax"))
-                boxes.append(Box(name, x1 - 1, y1 - 1, x2, y2))
+                names.append(name)
+                boxes.append([x1 - 1, y1 - 1, x2, y2])
         except DatasetError as exc:
             problems.append((str(xml_path), str(exc).split(": ", 1)[-1]))
             continue
-        labels = sorted({b.label for b in boxes})
-        samples.append(
-            Sample(
-                path=str(image_path.relative_to(root))
-                if image_path.is_relative_to(root)
-                else str(image_path),
-                labels=labels,
-                boxes=boxes,
-            )
-        )
+        path = str(image_path.relative_to(root)) if image_path.is_relative_to(root) else str(image_path)
+        found.append((path, names, boxes))
     if problems:
         raise DatasetError(f"{ann}: {len(problems)} bad annotation files", problems)
-    if not samples:
+    if not found:
         raise DatasetError(f"{ann}: no VOC annotations found")
-    found = sorted({b.label for s in samples for b in s.boxes})
-    return Manifest("detection", _class_list(classes, found, ann), samples, root, None, root.name)
+    class_list = _class_list(classes, sorted({n for _, names, _ in found for n in names}), ann)
+    samples = [
+        Sample(path, sorted(set(names)), boxes=Detections.from_labels(names, boxes, class_list))
+        for path, names, boxes in found
+    ]
+    return Manifest("detection", class_list, samples, root, None, root.name)
 
 
 def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -> Manifest:
@@ -166,7 +177,8 @@ def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -
     try:
         categories = {c["id"]: c["name"] for c in data["categories"]}
         images = {im["id"]: im for im in data["images"]}
-        boxes: dict[int, list[Box]] = {i: [] for i in images}
+        classes = [categories[k] for k in sorted(categories)]
+        boxes: dict[int, tuple[list[str], list[list[float]]]] = {i: ([], []) for i in images}
         problems = []
         for a in data.get("annotations", []):
             if a["category_id"] not in categories or a["image_id"] not in images:
@@ -178,7 +190,8 @@ def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -
                 )
                 continue
             x, y, w, h = (float(v) for v in a["bbox"])
-            boxes[a["image_id"]].append(Box(categories[a["category_id"]], x, y, x + w, y + h))
+            boxes[a["image_id"]][0].append(categories[a["category_id"]])
+            boxes[a["image_id"]][1].append([x, y, x + w, y + h])
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetError(f"{annotations}: not COCO detection JSON ({exc!r})") from exc
     if problems:
@@ -186,12 +199,11 @@ def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -
     samples = [
         Sample(
             path=str(im["file_name"]),
-            labels=sorted({b.label for b in boxes[i]}),
-            boxes=boxes[i],
+            labels=sorted(set(boxes[i][0])),
+            boxes=Detections.from_labels(*boxes[i], classes),
         )
         for i, im in sorted(images.items())
     ]
-    classes = [categories[k] for k in sorted(categories)]
     return Manifest("detection", classes, samples, images_dir, None, annotations.stem)
 
 
@@ -208,11 +220,10 @@ def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
     names = classes or _yolo_names(root)
     problems: list[tuple[str, str]] = []
     samples = []
-    for image_path in _images_in(images_root):
-        rel = image_path.relative_to(images_root)
+    for image_path, rel, split in _split_tree(images_root):
         label_path = (labels_root / rel).with_suffix(".txt")
-        split = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in SPLITS else None
-        boxes: list[Box] = []
+        ids: list[int] = []
+        boxes: list[list[float]] = []
         if label_path.exists():
             image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
             if image is None:
@@ -225,7 +236,8 @@ def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
                 try:
                     cls, cx, cy, w, h = line.split()[:5]
                     cid = int(cls)
-                    name = names[cid]
+                    if not 0 <= cid < len(names):
+                        raise IndexError(cid)
                     cx, cy, w, h = (
                         float(cx) * width,
                         float(cy) * height,
@@ -235,15 +247,157 @@ def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
                 except (ValueError, IndexError):
                     problems.append((f"{label_path}:{number}", f"bad YOLO row {line!r}"))
                     continue
-                boxes.append(Box(name, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+                ids.append(cid)
+                boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        found = Detections(np.asarray(boxes, np.float32), np.ones(len(ids)), ids)
         samples.append(
-            Sample(str(image_path.relative_to(root)), sorted({b.label for b in boxes}), split, boxes)
+            Sample(str(image_path.relative_to(root)), sorted(set(found.labels(names))), split, found)
         )
     if problems:
         raise DatasetError(f"{root}: bad YOLO labels", problems)
     if not samples:
         raise DatasetError(f"{images_root}: no images found")
     return Manifest("detection", list(names), samples, root, None, root.name)
+
+
+def import_mvtec(root: str | Path, val: float = 0.1, seed: int = 0) -> Manifest:
+    """MVTec AD layout: ROOT/train/good/*.png, ROOT/test/<defect or good>/*.png and
+    ROOT/ground_truth/<defect>/<name>_mask.png, as most anomaly data sets ship.
+
+    An anomaly manifest with good class "good": train is train/good less a seeded `val` share of
+    it (the good parts a threshold is calibrated on without defects), test is all of test/. A
+    defect image without a mask keeps its image label only.
+    """
+    root = Path(root)
+    train_good, test_root = root / "train" / "good", root / "test"
+    if not train_good.is_dir() or not test_root.is_dir():
+        raise DatasetError(f"{root}: not the MVTec AD layout (needs train/good/ and test/<defect>/)")
+    good = [Sample(str(p.relative_to(root)), ["good"]) for p in _images_in(train_good)]
+    if not good:
+        raise DatasetError(f"{train_good}: no images")
+    assign_splits(Manifest("anomaly", ["good"], good, root, "good"), test=0.0, val=val, seed=seed)
+    test = []
+    for folder in sorted(p for p in test_root.iterdir() if p.is_dir()):
+        for image in _images_in(folder):
+            mask = None
+            if folder.name != "good":
+                mask = _mask_beside(
+                    root / "ground_truth" / folder.name / image.relative_to(folder).parent, image.stem
+                )
+            test.append(
+                Sample(
+                    str(image.relative_to(root)),
+                    [folder.name],
+                    "test",
+                    mask=None if mask is None else str(mask.relative_to(root)),
+                )
+            )
+    defects = sorted({s.labels[0] for s in test} - {"good"})
+    return Manifest("anomaly", ["good", *defects], good + test, root, "good", root.name)
+
+
+def import_yolo_seg(root: str | Path, masks: str | Path, classes: list[str] | None = None) -> Manifest:
+    """YOLO segmentation: ROOT/images/**/x.jpg with ROOT/labels/**/x.txt, one polygon a line
+    (`class x1 y1 x2 y2 ...`, normalised), as KolektorSDD ships. An empty or missing label file
+    is a good part.
+
+    The polygons are rasterised into PNG masks under `masks` (mirroring images/), which must lie
+    outside ROOT: a source data set is read in place, never written to. Class names come from
+    `classes`, ROOT/classes.txt or data.yaml, else the single class "defect". An anomaly
+    manifest: labels "good" or the image's polygon classes; images/train|val|test set the split.
+    """
+    root, masks = Path(root), Path(masks)
+    images_root, labels_root = root / "images", root / "labels"
+    if not images_root.is_dir():
+        raise DatasetError(f"{root}: no images/ folder")
+    if masks.resolve().is_relative_to(root.resolve()):
+        raise DatasetError(
+            f"{masks}: the mask folder is inside the source data set {root}; name one outside it"
+        )
+    try:
+        names = classes or _yolo_names(root)
+    except DatasetError:
+        names = ["defect"]  # single-class sets such as KolektorSDD name no classes
+    if "good" in names:
+        raise DatasetError(f"{root}: a defect class may not be called 'good' (the good parts' label)")
+    problems: list[tuple[str, str]] = []
+    samples = []
+    for image_path, rel, split in _split_tree(images_root):
+        label_path = (labels_root / rel).with_suffix(".txt")
+        ids, polygons = set(), []
+        lines = label_path.read_text().splitlines() if label_path.exists() else []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                cid, *coords = line.split()
+                points = np.array(coords, np.float64).reshape(-1, 2)
+                if not 0 <= int(cid) < len(names) or len(points) < 3:
+                    raise ValueError(cid)
+            except ValueError:
+                problems.append((f"{label_path}:{number}", "bad polygon row (class x1 y1 x2 y2 x3 y3 ...)"))
+                continue
+            ids.add(int(cid))
+            polygons.append(points)
+        mask = None
+        if polygons:
+            image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                problems.append((str(image_path), "unreadable image"))
+                continue
+            height, width = image.shape[:2]
+            mask = (masks / rel).with_suffix(".png")
+            mask.parent.mkdir(parents=True, exist_ok=True)
+            pixels = rasterise([p * (width, height) for p in polygons], height, width)
+            if not cv2.imwrite(str(mask), pixels):
+                raise DatasetError(f"{mask}: cannot write the mask")
+        labels = sorted(names[i] for i in ids) or ["good"]
+        path = str(image_path.relative_to(root))
+        samples.append(Sample(path, labels, split, mask=None if mask is None else str(mask.resolve())))
+    if problems:
+        raise DatasetError(f"{root}: bad YOLO polygon labels", problems)
+    if not samples:
+        raise DatasetError(f"{images_root}: no images found")
+    return Manifest("anomaly", ["good", *names], samples, root, "good", root.name)
+
+
+def import_mask_folders(root: str | Path) -> Manifest:
+    """Mask folders beside image folders: ROOT/images/**/x.png with ROOT/masks/**/x.png (or
+    x_mask.png), the same relative path. A part is defective when its mask has a defect pixel;
+    an image without a mask is good. images/train|val|test set the split. An anomaly manifest,
+    classes "good" and "defect".
+    """
+    root = Path(root)
+    images_root, masks_root = root / "images", root / "masks"
+    if not images_root.is_dir() or not masks_root.is_dir():
+        raise DatasetError(f"{root}: needs images/ and masks/ folders side by side")
+    problems: list[tuple[str, str]] = []
+    samples = []
+    for image_path, rel, split in _split_tree(images_root):
+        mask_path = _mask_beside(masks_root / rel.parent, rel.stem)
+        label = "good"
+        if mask_path is not None:
+            mask = read_mask(mask_path)
+            if isinstance(mask, str):
+                problems.append((str(mask_path), mask))
+                continue
+            label = "defect" if mask.any() else "good"
+        mask_rel = None if mask_path is None else str(mask_path.relative_to(root))
+        samples.append(Sample(str(image_path.relative_to(root)), [label], split, mask=mask_rel))
+    if problems:
+        raise DatasetError(f"{masks_root}: unusable masks", problems)
+    if not samples:
+        raise DatasetError(f"{images_root}: no images found")
+    return Manifest("anomaly", ["good", "defect"], samples, root, "good", root.name)
+
+
+def _mask_beside(folder: Path, stem: str) -> Path | None:
+    """The mask of image `stem` in `folder`: <stem>_mask.<ext> or <stem>.<ext>, or None."""
+    for name in (f"{stem}_mask", stem):
+        for suffix in sorted(IMAGE_SUFFIXES):
+            if (folder / (name + suffix)).is_file():
+                return folder / (name + suffix)
+    return None
 
 
 def _yolo_names(root: Path) -> list[str]:
@@ -282,14 +436,25 @@ IMPORTERS = {
     "voc": import_voc,
     "coco": import_coco,
     "yolo": import_yolo,
+    "yolo-seg": import_yolo_seg,
+    "mvtec": import_mvtec,
+    "masks": import_mask_folders,
 }
 
 
-def import_dataset(fmt: str, source: str | Path | None = None, images: str | Path | None = None) -> Manifest:
+def import_dataset(
+    fmt: str,
+    source: str | Path | None = None,
+    images: str | Path | None = None,
+    masks: str | Path | None = None,
+    val: float = 0.1,
+    seed: int = 0,
+) -> Manifest:
     """The manifest of `source` read by the importer of `fmt` (a key of IMPORTERS).
 
     The one place that knows each importer's arguments (ELPV needs no source, COCO and VOC may
-    name an images folder), so the command line and tests import the same way.
+    name an images folder, YOLO polygons need a folder to write masks to, MVTec splits its good
+    training parts with `val` and `seed`), so the command line and tests import the same way.
     """
     if fmt not in IMPORTERS:
         raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
@@ -299,4 +464,10 @@ def import_dataset(fmt: str, source: str | Path | None = None, images: str | Pat
         raise DatasetError(f"format {fmt} needs a SOURCE folder or file")
     if fmt in ("coco", "voc") and images:
         return IMPORTERS[fmt](source, images)
+    if fmt == "yolo-seg":
+        if masks is None:
+            raise DatasetError("format yolo-seg needs --masks DIR: where to write the rasterised masks")
+        return import_yolo_seg(source, masks)
+    if fmt == "mvtec":
+        return import_mvtec(source, val, seed)
     return IMPORTERS[fmt](source)

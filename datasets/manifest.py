@@ -1,8 +1,12 @@
 """The manifest: one JSON Lines file that every trainer reads.
 
 Line 1 is a header (format version, task, class names, image root); every further line is one
-image: path, split, labels, optional boxes and free metadata (cell type, serial, station...).
-JSON Lines because rows carry nested boxes, stay diff-able, and stream without a schema tool.
+image: path, split, labels, optional boxes, an optional defect mask and free metadata (cell type,
+serial, station...). JSON Lines because rows carry nested boxes, stay diff-able, and stream
+without a schema tool.
+
+A sample's boxes are a `Detections` (the one box type of zerodefect) over the manifest's class
+list; on disk they stay `[{"label": name, "box": [xmin, ymin, xmax, ymax]}]`.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from zerodefect.inference.result import Detections
 
 FORMAT_VERSION = 1
 TASKS = ("classification", "detection", "anomaly")
@@ -31,33 +38,15 @@ class DatasetError(ValueError):
 
 
 @dataclass
-class Box:
-    """An axis-aligned box in pixel coordinates of the original image."""
-
-    label: str
-    xmin: float
-    ymin: float
-    xmax: float
-    ymax: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "box": [self.xmin, self.ymin, self.xmax, self.ymax]}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Box:
-        xmin, ymin, xmax, ymax = (float(v) for v in data["box"])
-        return cls(str(data["label"]), xmin, ymin, xmax, ymax)
-
-
-@dataclass
 class Sample:
     """One image. `labels` are image-level class names; a detection image's labels are the
-    classes of its boxes (empty for a clean part)."""
+    classes of its boxes (empty for a clean part). `boxes` are in the image's own pixels, their
+    class ids index the manifest's `classes` (score 1)."""
 
     path: str
     labels: list[str] = field(default_factory=list)
     split: str | None = None
-    boxes: list[Box] = field(default_factory=list)
+    boxes: Detections = field(default_factory=Detections.empty)
     meta: dict[str, Any] = field(default_factory=dict)
     # A defect mask (same size as the image, 0 = good, >0 = defect), relative like `path`:
     # the truth of anomaly tasks' pixel metrics. None: no mask (a good part, or not annotated).
@@ -68,10 +57,11 @@ class Sample:
         """The single label of a classification sample."""
         return self.labels[0] if self.labels else None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, classes: Sequence[str]) -> dict[str, Any]:
+        """The manifest row; `classes` are the manifest's (what the box class ids index)."""
         row: dict[str, Any] = {"path": self.path, "split": self.split, "labels": self.labels}
-        if self.boxes:
-            row["boxes"] = [b.to_json() for b in self.boxes]
+        if len(self.boxes):
+            row["boxes"] = self.boxes.to_manifest(classes)
         if self.meta:
             row["meta"] = self.meta
         if self.mask is not None:
@@ -79,12 +69,13 @@ class Sample:
         return row
 
     @classmethod
-    def from_json(cls, row: dict[str, Any]) -> Sample:
+    def from_json(cls, row: dict[str, Any], classes: Sequence[str]) -> Sample:
+        """A manifest row; a box whose label is not in `classes` is refused by name."""
         return cls(
             path=str(row["path"]),
             labels=[str(x) for x in row.get("labels", [])],
             split=row.get("split"),
-            boxes=[Box.from_json(b) for b in row.get("boxes", [])],
+            boxes=Detections.from_manifest(row.get("boxes", []), classes),
             meta=dict(row.get("meta", {})),
             mask=None if row.get("mask") is None else str(row["mask"]),
         )
@@ -127,7 +118,7 @@ class Manifest:
     def is_defective(self, sample: Sample) -> bool:
         """Plant view of a sample, for every task: defective when it has a box or any label
         that is not the good class."""
-        return bool(sample.boxes) or any(lab != self.good_class for lab in sample.labels)
+        return len(sample.boxes) > 0 or any(lab != self.good_class for lab in sample.labels)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and label, for logs and reports."""
@@ -159,7 +150,7 @@ class Manifest:
         with path.open("w", encoding="utf-8") as fh:
             fh.write(json.dumps(header) + "\n")
             for s in self.samples:
-                fh.write(json.dumps(s.to_json()) + "\n")
+                fh.write(json.dumps(s.to_json(self.classes)) + "\n")
         return path
 
     @classmethod
@@ -175,12 +166,13 @@ class Manifest:
             raise DatasetError(f"{path}: line 1 is not JSON ({exc})") from exc
         if header.get("zerodefect_manifest") != FORMAT_VERSION:
             raise DatasetError(f"{path}: not a zerodefect manifest (version {FORMAT_VERSION})")
+        classes = [str(c) for c in header.get("classes", [])]
         samples = []
         for number, line in enumerate(lines[1:], start=2):
             if not line.strip():
                 continue
             try:
-                samples.append(Sample.from_json(json.loads(line)))
+                samples.append(Sample.from_json(json.loads(line), classes))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 problems.append((f"{path}:{number}", f"bad row ({exc})"))
         if problems:
@@ -190,7 +182,7 @@ class Manifest:
             root = path.parent / root
         return cls(
             task=header["task"],
-            classes=list(header["classes"]),
+            classes=classes,
             samples=samples,
             root=root,
             good_class=header.get("good_class"),
@@ -207,20 +199,26 @@ class Manifest:
         if unknown:
             raise DatasetError(f"extra data has classes unknown to {self.name}: {unknown}")
         extra = [
-            Sample(
+            replace(
+                s,
                 path=str(other.resolve(s).resolve()),
                 labels=list(s.labels),
                 split=s.split or "train",
-                boxes=list(s.boxes),
+                boxes=Detections.from_labels(s.boxes.labels(other.classes), s.boxes.xyxy, self.classes),
                 meta=dict(s.meta),
+                mask=_absolute(other.resolve_mask(s)),
             )
             for s in other.samples
         ]
         own = [
-            Sample(str(self.resolve(s).resolve()), list(s.labels), s.split, list(s.boxes), s.meta)
+            replace(s, path=str(self.resolve(s).resolve()), mask=_absolute(self.resolve_mask(s)))
             for s in self.samples
         ]
         return Manifest(self.task, self.classes, own + extra, Path("/"), self.good_class, self.name)
+
+
+def _absolute(path: Path | None) -> str | None:
+    return None if path is None else str(path.resolve())
 
 
 def file_sha256(path: Path) -> str:

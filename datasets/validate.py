@@ -1,7 +1,8 @@
 """Check a whole dataset before training starts, and fingerprint it.
 
-Every image is opened once here, so a missing file, a corrupt image, an unknown label or a box
-outside its image stops the run before the first epoch, with every offending file listed.
+Every image and mask is opened once here, so a missing file, a corrupt image, an unknown label,
+a box outside its image or a mask that does not fit its image (other size, not binary) stops the
+run before the first epoch, with every offending file listed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from zerodefect.datasets.manifest import SPLITS, DatasetError, Manifest, file_sha256
+from zerodefect.datasets.masks import mask_problem, read_mask
 from zerodefect.inference.preprocess import ImageDecodeError, read_image
 
 
@@ -24,8 +28,8 @@ class ValidationReport:
 def validate(manifest: Manifest, require_splits: bool = True) -> ValidationReport:
     """Validate every row and image; raise DatasetError listing all problems at once.
 
-    The dataset hash covers the header, every row and every image's bytes, so a changed
-    pixel, label, box or split gives a different hash.
+    The dataset hash covers the header, every row and every image's and mask's bytes, so a
+    changed pixel, label, box, mask or split gives a different hash.
     """
     problems: list[tuple[str, str]] = []
     known = set(manifest.classes)
@@ -46,7 +50,9 @@ def validate(manifest: Manifest, require_splits: bool = True) -> ValidationRepor
         for label in sample.labels:
             if label not in known:
                 problems.append((where, f"unknown label {label!r} (classes: {manifest.classes})"))
-        if manifest.task == "classification" and len(sample.labels) != 1:
+        # An image without boxes is labelled as a whole: one class, or none for a clean part
+        # of a manifest without a good class (a detector's).
+        if not len(sample.boxes) and (len(sample.labels) > 1 or (manifest.good_class and not sample.labels)):
             problems.append((where, f"needs exactly one label, has {sample.labels}"))
         try:
             image = read_image(path)
@@ -54,19 +60,21 @@ def validate(manifest: Manifest, require_splits: bool = True) -> ValidationRepor
             problems.append((where, "missing file" if not path.exists() else str(exc).split(": ")[-1]))
             continue
         height, width = image.shape[:2]
-        for box in sample.boxes:
-            if box.label not in known:
-                problems.append((where, f"box has unknown label {box.label!r}"))
-            if not (0 <= box.xmin < box.xmax <= width and 0 <= box.ymin < box.ymax <= height):
-                problems.append(
-                    (
-                        where,
-                        f"box {box.label} [{box.xmin}, {box.ymin}, {box.xmax}, {box.ymax}] "
-                        f"is outside the {width}x{height} image or empty",
-                    )
-                )
-        digest.update(json.dumps(sample.to_json(), sort_keys=True).encode())
+        x1, y1, x2, y2 = sample.boxes.xyxy.T
+        outside = ~((x1 >= 0) & (x1 < x2) & (x2 <= width) & (y1 >= 0) & (y1 < y2) & (y2 <= height))
+        for i in np.flatnonzero(outside):
+            label, box = manifest.classes[sample.boxes.class_id[i]], ", ".join(map(str, sample.boxes.xyxy[i]))
+            problems.append((where, f"box {label} [{box}] is outside the {width}x{height} image or empty"))
+        digest.update(json.dumps(sample.to_json(manifest.classes), sort_keys=True).encode())
         digest.update(file_sha256(path).encode())
+        mask_path = manifest.resolve_mask(sample)
+        if mask_path is not None:
+            mask = read_mask(mask_path)
+            problem = mask if isinstance(mask, str) else mask_problem(mask, image.shape)
+            if problem:
+                problems.append((str(mask_path), problem))
+            else:
+                digest.update(file_sha256(mask_path).encode())
     if problems:
         bad_files = len({p for p, _ in problems})
         raise DatasetError(f"dataset {manifest.name!r} rejected: {bad_files} bad files", problems)

@@ -117,9 +117,11 @@ class Detections:
         return cls.from_labels([b["label"] for b in boxes], [b["box"] for b in boxes], classes)
 
     def to_manifest(self, classes: Sequence[str]) -> list[dict[str, Any]]:
-        """The boxes as a manifest row stores them (the format on disk)."""
+        """The boxes as a manifest row stores them (the format on disk). Each coordinate is
+        written as the shortest decimal that reads back to the same float32 (12.3, not
+        12.300000190734863), so a manifest read and written again is unchanged."""
         return [
-            {"label": label, "box": [float(v) for v in xyxy]}
+            {"label": label, "box": [float(str(v)) for v in xyxy]}
             for label, xyxy in zip(self.labels(classes), self.xyxy, strict=True)
         ]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from zerodefect.datasets.manifest import Box, Manifest, Sample
+from zerodefect.datasets.manifest import Manifest, Sample
 from zerodefect.inference.heads import HEADS
 from zerodefect.inference.result import Detections, NamedBox
 from zerodefect.quality.images import ImageStore
@@ -59,6 +59,7 @@ def manifest_from_reviews(
     if since:
         query = query.where(Inspection.reviewed_at >= as_utc(since))
     samples, skipped = [], {"no stored image": 0, "escape without boxes": 0, "defect without a class": 0}
+    part_boxes = []  # each sample's (box labels, 0.01 px boxes), until the classes are known
     for row in session.scalars(query):
         path = images.find(row.image_sha256) if row.image_sha256 else None
         if path is None:
@@ -94,15 +95,12 @@ def manifest_from_reviews(
         labels = (
             sorted(set(boxes.labels(names))) if len(boxes) else ([] if clean and good is None else [label])
         )
+        part_boxes.append((boxes.labels(names), boxes.xyxy.round(2)))
         samples.append(
             Sample(
                 path=str(path.resolve()),
                 labels=labels,
                 split="train",
-                boxes=[
-                    Box(name, *(round(float(v), 2) for v in xyxy))
-                    for name, xyxy in zip(boxes.labels(names), boxes.xyxy, strict=True)
-                ],
                 meta={
                     "inspection_id": row.id,
                     "serial": row.serial,
@@ -114,7 +112,10 @@ def manifest_from_reviews(
             )
         )
     found = sorted({name for s in samples for name in s.labels} - {good})
-    manifest = Manifest(task, [good, *found] if good else found, samples, Path("/"), good, "reviews")
+    classes = [good, *found] if good else found
+    for sample, (box_labels, xyxy) in zip(samples, part_boxes, strict=True):
+        sample.boxes = Detections.from_labels(box_labels, xyxy, classes)
+    manifest = Manifest(task, classes, samples, Path("/"), good, "reviews")
     return ReviewExport(manifest, {k: v for k, v in skipped.items() if v})
 
 

@@ -17,7 +17,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from zerodefect.cli import app
-from zerodefect.datasets.manifest import Box, Manifest, Sample
+from zerodefect.datasets.manifest import Manifest, Sample
+from zerodefect.inference.result import Detections
 from zerodefect.training.config import Config
 from zerodefect.training.health import TrainingFailed, check_run, preflight
 from zerodefect.training.metrics import binary_report
@@ -92,10 +93,15 @@ def test_check_run_refuses_chance_nan_and_an_early_stop_at_epoch_one() -> None:
 def test_preflight_names_the_ema_the_warmup_tiny_classes_and_small_boxes() -> None:
     # The new user's detector: EMA 0.998 over 110 steps per epoch.
     cfg = _config("detection", ema_decay=0.998, warmup_pct=0.005, lr=0.05)
-    samples = [
-        Sample(f"{i}.png", ["scratch"], "train", [Box("scratch", 0, 0, 40, 40)]) for i in range(30)
-    ] + [Sample("s.png", ["pit"], "train", [Box("pit", 0, 0, 3, 3)])]
-    manifest = _manifest("detection", samples, ["scratch", "pit", "hole"])
+    classes = ["scratch", "pit", "hole"]
+    scratch, pit = (
+        Detections.from_labels([c], [[0, 0, size, size]], classes)
+        for c, size in (("scratch", 40), ("pit", 3))
+    )
+    samples = [Sample(f"{i}.png", ["scratch"], "train", scratch) for i in range(30)] + [
+        Sample("s.png", ["pit"], "train", pit)
+    ]
+    manifest = _manifest("detection", samples, classes)
     boxes = [np.array([[0, 0, 12.8, 12.8]], np.float32)] * 30 + [
         np.array([[0, 0, 0.96, 0.96]], np.float32)
     ] * 30

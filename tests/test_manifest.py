@@ -19,9 +19,10 @@ from zerodefect.datasets.importers import (
     import_voc,
     import_yolo,
 )
-from zerodefect.datasets.manifest import Box, DatasetError, Manifest, Sample
+from zerodefect.datasets.manifest import DatasetError, Manifest, Sample
 from zerodefect.datasets.splits import assign_splits
 from zerodefect.datasets.validate import validate
+from zerodefect.inference.result import Detections
 
 from .synthetic import part_image
 
@@ -37,7 +38,8 @@ def test_folders_import_split_roundtrip(folder_dataset: Path, tmp_path: Path) ->
     }
     path = manifest.write(tmp_path / "m" / "manifest.jsonl")
     again = Manifest.read(path)
-    assert [s.to_json() for s in again.samples] == [s.to_json() for s in manifest.samples]
+    rows = [s.to_json(manifest.classes) for s in manifest.samples]
+    assert [s.to_json(again.classes) for s in again.samples] == rows
     assert again.resolve(again.samples[0]).is_file()
     # Same seed, same split; another seed, another split.
     other = assign_splits(import_folders(folder_dataset), test=0.25, val=0.25, seed=3)
@@ -61,15 +63,17 @@ def test_validation_lists_every_bad_file(folder_dataset: Path, tmp_path: Path) -
     (root / "good" / "good_000.png").unlink()
     (root / "good" / "good_001.png").write_bytes(b"\x89PNG not really")
     manifest.samples[2].labels = ["dent"]
-    manifest.samples[3].boxes = [Box("scratch", 10, 10, 80, 20)]
+    manifest.samples[3].boxes = Detections.from_labels(["scratch"], [[10, 10, 80, 20]], manifest.classes)
+    manifest.samples[4].labels = ["good", "scratch"]
     with pytest.raises(DatasetError) as err:
         validate(manifest)
     text = str(err.value)
-    assert "4 bad files" in text
+    assert "5 bad files" in text
+    assert "needs exactly one label, has ['good', 'scratch']" in text
     assert "good_000.png: missing file" in text
     assert "good_001.png: not a decodable image" in text
     assert "unknown label 'dent'" in text
-    assert "outside the 64x64 image" in text
+    assert "box scratch [10.0, 10.0, 80.0, 20.0] is outside the 64x64 image" in text
 
 
 def test_dataset_hash_tracks_pixels_labels_and_splits(folder_dataset: Path, tmp_path: Path) -> None:
@@ -157,9 +161,7 @@ def test_voc_coco_yolo_agree_on_the_same_boxes(tmp_path: Path) -> None:
     coco_m = import_coco(tmp_path / "coco/instances.json")
     for manifest in (voc, yolo, coco_m):
         assert manifest.task == "detection" and manifest.classes == ["scratch"]
-        got = {
-            Path(s.path).name: [[b.xmin, b.ymin, b.xmax, b.ymax] for b in s.boxes] for s in manifest.samples
-        }
+        got = {Path(s.path).name: s.boxes.xyxy.tolist() for s in manifest.samples}
         assert got.keys() == truth.keys()
         for name, boxes in truth.items():
             assert np.allclose(np.array(got[name]).reshape(-1, 4), np.array(boxes).reshape(-1, 4), atol=1e-4)
@@ -191,3 +193,63 @@ def test_manifest_rejects_unknown_task_and_bad_rows(tmp_path: Path) -> None:
     path.write_text(path.read_text() + "{not json\n")
     with pytest.raises(DatasetError, match=r"m.jsonl:3"):
         Manifest.read(path)
+
+
+def test_a_manifest_on_disk_reads_to_detections_and_writes_back_byte_for_byte(tmp_path: Path) -> None:
+    # The format on disk as earlier versions wrote it: {"label", "box"} per box, masks, meta.
+    lines = [
+        {
+            "zerodefect_manifest": 1,
+            "name": "old",
+            "task": "detection",
+            "classes": ["scratch", "pit"],
+            "good_class": None,
+            "root": ".",
+        },
+        {
+            "path": "a.png",
+            "split": "train",
+            "labels": ["pit", "scratch"],
+            "boxes": [
+                {"label": "pit", "box": [1.5, 2.0, 30.25, 40.0]},
+                {"label": "scratch", "box": [0.0, 3.07, 9.0, 9.5]},
+            ],
+            "meta": {"serial": "S1"},
+        },
+        {"path": "b.png", "split": "val", "labels": []},
+        {"path": "c.png", "split": "test", "labels": ["pit"], "mask": "masks/c.png"},
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    (tmp_path / "old.jsonl").write_text(text)
+    manifest = Manifest.read(tmp_path / "old.jsonl")
+    a = manifest.samples[0]
+    assert isinstance(a.boxes, Detections) and a.boxes.labels(manifest.classes) == ["pit", "scratch"]
+    assert np.allclose(a.boxes.xyxy, [[1.5, 2.0, 30.25, 40.0], [0.0, 3.07, 9.0, 9.5]])
+    assert a.boxes.scores.tolist() == [1.0, 1.0] and len(manifest.samples[1].boxes) == 0
+    assert manifest.resolve_mask(manifest.samples[2]) == tmp_path / "masks/c.png"
+    assert manifest.write(tmp_path / "again.jsonl").read_text() == text
+
+
+def test_a_box_of_an_unknown_class_is_refused_at_read_with_its_line(tmp_path: Path) -> None:
+    header = {"zerodefect_manifest": 1, "task": "detection", "classes": ["scratch"], "root": "."}
+    row = {
+        "path": "a.png",
+        "split": "train",
+        "labels": ["dent"],
+        "boxes": [{"label": "dent", "box": [0, 0, 4, 4]}],
+    }
+    (tmp_path / "m.jsonl").write_text(json.dumps(header) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DatasetError, match=r"m\.jsonl:2: bad row \(unknown class 'dent'"):
+        Manifest.read(tmp_path / "m.jsonl")
+
+
+def test_merged_extra_data_keeps_box_classes_and_masks_across_class_orders(tmp_path: Path) -> None:
+    base = Manifest("detection", ["scratch", "pit"], [Sample("a.png", [], "train")], tmp_path / "base")
+    pit = Detections.from_labels(["pit"], [[1, 2, 3, 4]], ["pit"])
+    extra = Manifest(
+        "detection", ["pit"], [Sample("b.png", ["pit"], None, pit, mask="b_mask.png")], tmp_path / "x"
+    )
+    merged = base.merged(extra)
+    b = merged.samples[1]
+    assert b.boxes.labels(merged.classes) == ["pit"] and b.boxes.class_id.tolist() == [1]
+    assert b.split == "train" and merged.resolve_mask(b) == (tmp_path / "x" / "b_mask.png").resolve()

@@ -301,11 +301,14 @@ def test_reviews_become_a_training_manifest(record, tmp_path: Path) -> None:
         cli, ["datasets", "from-reviews", "--out", str(boxes_out), "--task", "detection"]
     )
     assert result.exit_code == 0, result.output
-    boxed = {s.meta["inspection_id"]: s for s in Manifest.read(boxes_out).samples}
-    assert boxed[false_reject].boxes == [] and boxed[false_reject].labels == []
-    assert [b.to_json() for b in boxed[escape].boxes] == [{"label": "crack", "box": [3.0, 3.0, 9.0, 9.0]}]
+    detections = Manifest.read(boxes_out)
+    boxed = {s.meta["inspection_id"]: s for s in detections.samples}
+    assert len(boxed[false_reject].boxes) == 0 and boxed[false_reject].labels == []
+    assert boxed[escape].boxes.to_manifest(detections.classes) == [
+        {"label": "crack", "box": [3.0, 3.0, 9.0, 9.0]}
+    ]
     # A relabelled confirmation keeps the model's box under the reviewer's class.
-    assert [b.to_json() for b in boxed[relabelled].boxes] == [
+    assert boxed[relabelled].boxes.to_manifest(detections.classes) == [
         {"label": "finger", "box": [1.0, 2.0, 30.0, 20.0]}
     ]
 

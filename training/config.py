@@ -32,7 +32,7 @@ class SplitSpec(Strict):
 class ImportSpec(Strict):
     """How to build the manifest when it does not exist yet."""
 
-    format: Literal["folders", "elpv", "voc", "coco", "yolo"]
+    format: Literal["folders", "elpv", "voc", "coco", "yolo", "yolo-seg", "mvtec", "masks"]
     args: dict[str, Any] = Field(default_factory=dict)
     split: SplitSpec = Field(default_factory=SplitSpec)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from zerodefect.datasets.manifest import DatasetError, Manifest, Sample
+from zerodefect.datasets.manifest import Manifest, Sample
 from zerodefect.inference.preprocess import read_image, resize
 from zerodefect.inference.result import Detections
 from zerodefect.models.detector import InspectionDetector
@@ -47,12 +47,8 @@ def truth_for(
     """A sample's true boxes (score 1), in its own pixels or scaled to `size` (h, w); boxes are
     clipped to the image and boxes with no area dropped, the same way for every split."""
     height, width = size or image_size
-    unknown = [b.label for b in sample.boxes if b.label not in manifest.classes]
-    if unknown:
-        raise DatasetError(f"{manifest.resolve(sample)}: box classes {unknown} are not in {manifest.classes}")
     h, w = image_size
-    truth = Detections.from_manifest([b.to_json() for b in sample.boxes], manifest.classes)
-    truth = truth.scaled(width / w, height / h)
+    truth = sample.boxes.scaled(width / w, height / h)
     truth.xyxy = np.clip(truth.xyxy, 0, np.array([width, height, width, height], np.float32))
     return truth[(truth.xyxy[:, 2] > truth.xyxy[:, 0]) & (truth.xyxy[:, 3] > truth.xyxy[:, 1])]
 

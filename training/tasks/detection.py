@@ -73,8 +73,8 @@ class Detection:
     def label_counts(self, manifest: Manifest, samples: list[Sample]) -> dict[str, int]:
         counts = {c: 0 for c in manifest.classes}
         for sample in samples:
-            for box in sample.boxes:
-                counts[box.label] = counts.get(box.label, 0) + 1
+            for label in sample.boxes.labels(manifest.classes):
+                counts[label] = counts.get(label, 0) + 1
         return counts
 
     def boxes_at_input(self, train: Split) -> list[np.ndarray] | None:
@@ -161,7 +161,9 @@ class Detection:
         engine = Engine.from_bundle(request.bundle, threads=request.threads)
         meta = engine.meta
         samples = split_samples(manifest, request.split)
-        refuse_unknown(manifest, meta, {b.label for s in samples for b in s.boxes}, "box classes")
+        refuse_unknown(
+            manifest, meta, {lab for s in samples for lab in s.boxes.labels(manifest.classes)}, "box classes"
+        )
         paths = [manifest.resolve(s) for s in samples]
         detections, sizes = engine.detect_files(paths, progress=request.progress)
         truths = [truth_for(manifest, s, size) for s, size in zip(samples, sizes, strict=True)]

@@ -19,14 +19,24 @@ datasets_app = typer.Typer(
 
 @datasets_app.command("import")
 def datasets_import(
-    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="folders | elpv | voc | coco | yolo")],
+    fmt: Annotated[
+        str,
+        typer.Argument(
+            metavar="FORMAT", help="folders | elpv | voc | coco | yolo | yolo-seg | mvtec | masks"
+        ),
+    ],
     source: Annotated[
         Path | None, typer.Argument(help="Folder, or COCO JSON file. Not needed for elpv.")
+    ] = None,
+    masks: Annotated[
+        Path | None, typer.Option(help="yolo-seg: folder to write the rasterised masks to (outside SOURCE).")
     ] = None,
     out: Annotated[Path, typer.Option(help="Manifest file to write (.jsonl).")] = Path("manifest.jsonl"),
     images: Annotated[Path | None, typer.Option(help="Images folder (COCO, or VOC when not found).")] = None,
     test: Annotated[float, typer.Option(help="Share of each stratum for the test split.")] = 0.2,
-    val: Annotated[float, typer.Option(help="Share of each stratum for the val split.")] = 0.1,
+    val: Annotated[
+        float, typer.Option(help="Share of each stratum for the val split (mvtec: of train/good).")
+    ] = 0.1,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     stratify_on: Annotated[
         list[str] | None, typer.Option(help="Metadata keys to stratify on, besides labels.")
@@ -39,7 +49,7 @@ def datasets_import(
     from zerodefect.datasets.validate import validate
 
     try:
-        manifest = import_dataset(fmt, source, images)
+        manifest = import_dataset(fmt, source, images, masks, val, seed)
         assign_splits(manifest, test, val, seed, stratify_on or [], keep_existing=keep_splits)
         report = validate(manifest)
     except user_errors() as exc:
