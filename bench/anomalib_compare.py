@@ -206,10 +206,9 @@ def run(args: argparse.Namespace) -> None:
     from anomalib.engine import Engine
     from anomalib.models import Patchcore
     from anomalib.pre_processing import PreProcessor
+    from lightning.pytorch import seed_everything
     from sklearn.metrics import roc_auc_score
     from torchvision.transforms.v2 import Compose, Normalize, Resize
-
-    from lightning.pytorch import seed_everything
 
     seed_everything(SEED)  # the coreset's random first centre
     torch.set_num_threads(args.threads)
