@@ -75,6 +75,19 @@ def write_split(path: Path = SPLIT) -> None:
     print(f"wrote {path}: {counts}")
 
 
+def train_sample(rows: list[dict[str, str]], n: int) -> list[dict[str, str]]:
+    """A seeded sample of n training parts, so that the other model can be fit on the very same."""
+    return random.Random(SEED).sample([r for r in rows if r["split"] == "train"], n)
+
+
+def write_sample(n: int, path: Path) -> None:
+    images = sorted(r["image"] for r in train_sample(read_split(), n))
+    path.write_text(
+        f"# {n} training parts sampled with seed {SEED} from {SPLIT.name}\n" + "\n".join(images) + "\n"
+    )
+    print(f"wrote {path}: {len(images)} training parts")
+
+
 def read_split(path: Path = SPLIT) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
@@ -214,7 +227,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     rows = read_split(args.split)
     if args.max_train:
-        train = [r for r in rows if r["split"] == "train"][: args.max_train]
+        train = train_sample(rows, args.max_train)
         rows = [r for r in rows if r["split"] != "train"] + train
     work = args.scratch
     root = build_layout(rows, work / "folder")
@@ -341,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("split", help=f"write {SPLIT.relative_to(REPO)}")
+    sp = sub.add_parser("split", help=f"write {SPLIT.relative_to(REPO)}")
+    sp.add_argument("--sample", type=int, default=100, help="also list a seeded sample of N training parts")
     r = sub.add_parser("run", help="train, test, export and time anomalib's PatchCore")
     r.add_argument("--split", type=Path, default=SPLIT)
     r.add_argument("--scratch", type=Path, default=SCRATCH, help="outside the repo: links, masks, results")
@@ -354,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "split":
         write_split()
+        if args.sample:
+            write_sample(args.sample, SPLIT.with_name(f"kolektorsdd-anomaly-train{args.sample}.txt"))
     else:
         if REPO in args.scratch.resolve().parents or args.scratch.resolve() == REPO:
             sys.exit(f"{args.scratch}: the scratch folder must be outside the repository")
