@@ -57,9 +57,13 @@ class PatchCore(nn.Module):
         self.register_buffer("offset", (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1))
         self.register_buffer("scale", (torch.tensor(std, dtype=torch.float32) * 255.0).view(1, 3, 1, 1))
         self.register_buffer("kernel", gaussian_kernel(sigma))
-        # The coreset [M, D] and its squared norms, filled by `fit_bank`; empty until then.
+        # The coreset [M, D] and its squared norms, filled by `fit_bank`; empty until then. The
+        # bank is stored centred on its mean (subtracted from every patch too): distances do not
+        # change, but |f|^2 + |m|^2 - 2 f.m no longer cancels large norms, which cost 1e-3 of
+        # the threshold in torch/ORT heatmap parity at 320 px on KolektorSDD.
         self.register_buffer("memory_bank", torch.zeros(0, self.feature_dim))
         self.register_buffer("bank_sq", torch.zeros(0))
+        self.register_buffer("bank_mean", torch.zeros(self.feature_dim))
         self.eval()
 
     @property
@@ -98,7 +102,7 @@ class PatchCore(nn.Module):
         |f - m|^2 = |f|^2 - 2 f.m + |m|^2: one matrix multiply and a min, which ONNX Runtime
         runs as a GEMM (no gather, no search structure in the graph)."""
         n, d, h, w = features.shape
-        flat = features.permute(0, 2, 3, 1).reshape(n * h * w, d)
+        flat = features.permute(0, 2, 3, 1).reshape(n * h * w, d) - self.bank_mean
         sq = (flat * flat).sum(dim=1, keepdim=True) - 2.0 * flat @ self.memory_bank.T + self.bank_sq[None]
         nearest = sq.min(dim=1).values.clamp_min(0.0).sqrt()
         return nearest.reshape(n, h, w)
@@ -133,7 +137,8 @@ class PatchCore(nn.Module):
         extracted = time.perf_counter() - tick
         keep = max(1, int(round(len(bank) * coreset_ratio)))
         picked = greedy_coreset(bank, keep, seed) if keep < len(bank) else torch.arange(len(bank))
-        self.memory_bank = bank[picked].contiguous()
+        self.bank_mean = bank.mean(dim=0)
+        self.memory_bank = (bank[picked] - self.bank_mean).contiguous()
         self.bank_sq = (self.memory_bank**2).sum(dim=1)
         return {
             "patches": float(len(bank)),
@@ -152,13 +157,15 @@ def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, projection
     if features.shape[1] > projection:
         matrix = torch.randn(features.shape[1], projection, generator=generator) / math.sqrt(projection)
         x = features @ matrix
+    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: a matrix-vector product per pick, no [N, D] temporary.
+    norms = (x * x).sum(dim=1)
     first = int(torch.randint(len(x), (1,), generator=generator))
     picked = [first]
-    nearest = ((x - x[first]) ** 2).sum(dim=1)
+    nearest = norms - 2 * (x @ x[first]) + norms[first]
     for _ in range(count - 1):
         i = int(torch.argmax(nearest))
         picked.append(i)
-        nearest = torch.minimum(nearest, ((x - x[i]) ** 2).sum(dim=1))
+        torch.minimum(nearest, norms - 2 * (x @ x[i]) + norms[i], out=nearest)
     return torch.tensor(picked)
 
 

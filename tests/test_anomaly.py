@@ -26,8 +26,13 @@ from zerodefect.settings import get_settings
 from zerodefect.training.anomaly_metrics import pixel_auroc, pro_score, threshold_for_false_rejects
 from zerodefect.training.config import load_config
 from zerodefect.training.pipeline import run_training
-from zerodefect.training.tasks import get_task
-from zerodefect.training.tasks.anomaly import check_anomaly_parity, load_masks
+from zerodefect.training.tasks import Split, get_task
+from zerodefect.training.tasks.anomaly import (
+    AnomalyTruth,
+    check_anomaly_parity,
+    good_for_training,
+    load_masks,
+)
 
 from .people import client_for
 from .servers import serve
@@ -103,14 +108,20 @@ def test_good_only_training_finds_planted_scratches(trained) -> None:
     assert outcome.version == "1"
 
 
-def test_torch_and_onnx_runtime_agree_on_scores_and_heatmaps(trained) -> None:
-    """Independently of the run's own check: the saved best.pt in torch against the bundle."""
+def reloaded(trained) -> tuple:
+    """The task, the run's saved best.pt in a fresh torch model, and the decoded test split."""
     cfg, outcome = trained
     task = get_task("anomaly")
     manifest = Manifest.read(outcome.run_dir / "manifest.jsonl")
     model, _ = task.build_model(cfg, manifest, None)
     model.load_state_dict(torch.load(outcome.run_dir / "best.pt", weights_only=False)["model"])
-    test = task.load_split(cfg, manifest, manifest.split("test"), None)
+    return task, model, task.load_split(cfg, manifest, manifest.split("test"), None)
+
+
+def test_torch_and_onnx_runtime_agree_on_scores_and_heatmaps(trained) -> None:
+    """Independently of the run's own check: the saved best.pt in torch against the bundle."""
+    cfg, outcome = trained
+    task, model, test = reloaded(trained)
     reference = task.predict(model, test.images)
     engine = Engine.from_bundle(outcome.bundle_dir)
     parity = check_anomaly_parity(engine, test.images, reference, 1e-4 * engine.meta.threshold)
@@ -121,16 +132,11 @@ def test_torch_and_onnx_runtime_agree_on_scores_and_heatmaps(trained) -> None:
 
 def test_calibration_uses_the_escape_target_when_val_has_defects(trained) -> None:
     cfg, outcome = trained
-    task = get_task("anomaly")
-    manifest = Manifest.read(outcome.run_dir / "manifest.jsonl")
-    model, _ = task.build_model(cfg, manifest, None)
-    model.load_state_dict(torch.load(outcome.run_dir / "best.pt", weights_only=False)["model"])
-    samples = manifest.split("test")
-    split = task.load_split(cfg, manifest, samples, None)
+    task, model, split = reloaded(trained)
     strict = cfg.model_copy(
         update={"calibration": cfg.calibration.model_copy(update={"target_escape_rate": 0.0})}
     )
-    calibration = task.calibrate(strict, manifest, model, split)
+    calibration = task.calibrate(strict, Manifest.read(outcome.run_dir / "manifest.jsonl"), model, split)
     scores = calibration.predictions[0]
     defective = split.truth.defective
     assert calibration.val_report["calibrated_for"] == "escape_rate"
@@ -260,3 +266,19 @@ def test_split_without_good_parts_is_refused(trained) -> None:
         s.labels = ["scratch"]
     with pytest.raises(ValueError, match="val split has no good part"):
         get_task("anomaly").check_manifest(cfg, manifest)
+
+
+def test_the_bank_takes_only_cells_the_experts_called_clean(trained) -> None:
+    """With a soft-label key (ELPV's expert probability), a good cell the experts doubted
+    (probability 1/3) stays out of the memory bank, as do defective ones."""
+    cfg, _ = trained
+    samples = [
+        Sample(f"{i}.png", [label], "train", meta={"probability": p})
+        for i, (label, p) in enumerate([("good", 0.0), ("good", 0.3333), ("defective", 1.0), ("good", 0.0)])
+    ]
+    defective = np.array([False, False, True, False])
+    truth = AnomalyTruth(defective, np.zeros((4, 1, 1), bool), ~defective)
+    split = Split(samples, np.zeros((4, 1, 1, 3), np.uint8), truth)
+    assert good_for_training(cfg, split).tolist() == [True, True, False, True]
+    soft = cfg.model_copy(update={"data": cfg.data.model_copy(update={"soft_label_key": "probability"})})
+    assert good_for_training(soft, split).tolist() == [True, False, False, True]
