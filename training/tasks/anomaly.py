@@ -214,17 +214,22 @@ class Anomaly:
         onnx_bytes = export_onnx(
             model, meta.input.height, meta.input.width, cfg.export.opset, ("scores", "heatmap")
         )
+        # Scores within parity_atol of the threshold (relative); heatmaps within 10x that: the
+        # Gaussian spreads the rounding of near-zero distances (see check_anomaly_parity) into
+        # pixels nearby, measured at 1.3e-4 of the threshold on KolektorSDD at 320 px.
         tolerance = cfg.export.parity_atol * meta.threshold
         return _write_verified(
             folder,
             onnx_bytes,
             meta,
             None,
-            lambda engine: check_anomaly_parity(engine, val.images, calibration.predictions, tolerance),
+            lambda engine: check_anomaly_parity(
+                engine, val.images, calibration.predictions, tolerance, 10 * tolerance
+            ),
             lambda r: (
                 f"max |d score| {r.fields['max_score_diff']:.2e}, max |d heat| over half the threshold "
                 f"{r.fields['max_heat_diff']:.2e} "
-                f"(allowed {tolerance:.1e}), {r.differing} decisions differ"
+                f"(allowed {tolerance:.1e} and {10 * tolerance:.1e}), {r.differing} decisions differ"
             ),
         )
 
@@ -293,7 +298,11 @@ class Anomaly:
 
 
 def check_anomaly_parity(
-    engine: Any, images: np.ndarray, torch_predictions: tuple[np.ndarray, np.ndarray], tolerance: float
+    engine: Any,
+    images: np.ndarray,
+    torch_predictions: tuple[np.ndarray, np.ndarray],
+    tolerance: float,
+    heat_tolerance: float,
 ) -> ParityReport:
     """ONNX Runtime against torch on the same prepared images: image scores, heatmaps, and the
     decisions at the bundle's threshold.
@@ -301,7 +310,8 @@ def check_anomaly_parity(
     Heatmaps are compared where either side reaches half the threshold, the pixels that can
     form a region: near zero, the square root of a nearest-neighbour distance turns the
     runtimes' rounding of |f|^2 + |m|^2 - 2 f.m into up to 1e-3 of the threshold (measured on
-    KolektorSDD at 320 px), on pixels that never decide anything."""
+    KolektorSDD at 320 px), on pixels that never decide anything; the smoothing spreads some
+    of it into their neighbours, hence a looser `heat_tolerance` than the scores'."""
     scores, heatmaps = torch_predictions
     ort_scores, ort_heat = [], []
     for start in range(0, len(images), 16):
@@ -317,7 +327,7 @@ def check_anomaly_parity(
     return ParityReport(
         len(images),
         differing,
-        differing == 0 and max(score_diff, heat_diff) <= tolerance,
+        differing == 0 and score_diff <= tolerance and heat_diff <= heat_tolerance,
         {
             "max_score_diff": score_diff,
             "max_heat_diff": heat_diff,
