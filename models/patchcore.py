@@ -31,12 +31,12 @@ FEATURE_STAGES = (2, 4)
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """A normalised 2-D Gaussian [1, 1, k, k] with k = 2 * ceil(3 sigma) + 1."""
+    """A normalised 1-D Gaussian [k] with k = 2 * ceil(3 sigma) + 1, applied along each axis in
+    turn (separable: 2k instead of k^2 multiply-adds per pixel, 25x fewer at sigma 4)."""
     radius = max(1, math.ceil(3 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    return g / g.sum()
 
 
 class PatchCore(nn.Module):
@@ -56,7 +56,8 @@ class PatchCore(nn.Module):
         self.neighbourhood = neighbourhood
         self.register_buffer("offset", (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1))
         self.register_buffer("scale", (torch.tensor(std, dtype=torch.float32) * 255.0).view(1, 3, 1, 1))
-        self.register_buffer("kernel", gaussian_kernel(sigma))
+        # Derived from sigma (the config): not saved with the bank.
+        self.register_buffer("kernel", gaussian_kernel(sigma), persistent=False)
         # The coreset [M, D] and its squared norms, filled by `fit_bank`; empty until then. The
         # bank is stored centred on its mean (subtracted from every patch too): distances do not
         # change, but |f|^2 + |m|^2 - 2 f.m no longer cancels large norms, which cost 1e-3 of
@@ -111,8 +112,9 @@ class PatchCore(nn.Module):
         patches = self.patch_distances(self.features(images))
         height, width = images.shape[1], images.shape[2]
         heat = F.interpolate(patches[:, None], size=(height, width), mode="bilinear", align_corners=False)
-        pad = self.kernel.shape[-1] // 2
-        heat = F.conv2d(F.pad(heat, (pad, pad, pad, pad), mode="replicate"), self.kernel)[:, 0]
+        pad = len(self.kernel) // 2
+        heat = F.pad(heat, (pad, pad, pad, pad), mode="replicate")
+        heat = F.conv2d(F.conv2d(heat, self.kernel.view(1, 1, -1, 1)), self.kernel.view(1, 1, 1, -1))[:, 0]
         return heat.flatten(1).max(dim=1).values, heat
 
     @torch.no_grad()
