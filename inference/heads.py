@@ -10,8 +10,10 @@ so a threshold changed in the metadata applies at once. No torch here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import cv2
 import numpy as np
 
 from zerodefect.inference.bundle import BundleError, BundleMeta
@@ -149,8 +151,92 @@ class DetectionHead:
         return results
 
 
+@dataclass
+class AnomalyMaps:
+    """An anomaly model's batch: image scores [N], heatmaps [N, h, w] at the model's input
+    size (feature-distance units, the threshold's), and each original image's (h, w)."""
+
+    scores: np.ndarray
+    heatmaps: np.ndarray
+    sizes: list[tuple[int, int]]
+
+
+class AnomalyHead:
+    """An image score and a heatmap per image (PatchCore); a part is rejected when its score,
+    the heatmap's maximum, reaches the threshold. A rejected part's defects are the heatmap's
+    connected regions at or over the threshold, boxed in the image's own pixels and scored by
+    their peak on the display scale (threshold 0.5, in [0, 1] as the record's defect scores
+    are), so the record, the andon and the dashboard take them like a detector's boxes."""
+
+    boxes = False
+
+    def decode(self, meta: BundleMeta, outputs: list[np.ndarray], sizes: Sizes) -> AnomalyMaps:
+        scores, heatmaps = outputs
+        return AnomalyMaps(scores, heatmaps, [tuple(s) for s in sizes])
+
+    def concat(self, meta: BundleMeta, parts: list[AnomalyMaps]) -> AnomalyMaps:
+        if not parts:
+            empty = np.zeros((0, meta.input.height, meta.input.width), np.float32)
+            return AnomalyMaps(np.zeros(0, np.float32), empty, [])
+        return AnomalyMaps(
+            np.concatenate([p.scores for p in parts]),
+            np.concatenate([p.heatmaps for p in parts]),
+            [s for p in parts for s in p.sizes],
+        )
+
+    def regions(self, meta: BundleMeta, heatmap: np.ndarray, size: tuple[int, int]) -> Detections:
+        """Connected regions (8-connectivity) of the heatmap at or over the threshold, smaller
+        ones than the bundle's min_region_pixels left out unless one holds the peak."""
+        over = (heatmap >= meta.threshold).astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(over, connectivity=8)
+        if count <= 1:
+            return Detections.empty()
+        peak = labels.flat[int(np.argmax(heatmap))]
+        min_pixels = int(meta.postprocess.get("min_region_pixels", 1))
+        region_class = meta.classes.index(meta.postprocess["region_class"])
+        boxes, scores = [], []
+        for k in range(1, count):
+            x, y, w, h, area = stats[k]
+            if area < min_pixels and k != peak:
+                continue
+            boxes.append([x, y, x + w, y + h])
+            scores.append(float(self.display(meta, heatmap[labels == k].max())))
+        height, width = heatmap.shape
+        found = Detections(np.array(boxes, np.float32), np.array(scores), np.full(len(boxes), region_class))
+        return found.scaled(size[1] / width, size[0] / height)
+
+    def display(self, meta: BundleMeta, heatmap: np.ndarray | float) -> np.ndarray:
+        """The heatmap for people, in [0, 1] with the threshold at 0.5: the bundle's good-part
+        floor (postprocess heat_floor, from val) maps to 0, twice the way to threshold to 1."""
+        floor = float(meta.postprocess.get("heat_floor", 0.0))
+        span = max(meta.threshold - floor, 1e-12)
+        return np.clip((heatmap - floor) / (2 * span), 0.0, 1.0).astype(np.float32)
+
+    def judge(self, meta: BundleMeta, maps: AnomalyMaps) -> list[InspectionResult]:
+        results = []
+        defect = meta.postprocess.get("region_class")
+        for score, heatmap, size in zip(maps.scores, maps.heatmaps, maps.sizes, strict=True):
+            reject = bool(score >= meta.threshold)
+            results.append(
+                InspectionResult(
+                    verdict="reject" if reject else "pass",
+                    score=float(score),
+                    threshold=meta.threshold,
+                    defect_class=defect if reject else None,
+                    class_scores={defect: float(score)} if defect else {},
+                    detections=self.regions(meta, heatmap, size) if reject else Detections.empty(),
+                    heatmap=self.display(meta, heatmap),
+                )
+            )
+        return results
+
+
 # The registry: a bundle's `task` -> its head.
-HEADS: dict[str, Head] = {"classification": ClassificationHead(), "detection": DetectionHead()}
+HEADS: dict[str, Head] = {
+    "classification": ClassificationHead(),
+    "detection": DetectionHead(),
+    "anomaly": AnomalyHead(),
+}
 
 
 def head_for(meta: BundleMeta) -> Head:

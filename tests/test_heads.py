@@ -35,9 +35,13 @@ def test_a_classifier_bundle_is_judged_by_the_classification_head(classifier: Pa
         engine.class_thresholds()
 
 
-def test_a_task_without_a_head_is_refused_by_name(classifier: Path, tmp_path: Path) -> None:
+def test_a_task_without_a_head_is_refused_by_name(classifier: Path, tmp_path: Path, monkeypatch) -> None:
+    """An install whose registry lacks a bundle's task (an older station) names what it has."""
     import shutil
 
+    from zerodefect.inference.heads import HEADS
+
+    monkeypatch.delitem(HEADS, "anomaly")
     folder = shutil.copytree(classifier, tmp_path / "anomaly")
     update_meta(folder, SIGNING_KEY, task="anomaly")
     with pytest.raises(

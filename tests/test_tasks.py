@@ -65,10 +65,12 @@ def test_the_gate_reads_the_typed_report_and_the_task_names_its_metrics() -> Non
 
 
 def test_tasks_are_registered_by_name_and_an_unknown_one_is_named() -> None:
-    assert set(TASKS) == {"classification", "detection"}
+    assert set(TASKS) == {"classification", "detection", "anomaly"}
     assert all(get_task(name).name == name for name in TASKS)
-    with pytest.raises(ValueError, match="unknown task 'anomaly'; known: classification, detection"):
-        get_task("anomaly")
+    with pytest.raises(
+        ValueError, match="unknown task 'segmentation'; known: classification, detection, anomaly"
+    ):
+        get_task("segmentation")
 
 
 def test_manifest_boxes_travel_as_detections_and_back() -> None:

@@ -81,6 +81,30 @@ def add_latency(data: dict[str, Any], bundle: Path, paths: list[Path], timing_im
         data["ms_per_image_1core_p99"] = round(timing["p99"], 2)
 
 
+def save_score_plots(
+    plots_dir: Path,
+    data: dict[str, Any],
+    defective: np.ndarray,
+    scores: np.ndarray,
+    samples: list[Sample],
+    title: str,
+) -> None:
+    """A single-score report's ROC, PR and confusion plots (listed in data["plots"]) and the
+    scores per image (scores.npz), for every task that judges a part by one score."""
+    from zerodefect.training.metrics import curves
+    from zerodefect.training.plots import save_plots
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    if data["auroc"] is not None:
+        data["plots"] = [str(p) for p in save_plots(plots_dir, curves(defective, scores), data, title)]
+    np.savez_compressed(
+        plots_dir / "scores.npz",
+        scores=scores,
+        defective=defective,
+        paths=np.array([s.path for s in samples]),
+    )
+
+
 def latency_1core(bundle: Path, paths: list[Path], repeats: int = 3) -> dict[str, float]:
     """Milliseconds per image on one ONNX Runtime thread at batch 1, resize and post-processing
     included (decoding excluded: the camera's format decides it). Median and p99."""

@@ -77,6 +77,22 @@ class Report:
         return get_task(data.get("task", "classification")).report_from_json(data)
 
 
+def binary_plant(data: dict[str, Any]) -> Plant:
+    """The plant block of a single-score report (training.metrics.binary_report's keys): the
+    classifier's and the anomaly model's."""
+    (_, fp), (fn, _) = data["confusion"]["matrix"]
+    return Plant(
+        n=int(data["n"]),
+        defective=int(data["defective"]),
+        escapes=int(fn),
+        false_rejects=int(fp),
+        escape_rate=data["escape_rate"],
+        false_reject_rate=data["false_reject_rate"],
+        thresholds={"threshold": data["threshold"]},
+        notes=list(data.get("notes", [])),
+    )
+
+
 def write_report(report: Report, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from zerodefect.training.tasks.anomaly import Anomaly
 from zerodefect.training.tasks.base import Calibration, EvalRequest, FitJob, ParityReport, Split, Task
 from zerodefect.training.tasks.classification import Classification
 from zerodefect.training.tasks.detection import Detection
 
-TASKS: dict[str, Task] = {"classification": Classification(), "detection": Detection()}
+TASKS: dict[str, Task] = {"classification": Classification(), "detection": Detection(), "anomaly": Anomaly()}
 
 __all__ = ["TASKS", "Calibration", "EvalRequest", "FitJob", "ParityReport", "Split", "Task", "get_task"]
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from zerodefect.datasets.manifest import Manifest, Sample
 from zerodefect.formatting import fmt_rate
 from zerodefect.training.config import Config
-from zerodefect.training.report import Plant, Report
+from zerodefect.training.report import Report, binary_plant
 from zerodefect.training.tasks.base import Calibration, EvalRequest, FitJob, ParityReport, Split
 
 # A val AUROC at or under this is a coin toss: the run learned nothing (health check).
@@ -145,9 +145,14 @@ class Classification:
     def evaluate(self, request: EvalRequest) -> Report:
         """Plant report at the bundle's threshold and at 0.5, per group of metadata keys."""
         from zerodefect.inference.engine import Engine
-        from zerodefect.training.evaluate import add_latency, bundle_fields, refuse_unknown, split_samples
-        from zerodefect.training.metrics import curves, plant_report
-        from zerodefect.training.plots import save_plots
+        from zerodefect.training.evaluate import (
+            add_latency,
+            bundle_fields,
+            refuse_unknown,
+            save_score_plots,
+            split_samples,
+        )
+        from zerodefect.training.metrics import plant_report
 
         manifest, plots_dir = request.manifest, request.plots_dir
         engine = Engine.from_bundle(request.bundle, threads=request.threads)
@@ -166,33 +171,12 @@ class Classification:
         data["tta"] = meta.tta
         add_latency(data, request.bundle, paths, request.timing_images)
         if plots_dir is not None:
-            plots_dir.mkdir(parents=True, exist_ok=True)
-            if data["auroc"] is not None:
-                data["plots"] = [
-                    str(p) for p in save_plots(plots_dir, curves(defective, scores), data, meta.name)
-                ]
-            np.savez_compressed(
-                plots_dir / "scores.npz",
-                scores=scores,
-                defective=defective,
-                paths=np.array([s.path for s in samples]),
-            )
+            save_score_plots(plots_dir, data, defective, scores, samples, meta.name)
         return self.report_from_json(data)
 
     def report_from_json(self, data: dict[str, Any]) -> Report:
-        (tn, fp), (fn, tp) = data["confusion"]["matrix"]
-        plant = Plant(
-            n=int(data["n"]),
-            defective=int(data["defective"]),
-            escapes=int(fn),
-            false_rejects=int(fp),
-            escape_rate=data["escape_rate"],
-            false_reject_rate=data["false_reject_rate"],
-            thresholds={"threshold": data["threshold"]},
-            notes=list(data.get("notes", [])),
-        )
         headline = {k: data[k] for k in self.headline_keys}
-        return Report(self.name, plant, headline, {k: v for k, v in data.items() if k != "task"})
+        return Report(self.name, binary_plant(data), headline, {k: v for k, v in data.items() if k != "task"})
 
     def val_summary(self, val_report: dict[str, Any]) -> dict[str, Any]:
         return {k: val_report[k] for k in ("escape_rate", "false_reject_rate", "accuracy", "auroc")}
