@@ -60,3 +60,34 @@ def register(folder: Path, name: str, alias: str) -> str:
     with mlflow.start_run(experiment_id=experiment_id("tests")) as run:
         mlflow.log_artifacts(str(folder), "bundle")
     return register_bundle(run.info.run_id, name, alias, {})
+
+
+def evaluate_with_cli(outcome, out: Path) -> tuple[str, dict]:
+    """`zerodefect evaluate` on a training outcome's bundle and manifest (its test split), as a
+    user runs it: the printed output and the JSON report it wrote to `out`."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from zerodefect.cli import app
+
+    manifest = outcome.run_dir / "manifest.jsonl"
+    result = CliRunner().invoke(
+        app, ["evaluate", str(outcome.bundle_dir), "--manifest", str(manifest), "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    return result.output, json.loads(out.read_text())
+
+
+def train_from(folder: Path, config: dict):
+    """Write `config` as `folder`/config.yaml and train it through the one pipeline, as
+    `zerodefect train` does: (the loaded config, the run's outcome)."""
+    import yaml
+
+    from zerodefect.training.config import load_config
+    from zerodefect.training.pipeline import run_training
+
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cfg = load_config(path)
+    return cfg, run_training(cfg, path)

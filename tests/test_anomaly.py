@@ -5,7 +5,6 @@ The metrics are checked on hand-made maps."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -13,19 +12,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from zerodefect.datasets.manifest import Manifest, Sample
 from zerodefect.edge.app import create_app as create_edge
 from zerodefect.inference.bundle import BundleMeta, InputSpec
 from zerodefect.inference.engine import Engine
 from zerodefect.inference.heads import AnomalyHead, AnomalyMaps
-from zerodefect.quality.app import create_app as create_record
-from zerodefect.quality.store import add_station
-from zerodefect.settings import get_settings
 from zerodefect.training.anomaly_metrics import pixel_auroc, pro_score, threshold_for_false_rejects
-from zerodefect.training.config import load_config
-from zerodefect.training.pipeline import run_training
 from zerodefect.training.tasks import Split, get_task
 from zerodefect.training.tasks.anomaly import (
     AnomalyTruth,
@@ -34,8 +27,9 @@ from zerodefect.training.tasks.anomaly import (
     load_masks,
 )
 
+from .bundles import evaluate_with_cli, train_from
 from .people import client_for
-from .servers import serve
+from .servers import record_for_station, serve
 from .synthetic import part_image
 from .test_edge import post, station, wait_for
 
@@ -81,10 +75,7 @@ def trained(module_store: Path, tmp_path_factory: pytest.TempPathFactory):
         "calibration": {"target_false_reject_rate": 0.0},
         "mlflow": {"experiment": "tests-anomaly", "registered_model": "tiny-anomaly"},
     }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    cfg = load_config(path)
-    return cfg, run_training(cfg, path)
+    return train_from(folder, config)
 
 
 def test_good_only_training_finds_planted_scratches(trained) -> None:
@@ -218,10 +209,7 @@ def test_edge_serves_the_regions_into_the_record(
     sample = next(s for s in manifest.split("test") if s.mask)
     data = manifest.resolve(sample).read_bytes()
     truth = load_masks(manifest, [sample], SIZE).masks[0]
-    record_app = create_record(get_settings())
-    with record_app.state.sessions() as session:
-        _, record_key = add_station(session, "st-01", line="L1")
-    monkeypatch.setenv("ZD_RECORD_API_KEY", record_key)
+    record_app = record_for_station(monkeypatch)
     with serve(record_app) as record_url:
         config = station(
             tmp_path, str(outcome.bundle_dir), record_url=record_url, trusted_keys=[str(training_key)]
@@ -243,21 +231,11 @@ def test_edge_serves_the_regions_into_the_record(
 
 
 def test_evaluate_cli_writes_the_anomaly_report(trained, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from zerodefect.cli import app
-
     _, outcome = trained
-    out = tmp_path / "report.json"
-    manifest = outcome.run_dir / "manifest.jsonl"
-    result = CliRunner().invoke(
-        app, ["evaluate", str(outcome.bundle_dir), "--manifest", str(manifest), "--json", str(out)]
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    output, report = evaluate_with_cli(outcome, tmp_path / "report.json")
     for key in ("image_auroc", "pixel_auroc", "pro", "escape_rate", "false_reject_rate", "threshold"):
         assert report[key] == outcome.report.data[key]
-    assert "pixel_auroc" in result.output
+    assert "pixel_auroc" in output
 
 
 def test_split_without_good_parts_is_refused(trained) -> None:

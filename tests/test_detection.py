@@ -12,7 +12,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
 from zerodefect.cli import app
@@ -22,18 +21,14 @@ from zerodefect.edge.app import create_app as create_edge
 from zerodefect.inference.engine import Engine
 from zerodefect.inference.postprocess import batched_nms
 from zerodefect.inference.result import Detections
-from zerodefect.quality.app import create_app as create_record
-from zerodefect.quality.store import add_station
-from zerodefect.settings import get_settings
-from zerodefect.training.config import load_config
 from zerodefect.training.detection import DetectionDataset, load_detection_data, predict_detections
 from zerodefect.training.detection_metrics import coco_map, part_report
 from zerodefect.training.export import check_detection_parity
-from zerodefect.training.pipeline import run_training
 from zerodefect.training.tasks import get_task
 
+from .bundles import evaluate_with_cli, train_from
 from .people import client_for
-from .servers import serve
+from .servers import record_for_station, serve
 from .synthetic import make_voc_dataset
 from .test_edge import post, station, wait_for
 
@@ -63,10 +58,7 @@ def trained(module_store: Path, voc_dataset: Path, tmp_path_factory: pytest.Temp
         "calibration": {"target_escape_rate": 0.1},
         "mlflow": {"experiment": "tests-det", "registered_model": "tiny-detector"},
     }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    cfg = load_config(path)
-    return cfg, run_training(cfg, path)
+    return train_from(folder, config)
 
 
 def test_detector_learns_and_reports_plant_numbers(trained) -> None:
@@ -165,13 +157,7 @@ def test_box_aware_augmentation_moves_the_boxes() -> None:
 
 def test_evaluate_cli_writes_the_detector_report(trained, tmp_path: Path) -> None:
     _, outcome = trained
-    out = tmp_path / "report.json"
-    manifest = outcome.run_dir / "manifest.jsonl"
-    result = CliRunner().invoke(
-        app, ["evaluate", str(outcome.bundle_dir), "--manifest", str(manifest), "--json", str(out)]
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    output, report = evaluate_with_cli(outcome, tmp_path / "report.json")
     for key in (
         "map50",
         "map50_95",
@@ -192,10 +178,7 @@ def test_edge_serves_boxes_into_the_record(
     manifest = Manifest.read(outcome.run_dir / "manifest.jsonl")
     sample = next(s for s in manifest.split("test") if len(s.boxes) == 2)
     data = manifest.resolve(sample).read_bytes()
-    record_app = create_record(get_settings())
-    with record_app.state.sessions() as session:
-        _, record_key = add_station(session, "st-01", line="L1")
-    monkeypatch.setenv("ZD_RECORD_API_KEY", record_key)
+    record_app = record_for_station(monkeypatch)
     with serve(record_app) as record_url:
         config = station(
             tmp_path,

@@ -12,14 +12,11 @@ import pytest
 
 from zerodefect.edge.app import create_app as create_edge
 from zerodefect.edge.config import StationConfig
-from zerodefect.quality.app import create_app as create_record
-from zerodefect.quality.store import add_station
-from zerodefect.settings import get_settings
 
 from .bundles import REJECT_ALL, TRUSTED_KEY, register
 from .corpus import png_bomb
 from .people import client_for
-from .servers import serve
+from .servers import record_for_station, serve
 
 KEY = "zd_test_camera_key"
 ADMIN_KEY = "zd_test_station_admin_key"
@@ -74,10 +71,7 @@ def wait_for(condition, timeout: float = 30.0) -> None:
 
 
 def test_parts_are_judged_and_reach_the_record(data_dir: Path, tmp_path: Path, bundles, monkeypatch) -> None:
-    record_app = create_record(get_settings())
-    with record_app.state.sessions() as session:
-        _, record_key = add_station(session, "st-01", line="L1")
-    monkeypatch.setenv("ZD_RECORD_API_KEY", record_key)
+    record_app = record_for_station(monkeypatch)
     with serve(record_app) as record_url:
         config = station(tmp_path, str(bundles["reject"]), record_url=record_url, pass_sample_rate=0.0)
         with serve(create_edge(config)) as url:

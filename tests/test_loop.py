@@ -15,15 +15,12 @@ from zerodefect.datasets.manifest import Manifest
 from zerodefect.edge.app import create_app as create_edge
 from zerodefect.edge.simulator import Part, parts_from_manifest, play
 from zerodefect.inference.signing import public_key_b64, signing_key
-from zerodefect.quality.app import create_app as create_record
-from zerodefect.quality.store import add_station
-from zerodefect.settings import get_settings
 from zerodefect.training.config import load_config
 from zerodefect.training.pipeline import run_training
 from zerodefect.training.registry import promote
 
 from .people import client_for
-from .servers import serve
+from .servers import record_for_station, serve
 from .synthetic import part_image
 from .test_edge import KEY, station, wait_for
 from .test_pipeline import MODEL, tiny_config
@@ -55,10 +52,7 @@ def test_reviews_retrain_promote_and_serve_the_next_version(
     parts = [Part(p.path, f"P-{i:04d}", p.defective) for i, p in enumerate(parts)]  # one serial each
     truth = {p.serial: p.defective for p in parts}
 
-    record_app = create_record(get_settings())
-    with record_app.state.sessions() as session:
-        _, record_key = add_station(session, "st-01", line="L1")
-    monkeypatch.setenv("ZD_RECORD_API_KEY", record_key)
+    record_app = record_for_station(monkeypatch)
     with serve(record_app) as record_url:
         edge_config = station(
             tmp_path,
