@@ -194,13 +194,17 @@ class AnomalyHead:
         peak = labels.flat[int(np.argmax(heatmap))]
         min_pixels = int(meta.postprocess.get("min_region_pixels", 1))
         region_class = meta.classes.index(meta.postprocess["region_class"])
+        # Each region's peak in one pass over the pixels (not one mask per region: a noisy
+        # heatmap on the line can have many regions).
+        peaks = np.full(count, -np.inf, np.float32)
+        np.maximum.at(peaks, labels.ravel(), heatmap.ravel())
         boxes, scores = [], []
         for k in range(1, count):
             x, y, w, h, area = stats[k]
             if area < min_pixels and k != peak:
                 continue
             boxes.append([x, y, x + w, y + h])
-            scores.append(float(self.display(meta, heatmap[labels == k].max())))
+            scores.append(float(self.display(meta, peaks[k])))
         height, width = heatmap.shape
         found = Detections(np.array(boxes, np.float32), np.array(scores), np.full(len(boxes), region_class))
         return found.scaled(size[1] / width, size[0] / height)
