@@ -87,10 +87,6 @@ class Engine:
         """Defect score per image: 1 - P(good), or the top class probability without a good class."""
         return as_head(self.meta, self.head, ClassificationHead).defect_scores(self.meta, probabilities)
 
-    def judge(self, probabilities: np.ndarray) -> list[InspectionResult]:
-        """A classifier's verdicts for class probabilities [N, C]."""
-        return as_head(self.meta, self.head, ClassificationHead).judge(self.meta, probabilities)
-
     def class_thresholds(self) -> np.ndarray:
         """A detector's operating threshold of each class, in class order."""
         return as_head(self.meta, self.head, DetectionHead).class_thresholds(self.meta)
