@@ -25,6 +25,7 @@ from zerodefect.edge.config import StationConfig
 from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
+from zerodefect.inference.heatmap import encode_heatmap
 from zerodefect.inference.imagecheck import InputError, decode_checked
 from zerodefect.inference.wire import DefectIn, InspectionIn, check_text
 
@@ -151,6 +152,8 @@ class Inspector:
             self.config.store_images == "flagged"
             and (verdict == "reject" or int(image_sha[:8], 16) / 0xFFFFFFFF < self.config.pass_sample_rate)
         )
+        # An anomaly model's heatmap goes with the image it was computed on, never alone.
+        heatmap = scored.result.heatmap if keep and scored is not None else None
         try:
             if scored is not None:
                 defects = scored.result.defects(model.engine.meta.classes)
@@ -172,6 +175,9 @@ class Inspector:
                 image_b64=base64.b64encode(data).decode() if keep else None,
                 image_type=kind if keep else None,
                 defects=defects,
+                heatmap_b64=base64.b64encode(encode_heatmap(heatmap)).decode()
+                if heatmap is not None
+                else None,
             )
         except ValidationError as exc:
             raise wire_refusal(exc) from None

@@ -12,11 +12,23 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 # Control characters (NUL included: PostgreSQL refuses it in text) and lone surrogates (not
 # UTF-8, so no database or JSON encoder takes them) have no place in a serial or a name.
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# The longest heatmap_b64: a PNG of the largest heatmap the record takes (inference.heatmap),
+# incompressible noise included. With the largest image the station sends (8 MB, 10.7 MB in
+# base64) a part stays under the record's 16 MB body limit.
+MAX_HEATMAP_B64 = 3 * 1024 * 1024
 # Parts come from cameras installed this century; a station's clock may run up to a day ahead.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_AHEAD = timedelta(days=1)
@@ -102,3 +114,16 @@ class InspectionIn(BaseModel):
     image_b64: str | None = Field(default=None, description="The image, for flagged and sampled parts")
     image_type: Literal["image/jpeg", "image/png"] | None = None
     defects: list[DefectIn] = Field(default_factory=list, max_length=200)
+    heatmap_b64: str | None = Field(
+        default=None,
+        max_length=MAX_HEATMAP_B64,
+        description="An anomaly model's heatmap, for parts whose image is sent: an 8-bit grayscale PNG "
+        "(base64) at the model's input size, 0 = good, 128 = the threshold, 255 = far over it",
+    )
+
+    @model_validator(mode="after")
+    def _heatmap_with_image(self) -> InspectionIn:
+        # The heatmap is drawn over its image: without the image it is nothing to a reviewer.
+        if self.heatmap_b64 is not None and self.image_b64 is None:
+            raise ValueError("heatmap_b64 needs the image (image_b64) it was computed on")
+        return self
