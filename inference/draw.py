@@ -63,3 +63,20 @@ def draw_detections(
     for x1, y1, x2, y2 in rects:
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
     return canvas
+
+
+def blend_heatmap(canvas: np.ndarray, heatmap: np.ndarray, opacity: float = 0.6) -> np.ndarray:
+    """Blend a display-scale heatmap ([0, 1], threshold 0.5, any size) over a BGR canvas in
+    place, resized to it, in the JET colour map. Each pixel's opacity grows with its heat up
+    to the threshold, so good areas keep their own look and every region over the threshold
+    is coloured at full `opacity`: the reviewer sees the part, and where the model looked."""
+    import cv2
+
+    height, width = canvas.shape[:2]
+    heat = np.clip(
+        cv2.resize(heatmap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR), 0, 1
+    )
+    colour = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    alpha = (opacity * np.clip(2 * heat, 0, 1))[..., None]
+    canvas[:] = np.round(canvas * (1 - alpha) + colour * alpha).astype(np.uint8)
+    return canvas

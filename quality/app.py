@@ -303,8 +303,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}, **errors(401, 403, 404, 422)},
     )
-    def get_overlay(inspection_id: RowId, session: DB, _user: Viewer) -> Response:
-        """The part's stored image with its defect boxes drawn, for reviewers."""
+    def get_overlay(
+        inspection_id: RowId,
+        session: DB,
+        _user: Viewer,
+        heatmap: Annotated[bool, Query(description="Draw the anomaly heatmap, when the part has one")] = True,
+    ) -> Response:
+        """The part's stored image with its defect boxes drawn over its heatmap, for reviewers."""
         from zerodefect.quality.models import Inspection
 
         row = session.get(Inspection, inspection_id)
@@ -315,8 +320,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"inspection {inspection_id} has no stored image")
         classes = sorted({d.class_name for d in row.defects})
         det = Detections.from_defects(row.defects, classes)
+        heat = images.find(row.heatmap_sha256) if heatmap and row.heatmap_sha256 else None
         try:
-            return Response(draw_overlay(path, det, classes, images.max_pixels), media_type="image/png")
+            return Response(draw_overlay(path, det, classes, images.max_pixels, heat), media_type="image/png")
         except InputError as exc:
             raise HTTPException(
                 422, f"stored image of inspection {inspection_id} cannot be drawn: {exc.reason}"

@@ -12,7 +12,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from zerodefect.inference.draw import draw_detections
+from zerodefect.inference.draw import blend_heatmap, draw_detections
+from zerodefect.inference.heatmap import decode_heatmap
 from zerodefect.inference.imagecheck import MAX_PIXELS, decode_checked
 from zerodefect.inference.result import Detections
 
@@ -53,8 +54,15 @@ class ImageStore:
         return matches[0] if matches else None
 
 
-def draw_overlay(path: Path, det: Detections, classes: list[str], max_pixels: int = MAX_PIXELS) -> bytes:
-    """PNG of a stored image with its defects' boxes and labels drawn in red.
+def draw_overlay(
+    path: Path,
+    det: Detections,
+    classes: list[str],
+    max_pixels: int = MAX_PIXELS,
+    heatmap: Path | None = None,
+) -> bytes:
+    """PNG of a stored image with its defects' boxes and labels drawn in red, over its anomaly
+    heatmap (colour-mapped, resized to the image, see `blend_heatmap`) when one is given.
 
     Drawn on request, never stored: the stored image stays the exact bytes the camera sent.
     Checked again before decoding (images stored by older versions were not); raises
@@ -65,6 +73,9 @@ def draw_overlay(path: Path, det: Detections, classes: list[str], max_pixels: in
     # The station's decoder (no EXIF rotation): boxes land where the model saw them.
     rgb, _ = decode_checked(path.read_bytes(), TYPES.get(path.suffix.lstrip(".")), None, max_pixels)
     image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if heatmap is not None:
+        # The model's input was the whole image resized (no crop): so is its heatmap back.
+        blend_heatmap(image, decode_heatmap(heatmap.read_bytes()))
     size = max(image.shape[:2])
     thickness = max(1, round(size / 300))
     font = min(0.5, max(0.2, size / 800))  # legible on a 40 px crop and a 4000 px frame alike

@@ -64,6 +64,8 @@ class Inspection(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     image_sha256: Mapped[str | None] = mapped_column(String(64))
     image_path: Mapped[str | None] = mapped_column(String(300))
+    # An anomaly model's heatmap (8-bit grayscale PNG), stored content-addressed beside the image.
+    heatmap_sha256: Mapped[str | None] = mapped_column(String(64))
     review_status: Mapped[str | None] = mapped_column(String(32))
     review_label: Mapped[str | None] = mapped_column(String(100))
     reviewed_by: Mapped[str | None] = mapped_column(String(100))

@@ -48,8 +48,11 @@ class InspectionOut(BaseModel):
     latency_ms: float | None
     image_sha256: str | None
     image_url: str | None
-    # The stored image with the defect boxes drawn on it, when both exist.
+    # The stored image with the defect boxes (and the heatmap, unless ?heatmap=0) drawn on it.
     overlay_url: str | None = None
+    # An anomaly model's heatmap: 8-bit grayscale PNG at the model's input size, 128 = threshold.
+    heatmap_sha256: str | None = None
+    heatmap_url: str | None = None
     review_status: str | None
     defects: list[DefectOut]
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.apikeys import hash_key, mint_key
+from zerodefect.inference.heatmap import decode_heatmap
 from zerodefect.inference.imagecheck import InputError
 from zerodefect.inference.wire import InspectionIn, to_utc
 from zerodefect.quality.images import EXTENSIONS, ImageStore
@@ -93,7 +94,7 @@ class Stored:
     created: bool
 
 
-def _same_part(row: Inspection, data: InspectionIn, image_sha: str | None) -> bool:
+def _same_part(row: Inspection, data: InspectionIn, image_sha: str | None, heatmap_sha: str | None) -> bool:
     """Whether a stored row is the part `data` describes: a delivery repeated by the station
     (the same fields, the same defects, the same image), not another part under the same key.
 
@@ -103,13 +104,17 @@ def _same_part(row: Inspection, data: InspectionIn, image_sha: str | None) -> bo
         return False
     if as_utc(row.captured_at) != as_utc(data.captured_at) or row.image_sha256 != image_sha:
         return False
+    if row.heatmap_sha256 != heatmap_sha:
+        return False
     # Defects compare as the wire has them: ORM rows and DefectIn both give class_name, score, box.
     return [(d.class_name, d.score, d.box) for d in row.defects] == [
         (d.class_name, d.score, d.box) for d in data.defects
     ]
 
 
-def _replay(session: Session, station: Station, data: InspectionIn, image_sha: str | None) -> Stored | None:
+def _replay(
+    session: Session, station: Station, data: InspectionIn, image_sha: str | None, heatmap_sha: str | None
+) -> Stored | None:
     """The station's own record under this key if it is this part (an idempotent replay);
     None if the key is new for the station; a 409 if the station used it for another part."""
     existing = session.scalar(
@@ -117,7 +122,7 @@ def _replay(session: Session, station: Station, data: InspectionIn, image_sha: s
     )
     if existing is None:
         return None
-    if not _same_part(existing, data, image_sha):
+    if not _same_part(existing, data, image_sha, heatmap_sha):
         raise RecordError(
             f"key {data.key!r} is already recorded for another part of this station "
             f"(inspection {existing.id}); an idempotency key names one part only",
@@ -149,13 +154,17 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
         except InputError as exc:
             # A JSON field, so 422 (or 413 for a bomb), whatever the station would answer.
             raise RecordError(f"image_b64: {exc.reason}", 413 if exc.status == 413 else 422) from None
-    replay = _replay(session, station, data, image_sha)
+    heatmap = _heatmap_bytes(data.heatmap_b64)
+    heatmap_sha = hashlib.sha256(heatmap).hexdigest() if heatmap is not None else None
+    replay = _replay(session, station, data, image_sha, heatmap_sha)
     if replay is not None:
         return replay
     image_path = None
     if raw is not None:
         _, path = images.put(raw, EXTENSIONS[data.image_type])
         image_path = str(path.relative_to(images.root))
+    if heatmap is not None:
+        images.put(heatmap, "png")
     row = Inspection(
         key=data.key,
         station=station,
@@ -163,6 +172,7 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
         captured_at=as_utc(data.captured_at),
         image_sha256=image_sha,
         image_path=image_path,
+        heatmap_sha256=heatmap_sha,
         defects=[
             Defect(
                 class_name=d.class_name,
@@ -179,11 +189,26 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
     except IntegrityError:
         # Two deliveries of one key by this station raced; the winner is judged like a retry.
         session.rollback()
-        replay = _replay(session, station, data, image_sha)
+        replay = _replay(session, station, data, image_sha, heatmap_sha)
         if replay is None:
             raise
         return replay
     return Stored(row, True)
+
+
+def _heatmap_bytes(heatmap_b64: str | None) -> bytes | None:
+    """The posted heatmap's PNG bytes, checked to decode as one (a 4xx with the reason if not)."""
+    if heatmap_b64 is None:
+        return None
+    try:
+        raw = base64.b64decode(heatmap_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RecordError("heatmap_b64 is not valid base64") from exc
+    try:
+        decode_heatmap(raw)
+    except InputError as exc:
+        raise RecordError(f"heatmap_b64: {exc.reason}", 413 if exc.status == 413 else 422) from None
+    return raw
 
 
 def query_inspections(
@@ -235,8 +260,10 @@ def to_out(row: Inspection) -> InspectionOut:
         image_sha256=row.image_sha256,
         image_url=f"/v1/images/{row.image_sha256}" if row.image_path else None,
         overlay_url=f"/v1/inspections/{row.id}/overlay.png"
-        if row.image_path and any(d.box is not None for d in row.defects)
+        if row.image_path and (row.heatmap_sha256 or any(d.box is not None for d in row.defects))
         else None,
+        heatmap_sha256=row.heatmap_sha256,
+        heatmap_url=f"/v1/images/{row.heatmap_sha256}" if row.image_path and row.heatmap_sha256 else None,
         review_status=row.review_status,
         defects=[DefectOut(class_name=d.class_name, score=d.score, box=d.box) for d in row.defects],
     )
