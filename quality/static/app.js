@@ -94,6 +94,25 @@ if (queue) {
       say(`part ${id}: ${drawn.get(id).length} box(es) drawn; b saves, x clears`);
     });
   });
+  // An anomaly part's overlay with or without its heatmap: the same image, so boxes drawn on
+  // either are in the image's own pixels.
+  function showHeatmap(el, on) {
+    const img = el.querySelector("img[data-heatmap]");
+    const toggle = el.querySelector("input.heat-toggle");
+    if (!img || !toggle) return;
+    toggle.checked = on;
+    img.src = on ? img.dataset.heatmap : img.dataset.plain;
+  }
+  queue.addEventListener("change", (event) => {
+    if (!event.target.matches("input.heat-toggle")) return;
+    showHeatmap(event.target.closest("li.part"), event.target.checked);
+    event.target.blur();
+  });
+  function toggleHeatmap() {
+    const el = parts()[current];
+    const toggle = el && el.querySelector("input.heat-toggle");
+    if (toggle) showHeatmap(el, !toggle.checked);
+  }
   function clearBoxes() {
     const el = parts()[current];
     if (!el) return;
@@ -126,6 +145,7 @@ if (queue) {
       : { c: () => review("confirmed"), f: () => review("false_reject"), r: () => review("confirmed", true) };
     keys.b = saveBoxes;
     keys.x = clearBoxes;
+    keys.h = toggleHeatmap;
     keys.j = keys.ArrowDown = () => select(current + 1);
     keys.k = keys.ArrowUp = () => select(current - 1);
     if (keys[event.key]) { event.preventDefault(); keys[event.key](); }
