@@ -54,3 +54,14 @@ def rasterise(polygons: Sequence[np.ndarray], height: int, width: int) -> np.nda
     points = [np.round(np.asarray(p, np.float64) * (1 << shift)).astype(np.int32) for p in polygons]
     cv2.fillPoly(mask, points, DEFECT, lineType=cv2.LINE_8, shift=shift)
     return mask
+
+
+def boxes_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A uint8 mask with the boxes ([K, 4] x1, y1, x2, y2 in pixel edges, as the record keeps
+    them) filled with DEFECT: every pixel a box touches, clipped to the image."""
+    mask = np.zeros((height, width), np.uint8)
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        left, top = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+        right, bottom = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
+        mask[top:bottom, left:right] = DEFECT
+    return mask

@@ -7,8 +7,16 @@ whose predictions are boxes (its inference head says so), a defective row carrie
 reviewer's redrawn boxes, else the boxes the model found when the reviewer confirmed them, and
 is labelled with its boxes' classes; a clean row has no label (such manifests name no good
 class); a defect without boxes has no place in that training and is skipped (and counted).
-Boxes are kept in 0.01 px steps, the wire's. `zerodefect train CONFIG --extra-data MANIFEST`
-then trains on them.
+Boxes are kept in 0.01 px steps, the wire's.
+
+For the anomaly task (its manifests carry masks, not boxes) a false reject or an audited good
+part is a good part, more of what its memory bank is made of; a defect with regions the
+reviewer drew gets them as its mask (the boxes filled, a binary PNG of the image's own size
+written to `mask_dir`, beside the manifest); a confirmed defect without drawn regions stays a
+defective part with no mask (counted in `unmasked`): its image label still counts for image
+AUROC and the escape-rate calibration, but the model's own regions are not taken as the truth
+its pixel metrics are measured against (that would grade the model by itself).
+`zerodefect train CONFIG --extra-data MANIFEST` then trains on them.
 """
 
 from __future__ import annotations
@@ -18,21 +26,30 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.datasets.manifest import Manifest, Sample
+from zerodefect.datasets.masks import boxes_mask
 from zerodefect.inference.heads import HEADS
+from zerodefect.inference.preprocess import read_image
 from zerodefect.inference.result import Detections, NamedBox
+from zerodefect.inference.wire import DefectIn
 from zerodefect.quality.images import ImageStore
 from zerodefect.quality.models import Inspection, Review
 from zerodefect.quality.store import as_utc
+
+# Tasks whose manifests mark a defect's pixels with a mask (see the module docstring).
+MASKED_TASKS = ("anomaly",)
 
 
 @dataclass
 class ReviewExport:
     manifest: Manifest
     skipped: dict[str, int] = field(default_factory=dict)
+    # Defective parts of a masked task exported without a mask (no region drawn).
+    unmasked: int = 0
 
 
 def manifest_from_reviews(
@@ -42,11 +59,17 @@ def manifest_from_reviews(
     good_class: str = "good",
     model_name: str | None = None,
     since: datetime | None = None,
+    mask_dir: Path | None = None,
 ) -> ReviewExport:
-    """Build a manifest (split "train") from reviewed inspections; see the module docstring."""
+    """Build a manifest (split "train") from reviewed inspections; see the module docstring.
+    A masked task's masks are written to `mask_dir` (required for it)."""
     if task not in HEADS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(HEADS)}")
+    masked = task in MASKED_TASKS
+    if masked and mask_dir is None:
+        raise ValueError(f"task {task!r} exports masks: give the folder to write them to")
     boxed = HEADS[task].boxes
+    unmasked = 0
     good = None if boxed else good_class
     query = (
         select(Inspection)
@@ -91,6 +114,14 @@ def manifest_from_reviews(
             if not len(boxes):
                 skipped["escape without boxes"] += 1
                 continue
+        mask = None
+        regions = [b for b in (drawn.boxes or []) if b.box is not None] if drawn is not None else []
+        if masked and not clean:
+            if regions:
+                label = row.review_label or regions[0].class_name
+                mask = write_mask(path, regions, mask_dir / f"inspection-{row.id}.png")
+            else:
+                unmasked += 1
         # Labelled with its boxes' classes, or its reviewed class when it has none.
         labels = (
             sorted(set(boxes.labels(names))) if len(boxes) else ([] if clean and good is None else [label])
@@ -101,6 +132,7 @@ def manifest_from_reviews(
                 path=str(path.resolve()),
                 labels=labels,
                 split="train",
+                mask=mask,
                 meta={
                     "inspection_id": row.id,
                     "serial": row.serial,
@@ -116,7 +148,20 @@ def manifest_from_reviews(
     for sample, (box_labels, xyxy) in zip(samples, part_boxes, strict=True):
         sample.boxes = Detections.from_labels(box_labels, xyxy, classes)
     manifest = Manifest(task, classes, samples, Path("/"), good, "reviews")
-    return ReviewExport(manifest, {k: v for k, v in skipped.items() if v})
+    return ReviewExport(manifest, {k: v for k, v in skipped.items() if v}, unmasked)
+
+
+def write_mask(image: Path, boxes: Sequence[DefectIn], out: Path) -> str:
+    """The boxes filled into a binary mask PNG of the image's own size (read with the
+    station's decoder, as the boxes were drawn on it) at `out`; its absolute path."""
+    import cv2
+
+    height, width = read_image(image).shape[:2]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mask = boxes_mask(np.array([b.box for b in boxes]), height, width)
+    if not cv2.imwrite(str(out), mask):
+        raise OSError(f"{out}: cannot write the mask")
+    return str(out.resolve())
 
 
 def boxes_of(defects: Sequence[NamedBox], relabel: str | None = None) -> tuple[Detections, list[str]]:

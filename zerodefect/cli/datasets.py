@@ -62,9 +62,9 @@ def datasets_import(
 @datasets_app.command("from-reviews")
 def datasets_from_reviews(
     out: Annotated[Path, typer.Option(help="Manifest to write (JSON Lines).")],
-    task: Annotated[str, typer.Option(help="classification or detection: what the manifest trains.")] = (
-        "classification"
-    ),
+    task: Annotated[
+        str, typer.Option(help="classification, detection or anomaly: what the manifest trains.")
+    ] = "classification",
     good_class: Annotated[str, typer.Option(help="Class name of a good part (classifiers).")] = "good",
     model: Annotated[str | None, typer.Option(help="Only parts judged by this registered model.")] = None,
     since: Annotated[datetime | None, typer.Option(help="Only reviews from this time on (ISO 8601).")] = None,
@@ -82,8 +82,15 @@ def datasets_from_reviews(
         raise fail(f"--task must be {' or '.join(TASKS)}, not {task!r}")
     settings = get_settings()
     with record_session(settings.record_database_url) as session:
+        # An anomaly manifest's masks (regions reviewers drew) go in a folder beside it.
         export = manifest_from_reviews(
-            session, ImageStore(settings.image_dir), task, good_class, model, since
+            session,
+            ImageStore(settings.image_dir),
+            task,
+            good_class,
+            model,
+            since,
+            out.with_name(f"{out.stem}-masks"),
         )
     if not export.manifest.samples:
         raise fail("no reviewed parts with stored images match; nothing written")
@@ -91,6 +98,8 @@ def datasets_from_reviews(
     console.print(f"{len(export.manifest.samples)} reviewed parts -> {path}  {export.manifest.counts()}")
     for reason, count in export.skipped.items():
         console.print(f"skipped {count}: {reason}")
+    if export.unmasked:
+        console.print(f"{export.unmasked} defective parts without a drawn region: image label only, no mask")
 
 
 @datasets_app.command("validate")
