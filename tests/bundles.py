@@ -91,3 +91,56 @@ def train_from(folder: Path, config: dict):
     path.write_text(yaml.safe_dump(config))
     cfg = load_config(path)
     return cfg, run_training(cfg, path)
+
+
+ANOMALY_SIZE = 128
+
+
+def make_anomaly_dataset(root: Path, seed: int = 0) -> Path:
+    """Good textured parts for train and val (good only: no defect to calibrate on), and a test
+    split of good parts and parts with a planted scratch and its mask."""
+    import cv2
+
+    from zerodefect.datasets.manifest import Manifest, Sample
+
+    from .synthetic import part_image
+
+    size = ANOMALY_SIZE
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    samples = []
+    plan = [("train", False)] * 24 + [("val", False)] * 8 + [("test", False)] * 8 + [("test", True)] * 8
+    for i, (split, defective) in enumerate(plan):
+        image, _ = part_image(rng, size, False)
+        name = f"images/part_{i:03d}.png"
+        sample = Sample(name, ["scratch" if defective else "good"], split)
+        if defective:
+            mask = np.zeros_like(image)
+            x1, y1 = (int(v) for v in rng.integers(8, size // 2, 2))
+            x2, y2 = x1 + int(rng.integers(size // 4, size // 2 - 8)), y1 + int(rng.integers(4, size // 3))
+            cv2.line(image, (x1, y1), (x2, y2), 20, 6)
+            cv2.line(mask, (x1, y1), (x2, y2), 255, 6)
+            sample.mask = f"masks/part_{i:03d}.png"
+            cv2.imwrite(str(root / sample.mask), mask)
+        cv2.imwrite(str(root / name), image)
+        samples.append(sample)
+    manifest = Manifest("anomaly", ["good", "scratch"], samples, root, "good", "generated-parts")
+    return manifest.write(root / "manifest.jsonl")
+
+
+def train_tiny_anomaly(folder: Path):
+    """PatchCore fitted on the generated good parts of `make_anomaly_dataset` (in `folder`), as
+    `zerodefect train` does: (the loaded config, the run's outcome). Needs an MLflow store (the
+    module_store fixture)."""
+    manifest = make_anomaly_dataset(folder / "parts")
+    config = {
+        "name": "tiny-anomaly",
+        "task": "anomaly",
+        "data": {"manifest": str(manifest)},
+        "model": {"input_size": ANOMALY_SIZE, "anomaly": {"coreset_ratio": 0.1}},
+        "train": {"epochs": 1, "batch_size": 8},
+        "calibration": {"target_false_reject_rate": 0.0},
+        "mlflow": {"experiment": "tests-anomaly", "registered_model": "tiny-anomaly"},
+    }
+    return train_from(folder, config)

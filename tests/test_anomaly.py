@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import httpx
 import numpy as np
 import pytest
@@ -27,55 +26,16 @@ from zerodefect.training.tasks.anomaly import (
     load_masks,
 )
 
-from .bundles import evaluate_with_cli, train_from
+from .bundles import ANOMALY_SIZE as SIZE
+from .bundles import evaluate_with_cli, train_tiny_anomaly
 from .people import client_for
 from .servers import record_for_station, serve
-from .synthetic import part_image
 from .test_edge import post, station, wait_for
-
-SIZE = 128
-
-
-def make_anomaly_dataset(root: Path, seed: int = 0) -> Path:
-    """Good textured parts for train and val (good only: no defect to calibrate on), and a test
-    split of good parts and parts with a planted scratch and its mask."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    samples = []
-    plan = [("train", False)] * 24 + [("val", False)] * 8 + [("test", False)] * 8 + [("test", True)] * 8
-    for i, (split, defective) in enumerate(plan):
-        image, _ = part_image(rng, SIZE, False)
-        name = f"images/part_{i:03d}.png"
-        sample = Sample(name, ["scratch" if defective else "good"], split)
-        if defective:
-            mask = np.zeros_like(image)
-            x1, y1 = (int(v) for v in rng.integers(8, SIZE // 2, 2))
-            x2, y2 = x1 + int(rng.integers(SIZE // 4, SIZE // 2 - 8)), y1 + int(rng.integers(4, SIZE // 3))
-            cv2.line(image, (x1, y1), (x2, y2), 20, 6)
-            cv2.line(mask, (x1, y1), (x2, y2), 255, 6)
-            sample.mask = f"masks/part_{i:03d}.png"
-            cv2.imwrite(str(root / sample.mask), mask)
-        cv2.imwrite(str(root / name), image)
-        samples.append(sample)
-    manifest = Manifest("anomaly", ["good", "scratch"], samples, root, "good", "generated-parts")
-    return manifest.write(root / "manifest.jsonl")
 
 
 @pytest.fixture(scope="module")
 def trained(module_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("anomaly")
-    manifest = make_anomaly_dataset(folder / "parts")
-    config = {
-        "name": "tiny-anomaly",
-        "task": "anomaly",
-        "data": {"manifest": str(manifest)},
-        "model": {"input_size": SIZE, "anomaly": {"coreset_ratio": 0.1}},
-        "train": {"epochs": 1, "batch_size": 8},
-        "calibration": {"target_false_reject_rate": 0.0},
-        "mlflow": {"experiment": "tests-anomaly", "registered_model": "tiny-anomaly"},
-    }
-    return train_from(folder, config)
+    return train_tiny_anomaly(tmp_path_factory.mktemp("anomaly"))
 
 
 def test_good_only_training_finds_planted_scratches(trained) -> None:
