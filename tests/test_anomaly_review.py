@@ -24,6 +24,7 @@ from zerodefect.cli import app as cli
 from zerodefect.datasets.manifest import Manifest
 from zerodefect.datasets.validate import validate
 from zerodefect.edge.app import create_app as create_edge
+from zerodefect.edge.outbox import Outbox
 from zerodefect.inference.heatmap import decode_heatmap, encode_heatmap
 from zerodefect.quality.app import create_app
 from zerodefect.quality.models import Inspection, Review
@@ -292,24 +293,29 @@ def test_a_served_anomaly_bundle_sends_a_flagged_part_with_its_heatmap(
     sample = next(s for s in manifest.split("test") if s.mask)
     data = manifest.resolve(sample).read_bytes()
     truth = cv2.imread(str(manifest.resolve_mask(sample)), cv2.IMREAD_GRAYSCALE) > 0
+    bundle, trusted = str(outcome.bundle_dir), [str(module_store / "keys" / "bundle-signing.pub")]
+    # The record is down: the station judges the part and keeps it, heatmap and all, in its outbox.
+    with serve(create_edge(station(tmp_path, bundle, trusted_keys=trusted))) as url:
+        answer = post(url, data, serial="SN-H1", frame_id="h1")
+        assert answer.status_code == 200 and answer.json()["verdict"] == "reject", answer.text
+    outbox = Outbox(tmp_path / "outbox.db")
+    ((_, buffered, _),) = outbox.due()
+    outbox.close()
+    assert decode_heatmap(base64.b64decode(buffered["heatmap_b64"])).shape == (ANOMALY_SIZE, ANOMALY_SIZE)
+    # The record is back: the station delivers what it kept.
     record_app = record_for_station(monkeypatch)
     with serve(record_app) as record_url:
-        config = station(
-            tmp_path,
-            str(outcome.bundle_dir),
-            record_url=record_url,
-            trusted_keys=[str(module_store / "keys" / "bundle-signing.pub")],
-        )
+        config = station(tmp_path, bundle, record_url=record_url, trusted_keys=trusted)
         with serve(create_edge(config)) as url:
-            answer = post(url, data, serial="SN-H1", frame_id="h1")
-            assert answer.status_code == 200 and answer.json()["verdict"] == "reject", answer.text
             wait_for(lambda: httpx.get(f"{url}/readyz").json()["outbox"]["pending"] == 0)
         reader = client_for(record_app, record_url)
         row = reader.get("/v1/inspections", params={"serial": "SN-H1"}).json()["items"][0]
         assert [d["box"] for d in row["defects"]] == [d["box"] for d in answer.json()["defects"]]
         assert row["defects"] and row["heatmap_url"] and row["overlay_url"]
         # The heatmap at the model's input size, over the threshold (128) on the planted scratch.
-        heat = decode_heatmap(reader.get(row["heatmap_url"]).content)
+        stored = reader.get(row["heatmap_url"]).content
+        assert stored == base64.b64decode(buffered["heatmap_b64"])
+        heat = decode_heatmap(stored)
         assert heat.shape == (ANOMALY_SIZE, ANOMALY_SIZE) and heat.max() >= 0.5
         near = cv2.dilate(truth.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0  # 4 px around it
         assert heat[truth].min() >= 0.5  # the whole scratch is over the threshold...
