@@ -7,11 +7,13 @@ adding images to one stratum never moves images of another.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
-from zerodefect.datasets.manifest import Manifest, Sample
+from zerodefect.datasets.manifest import SPLITS, DatasetError, Manifest, Sample
 
 
 def stratum_key(sample: Sample, meta_keys: Sequence[str] = ()) -> tuple:
@@ -49,4 +51,38 @@ def assign_splits(
         n_val = round(len(members) * val)
         for i, sample in enumerate(members):
             sample.split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return manifest
+
+
+def apply_split_file(manifest: Manifest, path: str | Path) -> Manifest:
+    """Give every sample the split a CSV file names (columns `split` and `image`, the image's
+    path as the manifest lists it; lines starting with # are comments): a published or
+    committed split, so that two models, or two teams, are measured on the very same parts.
+
+    Every sample must be listed, and every listed image must be in the manifest: a split that
+    silently dropped or invented parts would make the comparison it exists for meaningless."""
+    path = Path(path)
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the split file ({exc.strerror})") from None
+    rows = list(csv.DictReader(lines))
+    if not rows or not {"split", "image"} <= set(rows[0]):
+        raise DatasetError(f"{path}: a split file needs the columns split,image")
+    wanted: dict[str, str] = {}
+    for number, row in enumerate(rows, start=2):
+        if row["split"] not in SPLITS:
+            raise DatasetError(f"{path}:{number}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+        wanted[row["image"]] = row["split"]
+    listed = {s.path for s in manifest.samples}
+    unknown = sorted(set(wanted) - listed)
+    missing = sorted(listed - set(wanted))
+    if unknown or missing:
+        raise DatasetError(
+            f"{path}: the split file and the manifest list different images: "
+            f"{len(missing)} not in the file (e.g. {missing[:3]}), {len(unknown)} not in the manifest "
+            f"(e.g. {unknown[:3]})"
+        )
+    for sample in manifest.samples:
+        sample.split = wanted[sample.path]
     return manifest

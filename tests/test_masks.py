@@ -152,3 +152,30 @@ def test_validation_names_masks_of_another_size_or_not_binary_and_the_hash_cover
     first = validate(good).dataset_hash
     _mask(tmp_path / "masks/train/a.png", (1, 1, 9, 10))  # one more row of defect pixels
     assert validate(good).dataset_hash != first
+
+
+def test_a_committed_split_file_gives_every_image_its_split(tmp_path: Path) -> None:
+    """`--split-file` reproduces a committed split exactly, and refuses one that lists other
+    images than the source has, naming the file."""
+    source, masks = tmp_path / "kolektor", tmp_path / "out" / "masks"
+    _yolo_seg(source)
+    split = tmp_path / "split.csv"
+    split.write_text(
+        "# a comment line\nsplit,image,label\ntest,images/train/a.jpg,defect\n"
+        "train,images/train/b.jpg,good\ntest,images/val/c.jpg,defect\n"
+    )
+    out = tmp_path / "out" / "manifest.jsonl"
+    args = ["datasets", "import", "yolo-seg", str(source), "--masks", str(masks), "--out", str(out)]
+    answer = CliRunner().invoke(app, [*args, "--split-file", str(split)])
+    assert answer.exit_code == 0, answer.output
+    splits = {Path(s.path).name: s.split for s in Manifest.read(out).samples}
+    assert splits == {"a.jpg": "test", "b.jpg": "train", "c.jpg": "test"}
+
+    split.write_text("split,image\ntrain,images/train/b.jpg\ntest,images/train/zzz.jpg\n")
+    answer = CliRunner().invoke(app, [*args, "--split-file", str(split)])
+    assert answer.exit_code != 0
+    assert "split.csv" in answer.output and "2 not in the file" in answer.output
+    assert "1 not in the manifest" in answer.output
+    split.write_text("split,image\nholdout,images/train/b.jpg\n")
+    answer = CliRunner().invoke(app, [*args, "--split-file", str(split)])
+    assert answer.exit_code != 0 and "split.csv:2: split 'holdout'" in answer.output

@@ -83,7 +83,7 @@ def test_bundle_is_self_describing_and_matches_pytorch(first_run) -> None:
     model, _ = build_classifier("tf_efficientnet_lite0", manifest.classes, "good", None)
     model.load_state_dict(torch.load(outcome.run_dir / "best.pt", weights_only=False)["model"])
     model.tta = "flips"
-    images = load_images(manifest, test, 64, "area")
+    images = load_images(manifest, test, (64, 64), "area")
     torch_scores = 1 - predict(model, images, torch.device("cpu"))[:, 0]
     engine = Engine.from_bundle(outcome.bundle_dir)
     from zerodefect.inference.preprocess import read_image
@@ -256,7 +256,7 @@ def test_parity_check_refuses_a_mismatch(first_run, tmp_path: Path) -> None:
     manifest = Manifest.read(folder / "manifest.jsonl")
     model, _ = build_classifier("tf_efficientnet_lite0", manifest.classes, "good", None)
     model.load_state_dict(torch.load(outcome.run_dir / "best.pt", weights_only=False)["model"])
-    images = load_images(manifest, manifest.split("val"), 64, "area")
+    images = load_images(manifest, manifest.split("val"), (64, 64), "area")
     probs = predict(model, images, torch.device("cpu"))
     meta = Engine.from_bundle(outcome.bundle_dir).meta.model_copy(update={"tta": "none"})
     report = export_bundle(model, meta, tmp_path / "ok", images, probs)
@@ -277,9 +277,9 @@ def test_resume_reproduces_an_uninterrupted_run(folder_dataset: Path, tmp_path: 
     manifest = assign_splits(import_folders(folder_dataset), 0.25, 0.25)
     train_s, val_s = manifest.split("train"), manifest.split("val")
     data = (
-        load_images(manifest, train_s, 64, "area"),
+        load_images(manifest, train_s, (64, 64), "area"),
         np.array([manifest.classes.index(s.label) for s in train_s]),
-        load_images(manifest, val_s, 64, "area"),
+        load_images(manifest, val_s, (64, 64), "area"),
         np.array([manifest.is_defective(s) for s in val_s]),
     )
 

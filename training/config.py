@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zerodefect.configfile import load_yaml_model
 
@@ -23,6 +23,9 @@ class Strict(BaseModel):
 
 
 class SplitSpec(Strict):
+    # A CSV (split,image) naming every image's split, e.g. a committed one two models are
+    # compared on; the fractions below are then unused.
+    file: Path | None = None
     test: float = 0.2
     val: float = 0.1
     seed: int = 0
@@ -77,11 +80,26 @@ class AnomalyConfig(Strict):
 class ModelConfig(Strict):
     arch: str = "tf_efficientnet_lite0"
     pretrained: str | None = "imagenet"
-    input_size: int = 224
+    # Pixels the model sees: one number for a square input, or [height, width] for parts far
+    # from square (a 500 x 1,250 px commutator squashed to a square loses its thin cracks).
+    input_size: int | tuple[int, int] = 224
     interpolation: Literal["area", "linear", "cubic", "nearest"] = "area"
     drop_rate: float = 0.2
     detector: DetectorConfig = Field(default_factory=lambda: DetectorConfig())
     anomaly: AnomalyConfig = Field(default_factory=lambda: AnomalyConfig())
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        if min(value if isinstance(value, tuple) else (value,)) < 16:
+            raise ValueError(f"input_size {value}: at least 16 px a side")
+        return value
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        size = self.input_size
+        return size if isinstance(size, tuple) else (size, size)
 
 
 class TrainConfig(Strict):
@@ -166,6 +184,15 @@ class Config(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    @model_validator(mode="after")
+    def _square_detector(self) -> Config:
+        height, width = self.model.input_hw
+        if self.task == "detection" and height != width:
+            raise ValueError(
+                f"model.input_size {list(self.model.input_hw)}: the detector takes a square input"
+            )
+        return self
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

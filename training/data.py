@@ -15,12 +15,12 @@ from zerodefect.inference.preprocess import read_image, resize
 
 
 def load_images(
-    manifest: Manifest, samples: list[Sample], size: int, interpolation: str, progress=None
+    manifest: Manifest, samples: list[Sample], size: tuple[int, int], interpolation: str, progress=None
 ) -> np.ndarray:
-    """Decode and resize samples to uint8 [N, size, size, 3] with the shared preprocessing."""
-    out = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+    """Decode and resize samples to uint8 [N, height, width, 3] with the shared preprocessing."""
+    out = np.empty((len(samples), *size, 3), dtype=np.uint8)
     for i, sample in enumerate(samples):
-        out[i] = resize(read_image(manifest.resolve(sample)), (size, size), interpolation)
+        out[i] = resize(read_image(manifest.resolve(sample)), size, interpolation)
         if progress:
             progress(1)
     return out

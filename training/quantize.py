@@ -48,7 +48,7 @@ def quantize_bundle(
         raise BundleError(
             f"{bundle}: INT8 quantization is calibrated for classifiers; a {meta.task} bundle is served in fp32"
         )
-    size, interp = meta.input.height, meta.input.interpolation
+    size, interp = (meta.input.height, meta.input.width), meta.input.interpolation
     train = manifest.split("train")
     rng = np.random.default_rng(seed)
     chosen = [

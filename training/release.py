@@ -48,14 +48,14 @@ def calibrate_and_export(
     console.print(calibration.summary)
     fields = task.bundle_fields(cfg, manifest, model, calibration)
     training = fields.pop("training")
-    size = cfg.model.input_size
+    height, width = cfg.model.input_hw
     meta = BundleMeta(
         name=cfg.mlflow.registered_model or cfg.name,
         task=task.name,
         classes=manifest.classes,
         input=InputSpec(
-            height=size,
-            width=size,
+            height=height,
+            width=width,
             interpolation=cfg.model.interpolation,
             mean=list(model.offset.flatten().div(255).tolist()),
             std=list(model.scale.flatten().div(255).tolist()),

@@ -15,7 +15,7 @@ import yaml
 
 from zerodefect.datasets.importers import IMPORTERS
 from zerodefect.datasets.manifest import DatasetError, Manifest
-from zerodefect.datasets.splits import assign_splits
+from zerodefect.datasets.splits import apply_split_file, assign_splits
 from zerodefect.settings import Settings
 from zerodefect.training.config import Config
 
@@ -31,7 +31,10 @@ def prepare_manifest(cfg: Config, extra_data: Path | None = None) -> Manifest:
         source = cfg.data.source
         manifest = IMPORTERS[source.format](**source.args)
         split = source.split
-        assign_splits(manifest, split.test, split.val, split.seed, split.stratify_on, keep_existing=True)
+        if split.file is not None:
+            apply_split_file(manifest, split.file)
+        else:
+            assign_splits(manifest, split.test, split.val, split.seed, split.stratify_on, keep_existing=True)
         manifest.write(path)
         log.info("imported %s: %d images -> %s", source.format, len(manifest.samples), path)
     manifest = Manifest.read(path)

@@ -38,12 +38,12 @@ class AnomalyTruth:
     has_mask: np.ndarray
 
 
-def load_masks(manifest: Manifest, samples: list[Sample], size: int) -> AnomalyTruth:
+def load_masks(manifest: Manifest, samples: list[Sample], size: tuple[int, int]) -> AnomalyTruth:
     """Masks resized (nearest) to the model's input size: pixel metrics are measured there."""
     import cv2
 
     defective = np.array([manifest.is_defective(s) for s in samples], bool)
-    masks = np.zeros((len(samples), size, size), bool)
+    masks = np.zeros((len(samples), *size), bool)
     has_mask = ~defective
     for i, sample in enumerate(samples):
         path = manifest.resolve_mask(sample)
@@ -52,7 +52,7 @@ def load_masks(manifest: Manifest, samples: list[Sample], size: int) -> AnomalyT
         mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if mask is None:
             raise DatasetError(f"{path}: mask cannot be read")
-        masks[i] = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 0
+        masks[i] = cv2.resize(mask, size[::-1], interpolation=cv2.INTER_NEAREST) > 0
         has_mask[i] = True
     return AnomalyTruth(defective, masks, has_mask)
 
@@ -108,7 +108,7 @@ class Anomaly:
     ) -> Split:
         from zerodefect.training.data import load_images
 
-        size = cfg.model.input_size
+        size = cfg.model.input_hw
         images = load_images(manifest, samples, size, cfg.model.interpolation, progress)
         return Split(samples, images, load_masks(manifest, samples, size))
 
@@ -250,7 +250,7 @@ class Anomaly:
         samples = split_samples(manifest, request.split)
         paths = [manifest.resolve(s) for s in samples]
         maps, _ = engine.predict_files(paths, progress=request.progress)
-        truth = load_masks(manifest, samples, meta.input.height)
+        truth = load_masks(manifest, samples, (meta.input.height, meta.input.width))
         plant = binary_report(truth.defective, maps.scores, meta.threshold)
         with_mask = truth.has_mask
         data: dict[str, Any] = {

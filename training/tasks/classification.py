@@ -56,7 +56,7 @@ class Classification:
     ) -> Split:
         from zerodefect.training.data import load_images
 
-        images = load_images(manifest, samples, cfg.model.input_size, cfg.model.interpolation, progress)
+        images = load_images(manifest, samples, cfg.model.input_hw, cfg.model.interpolation, progress)
         return Split(samples, images, np.array([manifest.is_defective(s) for s in samples]))
 
     def label_counts(self, manifest: Manifest, samples: list[Sample]) -> dict[str, int]:

@@ -50,7 +50,7 @@ class Detection:
         det = cfg.model.detector
         return build_detector(
             manifest.classes,
-            cfg.model.input_size,
+            cfg.model.input_hw[0],
             pretrained,
             fpn_channels=det.fpn_channels,
             head_convs=det.head_convs,
@@ -66,7 +66,7 @@ class Detection:
         from zerodefect.training.detection import load_detection_data
 
         images, truths = load_detection_data(
-            manifest, samples, cfg.model.input_size, cfg.model.interpolation, progress
+            manifest, samples, cfg.model.input_hw[0], cfg.model.interpolation, progress
         )
         return Split(samples, images, truths)
 

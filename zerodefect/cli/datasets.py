@@ -42,15 +42,24 @@ def datasets_import(
         list[str] | None, typer.Option(help="Metadata keys to stratify on, besides labels.")
     ] = None,
     keep_splits: Annotated[bool, typer.Option(help="Keep splits the source already defines.")] = True,
+    split_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV (split,image) giving every image its split, e.g. a committed one; overrides the fractions."
+        ),
+    ] = None,
 ) -> None:
     """Import a labeled image set into a manifest, with deterministic stratified splits."""
     from zerodefect.datasets.importers import import_dataset
-    from zerodefect.datasets.splits import assign_splits
+    from zerodefect.datasets.splits import apply_split_file, assign_splits
     from zerodefect.datasets.validate import validate
 
     try:
         manifest = import_dataset(fmt, source, images, masks, val, seed)
-        assign_splits(manifest, test, val, seed, stratify_on or [], keep_existing=keep_splits)
+        if split_file is not None:
+            apply_split_file(manifest, split_file)
+        else:
+            assign_splits(manifest, test, val, seed, stratify_on or [], keep_existing=keep_splits)
         report = validate(manifest)
     except user_errors() as exc:
         raise fail(str(exc)) from None
