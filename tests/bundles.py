@@ -79,9 +79,10 @@ def evaluate_with_cli(outcome, out: Path) -> tuple[str, dict]:
     return result.output, json.loads(out.read_text())
 
 
-def train_from(folder: Path, config: dict):
+def train_from(folder: Path, config: dict, console=None):
     """Write `config` as `folder`/config.yaml and train it through the one pipeline, as
-    `zerodefect train` does: (the loaded config, the run's outcome)."""
+    `zerodefect train` does: (the loaded config, the run's outcome). `console` (rich) receives
+    what the run prints."""
     import yaml
 
     from zerodefect.training.config import load_config
@@ -90,4 +91,4 @@ def train_from(folder: Path, config: dict):
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     cfg = load_config(path)
-    return cfg, run_training(cfg, path)
+    return cfg, run_training(cfg, path, console=console)

@@ -62,20 +62,24 @@ def make_anomaly_dataset(root: Path, seed: int = 0) -> Path:
     return manifest.write(root / "manifest.jsonl")
 
 
+def tiny_anomaly_config(manifest: Path, name: str = "tiny-anomaly", **anomaly) -> dict:
+    """The tiny anomaly run's config on `manifest`; `anomaly` overrides model.anomaly fields."""
+    return {
+        "name": name,
+        "task": "anomaly",
+        "data": {"manifest": str(manifest)},
+        "model": {"input_size": SIZE, "anomaly": {"coreset_ratio": 0.1, **anomaly}},
+        "train": {"epochs": 1, "batch_size": 8},
+        "calibration": {"target_false_reject_rate": 0.0},
+        "mlflow": {"experiment": "tests-anomaly", "registered_model": name},
+    }
+
+
 @pytest.fixture(scope="module")
 def trained(module_store: Path, tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("anomaly")
     manifest = make_anomaly_dataset(folder / "parts")
-    config = {
-        "name": "tiny-anomaly",
-        "task": "anomaly",
-        "data": {"manifest": str(manifest)},
-        "model": {"input_size": SIZE, "anomaly": {"coreset_ratio": 0.1}},
-        "train": {"epochs": 1, "batch_size": 8},
-        "calibration": {"target_false_reject_rate": 0.0},
-        "mlflow": {"experiment": "tests-anomaly", "registered_model": "tiny-anomaly"},
-    }
-    return train_from(folder, config)
+    return train_from(folder, tiny_anomaly_config(manifest))
 
 
 def test_good_only_training_finds_planted_scratches(trained) -> None:
