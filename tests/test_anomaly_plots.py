@@ -17,7 +17,7 @@ from zerodefect.inference.bundle import BundleMeta, InputSpec
 from zerodefect.inference.engine import Engine
 from zerodefect.training.anomaly_plots import pick_parts, save_heatmap_sheet, sheet_pixels
 from zerodefect.training.config import Config
-from zerodefect.training.health import check_run, preflight
+from zerodefect.training.health import TrainingFailed, check_run, preflight
 from zerodefect.training.tasks.anomaly import check_anomaly_parity
 from zerodefect.training.train import FitResult
 
@@ -81,14 +81,18 @@ def test_an_anomaly_run_has_no_epoch_schedule_warnings(padim) -> None:
     manifest = Manifest.read(outcome.run_dir / "manifest.jsonl")
     pre = preflight(anomaly, manifest, manifest.split("train"), 3)
     assert pre.warnings == [] and pre.train_counts == {"good": 24}
-    check_run(anomaly, FitResult({}, 0, 0.7, 1, 1.0, []), pre)  # one "epoch" of ten is no early stop
+    # One "epoch" of ten, under the 0.75 floor: an early stop for a classifier, not for a one-pass fit.
+    check_run(anomaly, FitResult({}, 0, 0.7, 1, 1.0, []), pre)
     few = [Sample(f"{i}.png", ["good"], "train") for i in range(5)]
     assert preflight(anomaly, manifest, few, 1).warnings == [
         "classes with fewer than 10 training examples: good (5)"
     ]
     classifier = Config.model_validate({"name": "c", "data": {"manifest": "m.jsonl"}, "train": loud})
     classes = Manifest("classification", ["good", "scratch"], few, good_class="good")
-    assert any("optimizer steps" in w for w in preflight(classifier, classes, few, 3).warnings)
+    classifier_pre = preflight(classifier, classes, few, 3)
+    assert any("optimizer steps" in w for w in classifier_pre.warnings)
+    with pytest.raises(TrainingFailed, match="early stop"):
+        check_run(classifier, FitResult({}, 0, 0.7, 1, 1.0, []), classifier_pre)
 
 
 # Threshold 1.0. Caught defects 0, 1, 9 (margins 4, 0.5, 0), escapes 2, 3 (-0.8, -0.1); good

@@ -128,7 +128,8 @@ def save_heatmap_sheet(
             kind = _kind(bool(defective[i]), bool(scores[i] >= threshold))
             image_ax, heat_ax, mask_ax = axes[r, left : left + len(PANELS)]
             image_ax.imshow(image)
-            image_ax.set_title(f"{group}: {Path(names[i]).name}"[:34], fontsize=7)
+            # The path's tail: file names alone repeat across folders (KolektorSDD's train/ and val/).
+            image_ax.set_title(f"{group}: {names[i][-26:]}", fontsize=7)
             heat_ax.imshow(image)
             heat_ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
             heat_ax.set_title(f"{kind}, score {scores[i]:.4g}", fontsize=7)
