@@ -79,9 +79,10 @@ def evaluate_with_cli(outcome, out: Path) -> tuple[str, dict]:
     return result.output, json.loads(out.read_text())
 
 
-def train_from(folder: Path, config: dict):
+def train_from(folder: Path, config: dict, console=None):
     """Write `config` as `folder`/config.yaml and train it through the one pipeline, as
-    `zerodefect train` does: (the loaded config, the run's outcome)."""
+    `zerodefect train` does: (the loaded config, the run's outcome). `console` (rich) receives
+    what the run prints."""
     import yaml
 
     from zerodefect.training.config import load_config
@@ -90,7 +91,7 @@ def train_from(folder: Path, config: dict):
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     cfg = load_config(path)
-    return cfg, run_training(cfg, path)
+    return cfg, run_training(cfg, path, console=console)
 
 
 ANOMALY_SIZE = 128
@@ -134,13 +135,17 @@ def train_tiny_anomaly(folder: Path):
     `zerodefect train` does: (the loaded config, the run's outcome). Needs an MLflow store (the
     module_store fixture)."""
     manifest = make_anomaly_dataset(folder / "parts")
-    config = {
-        "name": "tiny-anomaly",
+    return train_from(folder, tiny_anomaly_config(manifest))
+
+
+def tiny_anomaly_config(manifest: Path, name: str = "tiny-anomaly", **anomaly) -> dict:
+    """The tiny anomaly run's config on `manifest`; `anomaly` overrides model.anomaly fields."""
+    return {
+        "name": name,
         "task": "anomaly",
         "data": {"manifest": str(manifest)},
-        "model": {"input_size": ANOMALY_SIZE, "anomaly": {"coreset_ratio": 0.1}},
+        "model": {"input_size": ANOMALY_SIZE, "anomaly": {"coreset_ratio": 0.1, **anomaly}},
         "train": {"epochs": 1, "batch_size": 8},
         "calibration": {"target_false_reject_rate": 0.0},
-        "mlflow": {"experiment": "tests-anomaly", "registered_model": "tiny-anomaly"},
+        "mlflow": {"experiment": "tests-anomaly", "registered_model": name},
     }
-    return train_from(folder, config)

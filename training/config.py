@@ -66,6 +66,9 @@ class DetectorConfig(Strict):
 class AnomalyConfig(Strict):
     """PatchCore on Lite0 features (zerodefect.models.patchcore); unused by other tasks."""
 
+    # patchcore: nearest neighbour in a coreset memory bank; padim: per-position mean and
+    # variance of the same features (zerodefect.models.padim), cheaper, coreset_ratio unused.
+    method: Literal["patchcore", "padim"] = "patchcore"
     # Share of good-part patches kept in the memory bank (greedy coreset): 1 % measured
     # ~7 ms kNN per image at 224 px (docs: measured facts); 1.0 keeps every patch.
     coreset_ratio: float = Field(default=0.01, gt=0, le=1)

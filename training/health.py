@@ -5,7 +5,8 @@ under the gate's floor) must never reach the registry: a station following an al
 pass the defects it cannot see. `check_run` refuses such a run with what happened and the
 usual suspects, which `preflight` measures before the first step: the EMA decay against the
 steps per epoch, the warm-up against the schedule, empty or tiny classes, and boxes far
-smaller than the detector's finest stride.
+smaller than the detector's finest stride. A one-pass task (anomaly: a memory bank or feature
+statistics, no optimizer) has no schedule: only its data and its val metric are checked.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Preflight:
     input_size: int
     smallest_box_px: float | None = None
     boxes_under_stride: float | None = None
+    # The task fits in one pass (Task.one_pass): no steps, warm-up, lr or EMA to check.
+    one_pass: bool = False
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -61,6 +64,9 @@ class Preflight:
         return self.steps_per_epoch * self.epochs
 
     def summary(self) -> str:
+        if self.one_pass:
+            counts = ", ".join(f"{n} {c}" for c, n in self.train_counts.items())
+            return f"pre-flight: one pass over the train parts ({counts}); no epochs, optimizer or EMA"
         parts = [
             f"{self.steps_per_epoch} steps/epoch x {self.epochs} epochs = {self.total_steps} steps",
             f"warm-up {self.warmup_steps} steps to lr {self.lr:g}",
@@ -98,7 +104,8 @@ def preflight(
     initial_share = decay**steps_per_epoch if decay else None
     from zerodefect.training.tasks import get_task
 
-    counts = get_task(cfg.task).label_counts(manifest, train)
+    task = get_task(cfg.task)
+    counts = task.label_counts(manifest, train)
     sides: list[float] = []
     for boxes in boxes_at_input or []:
         sides.extend(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).tolist())
@@ -111,9 +118,10 @@ def preflight(
         ema_half_life_steps=half_life,
         ema_initial_share_after_epoch1=initial_share,
         train_counts=counts,
-        input_size=cfg.model.input_size,
+        input_size=min(cfg.model.input_hw),
         smallest_box_px=min(sides) if sides else None,
         boxes_under_stride=float(np.mean(np.array(sides) < FINEST_STRIDE)) if sides else None,
+        one_pass=task.one_pass,
     )
     pre.warnings = suspects(pre)
     return pre
@@ -121,21 +129,7 @@ def preflight(
 
 def suspects(pre: Preflight) -> list[str]:
     """What in the schedule or the data commonly makes a run learn nothing, worst first."""
-    out = []
-    share = pre.ema_initial_share_after_epoch1
-    if pre.ema_decay and share is not None and share > 0.1:
-        out.append(
-            f"train.ema_decay {pre.ema_decay:g} against {pre.steps_per_epoch} steps per epoch: after "
-            f"epoch 1 the averaged weights are still {share:.0%} the initial (random-head) ones "
-            f"(half-life {pre.ema_half_life_steps:.0f} steps); lower it "
-            f"(e.g. {_ema_for(pre.steps_per_epoch):g}) or set it to null"
-        )
-    if pre.warmup_steps < 10 and pre.total_steps >= 20:
-        out.append(f"warm-up of {pre.warmup_steps} steps to lr {pre.lr:g} is short; raise train.warmup_pct")
-    if pre.lr > 0.01:
-        out.append(f"train.lr {pre.lr:g} is high for AdamW fine-tuning (1e-4 to 3e-3 is usual)")
-    if pre.total_steps < 50:
-        out.append(f"only {pre.total_steps} optimizer steps in all: more epochs, or a smaller batch_size")
+    out = [] if pre.one_pass else schedule_suspects(pre)
     empty = [c for c, n in pre.train_counts.items() if n == 0]
     tiny = {c: n for c, n in pre.train_counts.items() if 0 < n < TINY_CLASS}
     if empty:
@@ -151,6 +145,27 @@ def suspects(pre: Preflight) -> list[str]:
             f"{pre.input_size} px input (smallest {pre.smallest_box_px:.1f} px): raise model.input_size "
             "or tile the images"
         )
+    return out
+
+
+def schedule_suspects(pre: Preflight) -> list[str]:
+    """The optimizer schedule's suspects (EMA, warm-up, lr, too few steps): an epoch-trained
+    task's only; a one-pass fit has no schedule."""
+    out = []
+    share = pre.ema_initial_share_after_epoch1
+    if pre.ema_decay and share is not None and share > 0.1:
+        out.append(
+            f"train.ema_decay {pre.ema_decay:g} against {pre.steps_per_epoch} steps per epoch: after "
+            f"epoch 1 the averaged weights are still {share:.0%} the initial (random-head) ones "
+            f"(half-life {pre.ema_half_life_steps:.0f} steps); lower it "
+            f"(e.g. {_ema_for(pre.steps_per_epoch):g}) or set it to null"
+        )
+    if pre.warmup_steps < 10 and pre.total_steps >= 20:
+        out.append(f"warm-up of {pre.warmup_steps} steps to lr {pre.lr:g} is short; raise train.warmup_pct")
+    if pre.lr > 0.01:
+        out.append(f"train.lr {pre.lr:g} is high for AdamW fine-tuning (1e-4 to 3e-3 is usual)")
+    if pre.total_steps < 50:
+        out.append(f"only {pre.total_steps} optimizer steps in all: more epochs, or a smaller batch_size")
     return out
 
 
@@ -191,7 +206,8 @@ def check_run(cfg: Config, result: Any, pre: Preflight, run_dir: Any = None) -> 
             pre.warnings + generic,
             run_dir,
         )
-    stopped_early = result.epochs_run < cfg.train.epochs
+    # A one-pass fit runs one "epoch" whatever train.epochs says: it never stops early.
+    stopped_early = not task.one_pass and result.epochs_run < cfg.train.epochs
     if stopped_early and result.best_epoch == 0 and best < floor:
         raise TrainingFailed(
             f"early stop with the best val {metric} {best:.4f} at epoch 1, under the gate floor "

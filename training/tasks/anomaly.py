@@ -1,5 +1,6 @@
-"""Anomaly: trained on good parts only (PatchCore); a part is rejected when its anomaly score,
-the heatmap's maximum, reaches the threshold, and its defects are the heatmap's regions.
+"""Anomaly: trained on good parts only (PatchCore, or PaDiM by model.anomaly.method); a part
+is rejected when its anomaly score, the heatmap's maximum, reaches the threshold, and its
+defects are the heatmap's regions.
 
 Fitting is one pass (features of the good train parts, then a coreset), not the shared epoch
 loop. The threshold is set on val for the escape target when val has defective parts, and for
@@ -26,6 +27,11 @@ from zerodefect.training.tasks.base import Calibration, EvalRequest, FitJob, Par
 
 # A val image AUROC at or under this is a coin toss (only checked when val has defects).
 CHANCE_AUROC = 0.55
+# The units of each model.anomaly.method's scores and heatmaps (the bundle's outputs say which).
+DISTANCES = {
+    "patchcore": "nearest-neighbour feature distance",
+    "padim": "per-position Mahalanobis distance, diagonal covariance",
+}
 
 
 @dataclass
@@ -70,6 +76,14 @@ def good_for_training(cfg: Config, train: Split) -> np.ndarray:
     return good
 
 
+def fitted_size(cfg: Config, model: Any) -> dict[str, Any]:
+    """What the fit kept, for the bundle: PatchCore's memory bank [M, D] and coreset ratio, or
+    PaDiM's per-position statistics [D, h, w]."""
+    if cfg.model.anomaly.method == "padim":
+        return {"statistics": list(model.feature_mean.shape)}
+    return {"memory_bank": list(model.memory_bank.shape), "coreset_ratio": cfg.model.anomaly.coreset_ratio}
+
+
 def region_class(manifest: Manifest) -> str:
     """The class a heatmap region is recorded as: the manifest's first defect class (the model
     finds anomalies; it does not tell defect kinds apart)."""
@@ -82,6 +96,8 @@ class Anomaly:
     headline_label = "image AUROC"
     chance = CHANCE_AUROC
     has_boxes = False
+    # Fitting is one pass (no epochs, optimizer or loss): the schedule's health checks do not apply.
+    one_pass = True
     # The kNN distances are not calibrated for INT8; anomaly bundles are served in fp32.
     int8 = False
     gate_metrics = {"escape_rate": False, "false_reject_rate": False, "image_auroc": True}
@@ -98,10 +114,13 @@ class Anomaly:
                 raise DatasetError(f"{cfg.data.manifest}: the {split} split has no good part")
 
     def build_model(self, cfg: Config, manifest: Manifest, pretrained: str | None) -> tuple[Any, Any]:
+        """PatchCore, or PaDiM (model.anomaly.method): the same features, call and outputs."""
+        from zerodefect.models.padim import build_padim
         from zerodefect.models.patchcore import build_patchcore
 
         spec = cfg.model.anomaly
-        return build_patchcore(cfg.model.arch, pretrained, spec.neighbourhood, spec.sigma)
+        build = build_padim if spec.method == "padim" else build_patchcore
+        return build(cfg.model.arch, pretrained, spec.neighbourhood, spec.sigma)
 
     def load_split(
         self, cfg: Config, manifest: Manifest, samples: list[Sample], progress: Callable[[int], None] | None
@@ -113,8 +132,9 @@ class Anomaly:
         return Split(samples, images, load_masks(manifest, samples, size))
 
     def label_counts(self, manifest: Manifest, samples: list[Sample]) -> dict[str, int]:
-        defective = sum(manifest.is_defective(s) for s in samples)
-        return {"good": len(samples) - defective, "defective": defective}
+        """The training examples are the good parts only (defective train parts stay out of the
+        fit), so the pre-flight does not warn that the defect class has none."""
+        return {"good": sum(not manifest.is_defective(s) for s in samples)}
 
     def boxes_at_input(self, train: Split) -> list[np.ndarray] | None:
         return None
@@ -188,7 +208,7 @@ class Anomaly:
         return {
             "good_class": manifest.good_class,
             "outputs": {
-                "scores": "[N] anomaly score: the heatmap's maximum (nearest-neighbour feature distance)",
+                "scores": f"[N] anomaly score: the heatmap's maximum ({DISTANCES[spec.method]})",
                 "heatmap": "[N, H, W] anomaly heatmap at the input size, smoothed",
             },
             "threshold": calibration.thresholds["threshold"],
@@ -199,11 +219,7 @@ class Anomaly:
                 "calibrated_for": calibration.val_report["calibrated_for"],
                 "target_false_reject_rate": cfg.calibration.target_false_reject_rate,
             },
-            "training": {
-                "arch": "patchcore-" + cfg.model.arch,
-                "memory_bank": list(model.memory_bank.shape),
-                "coreset_ratio": spec.coreset_ratio,
-            },
+            "training": {"arch": f"{spec.method}-{cfg.model.arch}", **fitted_size(cfg, model)},
         }
 
     def export(
@@ -238,7 +254,8 @@ class Anomaly:
 
     def evaluate(self, request: EvalRequest) -> Report:
         """Image and pixel AUROC, PRO to FPR 0.3, and the plant rates at the bundle's threshold,
-        on the bundle through ONNX Runtime; pixel metrics at the model's input size."""
+        on the bundle through ONNX Runtime; pixel metrics at the model's input size. Plots: ROC,
+        PR and confusion, and the heatmap sheet of the best, worst and borderline parts."""
         from zerodefect.inference.engine import Engine
         from zerodefect.training.anomaly_metrics import pixel_auroc, pro_score
         from zerodefect.training.evaluate import add_latency, bundle_fields, save_score_plots, split_samples
@@ -269,7 +286,21 @@ class Anomaly:
             ]
         add_latency(data, request.bundle, paths, request.timing_images)
         if plots_dir is not None:
+            from zerodefect.inference.preprocess import read_image
+            from zerodefect.training.anomaly_plots import save_heatmap_sheet
+
             save_score_plots(plots_dir, data, truth.defective, maps.scores, samples, meta.name)
+            sheet = save_heatmap_sheet(
+                plots_dir / "heatmaps.png",
+                meta,
+                lambda i: engine.prepare(read_image(paths[i])),
+                maps.heatmaps,
+                truth.masks,
+                truth.defective,
+                maps.scores,
+                [s.path for s in samples],
+            )
+            data["plots"] = [*data.get("plots", []), str(sheet.path)]
         return self.report_from_json(data)
 
     def report_from_json(self, data: dict[str, Any]) -> Report:

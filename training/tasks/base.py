@@ -106,6 +106,9 @@ class Task(Protocol):
     chance: float
     # Augmentations move boxes with the pixels.
     has_boxes: bool
+    # `fit` is one pass over the data (no epochs, optimizer, loss or EMA): the pre-flight's
+    # schedule warnings and the early-stop check (training/health.py) do not apply.
+    one_pass: bool
     # metric -> higher is better: what the promotion gate compares.
     gate_metrics: dict[str, bool]
     # Static INT8 quantization (zerodefect quantize) keeps this task's accuracy.

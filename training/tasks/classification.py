@@ -30,6 +30,7 @@ class Classification:
     headline_label = "AUROC"
     chance = CHANCE_AUROC
     has_boxes = False
+    one_pass = False
     # Static INT8 keeps a classifier's accuracy (docs/results/README.md); it is recalibrated.
     int8 = True
     # A classifier's false-reject rate is undefined without good parts, and then skipped.

@@ -27,6 +27,7 @@ class Detection:
     headline_label = "mAP@0.5"
     chance = MIN_VAL_MAP50
     has_boxes = True
+    one_pass = False
     # INT8 is calibrated for classifiers only; a detector is served in fp32.
     int8 = False
     # A detector's false-reject rate is undefined without clean parts (NEU-DET) and then skipped.
