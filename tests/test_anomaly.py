@@ -168,7 +168,7 @@ def test_edge_serves_the_regions_into_the_record(
     manifest = Manifest.read(outcome.run_dir / "manifest.jsonl")
     sample = next(s for s in manifest.split("test") if s.mask)
     data = manifest.resolve(sample).read_bytes()
-    truth = load_masks(manifest, [sample], SIZE).masks[0]
+    truth = load_masks(manifest, [sample], (SIZE, SIZE)).masks[0]
     record_app = record_for_station(monkeypatch)
     with serve(record_app) as record_url:
         config = station(
