@@ -85,7 +85,10 @@ def bench(
 
     data_dir = get_settings().data_dir
     skipped = "" if detector_run else " --detector-run ''"
-    command = f"zerodefect bench --run ''{skipped} --seconds {seconds:g} --threads {threads}"
+    command = (
+        f"make bench BENCH_ARGS=\"--run ''{skipped}\"  # zerodefect bench --run ''{skipped} "
+        f"--seconds {seconds:g} --threads {threads}"
+    )
     if run:
         run_dir = _reference_run(run)
         manifest = Manifest.read(run_dir / "manifest.jsonl")
