@@ -70,14 +70,20 @@ def build_untrained_bundle(folder: Path, size: int = 320, seed: int = 0) -> Path
     return folder
 
 
-def part_image(rng: np.random.Generator, side: int) -> np.ndarray:
-    """A textured grey-brown part with a few dark scratches and bright spots, RGB uint8."""
-    grey = rng.normal(140, 14, (side, side)).clip(0, 255).astype(np.uint8)
+def part_image(
+    rng: np.random.Generator, height: int, width: int | None = None, defects: int = 3
+) -> np.ndarray:
+    """A textured grey-brown part (`height` x `width`, square when no width), RGB uint8, with
+    `defects` dark scratches each beside a bright spot (0: a good part)."""
+    width = width or height
+    side = min(height, width)
+    grey = rng.normal(140, 14, (height, width)).clip(0, 255).astype(np.uint8)
     grey = cv2.GaussianBlur(grey, (3, 3), 0)
-    for _ in range(3):
-        p = rng.integers(0, side, 4)
-        cv2.line(grey, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), 30, max(2, side // 60))
-        cv2.circle(grey, (int(p[0]), int(p[3])), max(3, side // 30), 230, -1)
+    for _ in range(defects):
+        x1, x2 = (int(v) for v in rng.integers(0, width, 2))
+        y1, y2 = (int(v) for v in rng.integers(0, height, 2))
+        cv2.line(grey, (x1, y1), (x2, y2), 30, max(2, side // 60))
+        cv2.circle(grey, (x1, y2), max(3, side // 30), 230, -1)
     tint = np.array([1.0, 0.95, 0.85], np.float32)
     return (grey[..., None] * tint).clip(0, 255).astype(np.uint8)
 

@@ -23,7 +23,11 @@ def _reference_run(name: str) -> Path:
 @app.command()
 def bench(
     run: Annotated[
-        str, typer.Option(help="Training run name whose newest finished run is measured.")
+        str,
+        typer.Option(
+            help="Training run name whose newest finished run is measured ('' to skip the classifier "
+            "rows and keep the other rows of the last report)."
+        ),
     ] = "elpv-classifier",
     bundle: Annotated[
         Path | None,
@@ -46,47 +50,86 @@ def bench(
             help="Detector training run whose newest finished bundle adds detector rows ('' to skip)."
         ),
     ] = "neu-det-detector",
+    anomaly_run: Annotated[
+        str,
+        typer.Option(
+            help="Anomaly training run whose newest finished bundle adds anomaly rows; without one, a "
+            "stand-in trained on generated parts by --anomaly-config ('' to skip)."
+        ),
+    ] = "kolektorsdd-anomaly",
+    anomaly_config: Annotated[
+        Path,
+        typer.Option(
+            help="The stand-in anomaly run's config: its model section (input size, bank share) is "
+            "fitted on generated parts of KolektorSDD's shape, once (minutes), then reused."
+        ),
+    ] = Path("configs/kolektorsdd-anomaly.yaml"),
 ) -> None:
     """Measure the station service against raw ONNX Runtime and an eager-PyTorch handler, in one run.
 
-    When a finished detector run exists, its bundle is measured too, on its own test images."""
+    When a finished detector run exists, its bundle is measured too, on its own test images; so
+    is an anomaly run's, or a stand-in's trained on generated parts."""
+    import json
+
     from zerodefect.bench import (
-        measure_bundle,
+        heatmap_png,
+        measure_run,
         newest_finished_run,
         run_bench,
         select_bundle,
+        standin_anomaly_run,
         write_reports,
     )
     from zerodefect.datasets.manifest import Manifest
-    from zerodefect.inference.preprocess import decode_image, read_image
+    from zerodefect.inference.preprocess import read_image
 
-    run_dir = _reference_run(run)
-    manifest = Manifest.read(run_dir / "manifest.jsonl")
-    images = [read_image(manifest.resolve(s)) for s in manifest.split("test")[:64]]
-    if bundle is None:
-        bundle = select_bundle(run_dir, manifest, int8, console)
+    data_dir = get_settings().data_dir
+    skipped = "" if detector_run else " --detector-run ''"
     command = (
-        f"make bench  # zerodefect bench --run {run} {'--int8' if int8 else '--no-int8'} "
-        f"--seconds {seconds:g} --threads {threads}, which measured {bundle}"
+        f"make bench BENCH_ARGS=\"--run ''{skipped}\"  # zerodefect bench --run ''{skipped} "
+        f"--seconds {seconds:g} --threads {threads}"
     )
-    result = run_bench(bundle, run_dir, images, get_settings().data_dir, threads, seconds, command=command)
+    if run:
+        run_dir = _reference_run(run)
+        manifest = Manifest.read(run_dir / "manifest.jsonl")
+        images = [read_image(manifest.resolve(s)) for s in manifest.split("test")[:64]]
+        if bundle is None:
+            bundle = select_bundle(run_dir, manifest, int8, console)
+        command = (
+            f"make bench  # zerodefect bench --run {run} {'--int8' if int8 else '--no-int8'} "
+            f"--seconds {seconds:g} --threads {threads}, which measured {bundle}"
+        )
+        result = run_bench(bundle, run_dir, images, data_dir, threads, seconds, command=command)
+    else:
+        # Only the other rows are measured: the last report's classifier rows stay, with the
+        # command that made them, and each section measured here names its own.
+        last = docs / "results" / "edge-bench.json"
+        result = json.loads(last.read_text()) if last.is_file() else {}
+    measured: list[str] = []
     if detector_run:
-        det_dir = newest_finished_run(get_settings().data_dir / "runs", detector_run)
+        det_dir = newest_finished_run(data_dir / "runs", detector_run)
         if det_dir is None:
             console.print(f"no finished {detector_run} run: detector rows skipped")
         else:
-            det_manifest = Manifest.read(det_dir / "manifest.jsonl")
-            jpegs = [det_manifest.resolve(s).read_bytes() for s in det_manifest.split("test")[:64]]
-            result["detector"] = measure_bundle(
-                det_dir / "bundle",
-                [decode_image(j) for j in jpegs],
-                jpegs,
-                get_settings().data_dir,
-                threads,
-                seconds,
-                one_thread=True,
-            )
-            result["command"] += f"; detector rows: --detector-run {detector_run}"
+            command += f"; detector rows: --detector-run {detector_run}"
+            result["detector"] = measure_run(det_dir, data_dir, threads, seconds)
+            measured.append("detector")
+    if anomaly_run:
+        found = newest_finished_run(data_dir / "runs", anomaly_run)
+        anomaly_dir = found or standin_anomaly_run(anomaly_config, data_dir, console)
+        command += f"; anomaly rows: --anomaly-run {anomaly_run}" + (
+            "" if found else f" (none finished: a stand-in by --anomaly-config {anomaly_config})"
+        )
+        result["anomaly"] = {
+            **measure_run(anomaly_dir, data_dir, threads, seconds),
+            **heatmap_png(anomaly_dir),
+            "standin": found is None,
+        }
+        measured.append("anomaly")
+    if run:
+        result["command"] = command
+    for section in measured:
+        result[section]["command"] = command
     md, js = write_reports(result, docs)
     console.print(md.read_text())
     console.print(f"written: {md}, {js}")
