@@ -145,7 +145,7 @@ def lite0_into_extractor(extractor) -> dict:  # noqa: ANN001
     import timm
 
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    report = load_project_pretrained().load_lite0_imagenet(full)
+    report = load_project_pretrained().load_lite_imagenet(full)
     target = extractor.state_dict()
     source = full.state_dict()
     missing = [k for k in target if k not in source or source[k].shape != target[k].shape]

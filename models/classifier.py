@@ -20,15 +20,17 @@ from zerodefect.models.pretrained import (
     IMAGENET_STD,
     LITE_MEAN,
     LITE_STD,
+    LITE_WEIGHTS,
     LoadReport,
     WeightsError,
-    load_lite0_imagenet,
+    load_lite_imagenet,
     load_local_weights,
 )
 
 log = logging.getLogger(__name__)
 
-TIMM_LITE = "tf_efficientnet_lite0"
+# Every timm EfficientNet-Lite with offline weights (same stages, wider and deeper from 0 to 2).
+TIMM_LITES = tuple(LITE_WEIGHTS)
 TORCHVISION_ARCHS = (
     "mobilenet_v3_small",
     "mobilenet_v3_large",
@@ -47,12 +49,12 @@ def build_backbone(
     or None for random initialisation.
     """
     report = None
-    if arch == TIMM_LITE:
+    if arch in TIMM_LITES:
         import timm
 
         net = timm.create_model(arch, pretrained=False, num_classes=1000, drop_rate=drop_rate)
         if pretrained == "imagenet":
-            report = load_lite0_imagenet(net)
+            report = load_lite_imagenet(net, arch)
         elif pretrained:
             report = load_local_weights(net, Path(pretrained))
         if num_outputs != 1000:
@@ -67,7 +69,7 @@ def build_backbone(
         if pretrained:
             report = load_local_weights(net, Path(pretrained))
         return net, IMAGENET_MEAN, IMAGENET_STD, report
-    raise ValueError(f"unknown architecture {arch!r}; known: {(TIMM_LITE, *TORCHVISION_ARCHS)}")
+    raise ValueError(f"unknown architecture {arch!r}; known: {(*TIMM_LITES, *TORCHVISION_ARCHS)}")
 
 
 class FreezableStages(nn.Module):

