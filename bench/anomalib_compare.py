@@ -13,6 +13,9 @@ Two steps:
   so no hub), trains, tests, exports with anomalib's own ONNX exporter and times that export in
   ONNX Runtime on one thread. Results go to a JSON file.
 
+- `ours-manifest`: (any Python) from our imported KolektorSDD manifest, one that keeps only the
+  seeded 100-part training sample anomalib was fit on, so that ours can be fit on the very same.
+
 The data set is research-use only (its README): nothing of it is written into the repository.
 """
 
@@ -91,6 +94,18 @@ def write_sample(n: int, path: Path) -> None:
 def read_split(path: Path = SPLIT) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def write_ours_manifest(source: Path, out: Path, n: int) -> None:
+    """Our manifest (JSON lines: a header, then one part a line) without the train parts that
+    are not in the seeded n-part sample; val and test unchanged."""
+    keep = {r["image"] for r in train_sample(read_split(), n)}
+    lines = source.read_text().splitlines()
+    rows = [lines[0]] + [
+        line for line in lines[1:] if json.loads(line)["split"] != "train" or json.loads(line)["path"] in keep
+    ]
+    out.write_text("\n".join(rows) + "\n")
+    print(f"wrote {out}: {sum(json.loads(r)['split'] == 'train' for r in rows[1:])} train parts")
 
 
 # ------------------------------------------------------------------------------ folder layout
@@ -356,6 +371,12 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("split", help=f"write {SPLIT.relative_to(REPO)}")
     sp.add_argument("--sample", type=int, default=100, help="also list a seeded sample of N training parts")
+    o = sub.add_parser("ours-manifest", help="our manifest with only the seeded training sample")
+    o.add_argument(
+        "manifest", type=Path, help="our imported manifest (var/datasets/kolektorsdd/manifest.jsonl)"
+    )
+    o.add_argument("--out", type=Path, required=True)
+    o.add_argument("--sample", type=int, default=100)
     r = sub.add_parser("run", help="train, test, export and time anomalib's PatchCore")
     r.add_argument("--split", type=Path, default=SPLIT)
     r.add_argument("--scratch", type=Path, default=SCRATCH, help="outside the repo: links, masks, results")
@@ -370,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
         write_split()
         if args.sample:
             write_sample(args.sample, SPLIT.with_name(f"kolektorsdd-anomaly-train{args.sample}.txt"))
+    elif args.command == "ours-manifest":
+        write_ours_manifest(args.manifest, args.out, args.sample)
     else:
         if REPO in args.scratch.resolve().parents or args.scratch.resolve() == REPO:
             sys.exit(f"{args.scratch}: the scratch folder must be outside the repository")
