@@ -125,10 +125,16 @@ def test_pixel_auroc_and_pro_on_hand_made_maps() -> None:
 
 def test_threshold_for_a_false_reject_target() -> None:
     scores = np.arange(100, dtype=np.float64)
-    # 5 % of 100 good parts may be rejected: 95..99 are, 94 passes; halfway between.
-    assert threshold_for_false_rejects(scores, 0.05) == 94.5
-    # None may: above the highest by half the top gap.
-    assert threshold_for_false_rejects(np.array([1.0, 2.0, 4.0]), 0.0) == 5.0
+    # 5 % of 100 good parts may be rejected: 95..99 are, 94 passes; just above it (0.1 %), not
+    # halfway to 95: every score in between would be a defect passed for nothing.
+    assert threshold_for_false_rejects(scores, 0.05) == pytest.approx(94.094)
+    assert np.mean(scores >= threshold_for_false_rejects(scores, 0.05)) == 0.05
+    # The margin never reaches the next good score up: half the way when that is closer.
+    assert threshold_for_false_rejects(np.array([100.0, 100.02]), 0.5) == pytest.approx(100.01)
+    # None may: just above the highest.
+    assert threshold_for_false_rejects(np.array([1.0, 2.0, 4.0]), 0.0) == pytest.approx(4.004)
+    # Everything may: the lowest score.
+    assert threshold_for_false_rejects(np.array([1.0, 2.0]), 1.0) == 1.0
 
 
 def test_a_rejected_part_has_the_heatmap_regions_as_boxes() -> None:
