@@ -149,3 +149,20 @@ def tiny_anomaly_config(manifest: Path, name: str = "tiny-anomaly", **anomaly) -
         "calibration": {"target_false_reject_rate": 0.0},
         "mlflow": {"experiment": "tests-anomaly", "registered_model": name},
     }
+
+
+def hand_made_anomaly_meta(size: int = 32, **postprocess):
+    """An anomaly bundle's metadata without a model (threshold 1.0, region class "scratch"),
+    for tests of what the head and the plots make of hand-made heatmaps."""
+    from zerodefect.inference.bundle import BundleMeta, InputSpec
+
+    return BundleMeta(
+        name="hand-made",
+        task="anomaly",
+        classes=["good", "scratch"],
+        good_class="good",
+        input=InputSpec(height=size, width=size),
+        outputs={"scores": "[N]", "heatmap": "[N, H, W]"},
+        threshold=1.0,
+        postprocess={"region_class": "scratch", **postprocess},
+    )

@@ -14,7 +14,6 @@ import torch
 
 from zerodefect.datasets.manifest import Manifest, Sample
 from zerodefect.edge.app import create_app as create_edge
-from zerodefect.inference.bundle import BundleMeta, InputSpec
 from zerodefect.inference.engine import Engine
 from zerodefect.inference.heads import AnomalyHead, AnomalyMaps
 from zerodefect.training.anomaly_metrics import pixel_auroc, pro_score, threshold_for_false_rejects
@@ -27,7 +26,7 @@ from zerodefect.training.tasks.anomaly import (
 )
 
 from .bundles import ANOMALY_SIZE as SIZE
-from .bundles import evaluate_with_cli, train_tiny_anomaly
+from .bundles import evaluate_with_cli, hand_made_anomaly_meta, train_tiny_anomaly
 from .people import client_for
 from .servers import record_for_station, serve
 from .test_edge import post, station, wait_for
@@ -138,16 +137,7 @@ def test_threshold_for_a_false_reject_target() -> None:
 
 
 def test_a_rejected_part_has_the_heatmap_regions_as_boxes() -> None:
-    meta = BundleMeta(
-        name="hand-made",
-        task="anomaly",
-        classes=["good", "scratch"],
-        good_class="good",
-        input=InputSpec(height=32, width=32),
-        outputs={"scores": "[N]", "heatmap": "[N, H, W]"},
-        threshold=1.0,
-        postprocess={"region_class": "scratch", "min_region_pixels": 4, "heat_floor": 0.2},
-    )
+    meta = hand_made_anomaly_meta(min_region_pixels=4, heat_floor=0.2)
     heat = np.full((2, 32, 32), 0.2, np.float32)
     heat[0, 2:6, 4:12] = 1.5  # a region of 32 px
     heat[0, 20:30, 20:22] = 3.0  # a region of 20 px, the peak

@@ -13,7 +13,6 @@ import pytest
 from rich.console import Console
 
 from zerodefect.datasets.manifest import Manifest, Sample
-from zerodefect.inference.bundle import BundleMeta, InputSpec
 from zerodefect.inference.engine import Engine
 from zerodefect.training.anomaly_plots import pick_parts, save_heatmap_sheet, sheet_pixels
 from zerodefect.training.config import Config
@@ -22,7 +21,7 @@ from zerodefect.training.tasks.anomaly import check_anomaly_parity
 from zerodefect.training.train import FitResult
 
 from .bundles import ANOMALY_SIZE as SIZE
-from .bundles import make_anomaly_dataset, tiny_anomaly_config, train_from
+from .bundles import hand_made_anomaly_meta, make_anomaly_dataset, tiny_anomaly_config, train_from
 from .synthetic import part_image
 from .test_anomaly import reloaded
 
@@ -120,16 +119,7 @@ def test_the_sheet_draws_three_panels_per_picked_part(tmp_path: Path) -> None:
     for i in np.flatnonzero(DEFECTIVE):
         masks[i, 8:16, 4:28] = True
         heatmaps[i, 8:16, 4:28] = SCORES[i]
-    meta = BundleMeta(
-        name="hand-made",
-        task="anomaly",
-        classes=["good", "scratch"],
-        good_class="good",
-        input=InputSpec(height=32, width=32),
-        outputs={"scores": "[N]", "heatmap": "[N, H, W]"},
-        threshold=1.0,
-        postprocess={"region_class": "scratch", "heat_floor": 0.2},
-    )
+    meta = hand_made_anomaly_meta(heat_floor=0.2)
     names = [f"parts/p{i}.png" for i in range(len(SCORES))]
     sheet = save_heatmap_sheet(
         tmp_path / "sheet.png",
