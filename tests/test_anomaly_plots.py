@@ -74,6 +74,8 @@ def test_an_anomaly_run_has_no_epoch_schedule_warnings(padim) -> None:
     # The classifier's schedule checks fire on this config (3 steps in all, no defect class
     # examples); none applies to a one-pass fit.
     assert "warning:" not in printed and "optimizer steps" not in printed
+    # No "best epoch", and no NaN for the val score a good-only val cannot have.
+    assert "fitted in one pass in" in printed and "nan" not in printed and "at epoch" not in printed
     # Even a schedule that would alarm a classifier (high lr, slow EMA, 10 epochs of which the
     # fit runs one) leaves an anomaly fit alone; too few good parts still warn.
     loud = {"lr": 0.05, "ema_decay": 0.998, "warmup_pct": 0.0, "epochs": 10}

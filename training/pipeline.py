@@ -143,10 +143,17 @@ def run_training(
         ):
             job = FitJob(cfg, model, manifest, train, val, run_dir, augment, bool(resume), on_batch, on_epoch)
             result = task.fit(job)
-        console.print(
-            f"best val {task.headline_label} {result.best_score:.4f} at epoch {result.best_epoch + 1}; "
-            f"{result.epochs_run} epochs in {result.seconds / 60:.1f} min"
-        )
+        if task.one_pass:
+            # A one-pass fit has no best epoch; without val defects it has no val score either.
+            judged = (
+                "" if np.isnan(result.best_score) else f"; val {task.headline_label} {result.best_score:.4f}"
+            )
+            console.print(f"fitted in one pass in {result.seconds / 60:.1f} min{judged}")
+        else:
+            console.print(
+                f"best val {task.headline_label} {result.best_score:.4f} at epoch {result.best_epoch + 1}; "
+                f"{result.epochs_run} epochs in {result.seconds / 60:.1f} min"
+            )
         refuse_failed_run(cfg, result, pre, run_dir)
 
         model.load_state_dict(result.best_state)
