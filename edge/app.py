@@ -21,6 +21,7 @@ from zerodefect.edge.forwarder import Forwarder
 from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
+from zerodefect.edge.plc import PlcLink
 from zerodefect.edge.station import Inspector, PartMeta
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.bundle import BundleError
@@ -93,13 +94,18 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         if config.record_url:
             forwarder = Forwarder(outbox, config.record_url, config.record_api_key(), metrics=metrics)
             forwarder.start()
+        plc = None
+        if config.plc is not None:
+            plc = PlcLink(config.plc, metrics.registry)
+            plc.start()
         state.update(
+            plc=plc,
             holder=holder,
             outbox=outbox,
             batcher=batcher,
             metrics=metrics,
             forwarder=forwarder,
-            inspector=Inspector(config, holder, batcher, outbox, metrics),
+            inspector=Inspector(config, holder, batcher, outbox, metrics, plc),
         )
         log.info("station %s serving %s v%s", config.station, holder.current.name, holder.current.version)
         poller = None
@@ -115,6 +121,8 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         for task in (puller, poller):
             if task and not task.done():
                 task.cancel()
+        if plc:
+            await plc.stop()
         if forwarder:
             forwarder.stop()
         batcher.stop()
@@ -188,6 +196,8 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             "model_version": holder.current.version if holder else None,
             "outbox": state["outbox"].counts() if ready else None,
             "record_reachable": forwarder.record_up if forwarder else None,
+            # A PLC link that is down never makes the station unready: it judges and records on.
+            "plc": state["plc"].state() if state.get("plc") else None,
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 

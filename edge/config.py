@@ -17,6 +17,52 @@ class StationConfigError(ValueError):
     """A station config that cannot be used; names the file and the key."""
 
 
+class PlcBase(BaseModel):
+    """How verdicts reach the line's PLC; the protocol's own section says where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Signals waiting while the PLC is slow or down; beyond this the oldest is dropped (counted).
+    queue_size: int = Field(default=256, ge=1, le=100_000)
+    # A verdict older than this is never written: by then its part has left the reject gate,
+    # and the PLC's own no-verdict rule must act on it, not a late signal for another part.
+    max_age_seconds: float = Field(default=5.0, gt=0)
+    heartbeat_seconds: float = Field(default=1.0, gt=0)
+    timeout_seconds: float = Field(default=2.0, gt=0)
+    reconnect_max_seconds: float = Field(default=10.0, gt=0)
+
+
+class OpcUaPlc(PlcBase):
+    """The station as an OPC UA client writing to the PLC's nodes (ns=2;s=... node ids)."""
+
+    protocol: Literal["opcua"]
+    url: str = Field(pattern=r"^opc\.tcp://")
+    result_node: str
+    part_id_node: str
+    score_node: str | None = None
+    # Handshake: ResultValid is set after the values; with an Ack node the station waits for the
+    # PLC to raise Ack, clears ResultValid, and waits for Ack to drop before the next part.
+    result_valid_node: str | None = None
+    ack_node: str | None = None
+    ack_timeout_ms: float = Field(default=500.0, gt=0)
+    heartbeat_node: str | None = None
+
+
+class ModbusPlc(PlcBase):
+    """Modbus TCP: a reject coil pulsed per reject, a result block of holding registers
+    ([result code, sequence, part id as ASCII, 2 characters per register]) and a heartbeat."""
+
+    protocol: Literal["modbus"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+    device_id: int = Field(default=1, ge=0, le=255)
+    reject_coil: int = Field(ge=0, le=65535)
+    pulse_ms: float = Field(default=100.0, gt=0, le=10_000)
+    result_register: int = Field(ge=0, le=65535)
+    part_id_registers: int = Field(default=10, ge=0, le=50)
+    heartbeat_register: int | None = Field(default=None, ge=0, le=65535)
+
+
 class StationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +100,8 @@ class StationConfig(BaseModel):
     # camera with a dead clock battery must not write year 0001 or 9999 into the record, which
     # itself refuses times before 2000 or more than a day ahead of its own clock.
     max_clock_skew_seconds: float = Field(default=86400.0, gt=0)
+    # Each verdict (and fail-safe verdict) written to the line's PLC; None: HTTP answers only.
+    plc: OpcUaPlc | ModbusPlc | None = Field(default=None, discriminator="protocol")
 
     def record_api_key(self) -> str | None:
         return os.environ.get(self.record_api_key_env)

@@ -25,6 +25,7 @@ from zerodefect.edge.config import StationConfig
 from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
+from zerodefect.edge.plc import PlcLink
 from zerodefect.inference.heatmap import encode_heatmap
 from zerodefect.inference.imagecheck import InputError, decode_checked
 from zerodefect.inference.wire import DefectIn, InspectionIn, check_text
@@ -92,8 +93,10 @@ class Inspector:
         batcher: MicroBatcher,
         outbox: Outbox,
         metrics: EdgeMetrics,
+        plc: PlcLink | None = None,
     ):
         self.config = config
+        self.plc = plc
         self.holder = holder
         self.batcher = batcher
         self.outbox = outbox
@@ -126,7 +129,10 @@ class Inspector:
         latency_ms = (time.perf_counter() - started) * 1000.0
         key = idempotency_key(meta, self.outbox.secret)
         payload, response = self._result(key, meta, data, kind, scored, latency_ms)
-        _, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
+        created, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
+        # The verdict is final once recorded; a camera's retry of a frame is not a second part.
+        if self.plc is not None and created:
+            self.plc.signal(response)
         self.metrics.observe(response, latency_ms, scored.batch_size if scored else None)
         return response
 

@@ -1,0 +1,277 @@
+"""Verdicts to the PLC over loopback: asyncua's and pymodbus's own servers play the PLC."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from zerodefect.edge.app import create_app as create_edge
+from zerodefect.edge.config import StationConfig
+from zerodefect.edge.plc import part_id_words
+from zerodefect.services import free_port
+
+from .servers import serve
+from .test_edge import png, post, station, wait_for
+
+
+class LoopThread:
+    """An event loop in its own thread, for a server that the station reaches over loopback."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="plc-server", daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class OpcUaPlcSim:
+    """A PLC's side of the handshake: on ResultValid it reads PartId and Result, raises Ack;
+    when ResultValid drops, it drops Ack."""
+
+    def __init__(self, nodes: dict) -> None:
+        self.nodes = nodes
+        self.seen: list[tuple[str, int, float]] = []
+
+    async def datachange_notification(self, node, value, data) -> None:
+        if value:
+            self.seen.append(
+                (
+                    await self.nodes["PartId"].read_value(),
+                    await self.nodes["Result"].read_value(),
+                    await self.nodes["Score"].read_value(),
+                )
+            )
+        await self.nodes["Ack"].write_value(bool(value))
+
+
+@pytest.fixture(scope="session")
+def opcua_plc() -> Iterator[tuple[str, OpcUaPlcSim]]:
+    """asyncua's server (about 3 s to start, so once per session) with the station's nodes."""
+    from asyncua import Server, ua
+
+    runner = LoopThread()
+    url = f"opc.tcp://127.0.0.1:{free_port()}/zd/"
+
+    async def start():
+        server = Server()
+        await server.init()
+        server.set_endpoint(url)
+        ns = await server.register_namespace("urn:zerodefect:test-plc")
+        station = await server.nodes.objects.add_object(ua.NodeId("Station", ns), "Station")
+        nodes = {}
+        for name, value, kind in [
+            ("Result", 0, ua.VariantType.Int16),
+            ("PartId", "", ua.VariantType.String),
+            ("Score", 0.0, ua.VariantType.Float),
+            ("ResultValid", False, ua.VariantType.Boolean),
+            ("Ack", False, ua.VariantType.Boolean),
+        ]:
+            nodes[name] = await station.add_variable(
+                ua.NodeId(f"ZD.{name}", ns), name, ua.Variant(value, kind)
+            )
+            await nodes[name].set_writable()
+        await server.start()
+        sim = OpcUaPlcSim(nodes)
+        subscription = await server.create_subscription(5, sim)
+        await subscription.subscribe_data_change(nodes["ResultValid"])
+        return server, sim
+
+    server, sim = runner.run(start())
+    yield url, sim
+    runner.run(server.stop())
+    runner.close()
+
+
+class ModbusPlcSim:
+    """pymodbus's TCP server with 16 coils and 64 holding registers; records every write."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.writes: list[tuple[int, int, list]] = []  # (function code, address, values)
+        self.runner = LoopThread()
+        self.server = None
+
+    async def _action(self, function_code, start_address, address, count, registers, set_values):
+        if set_values is not None:
+            self.writes.append((function_code, address, list(set_values)))
+        return None
+
+    def start(self) -> None:
+        from pymodbus.server import ModbusTcpServer
+        from pymodbus.simulator import DataType, SimData, SimDevice
+
+        async def listen():
+            bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
+            words = [SimData(0, count=64, values=0, datatype=DataType.REGISTERS)]
+            device = SimDevice(id=0, simdata=(bits, list(bits), words, list(words)), action=self._action)
+            self.server = ModbusTcpServer(device, address=("127.0.0.1", self.port))
+            await self.server.listen()
+
+        self.runner.run(listen())
+
+    def stop(self) -> None:
+        self.runner.run(self.server.shutdown())
+
+    def coil_edges(self, coil: int) -> int:
+        """Rising edges of one coil: the pulses the reject gate saw."""
+        edges, on = 0, False
+        for code, address, values in list(self.writes):
+            if code in (5, 15) and address == coil:
+                edges += values[0] and not on
+                on = bool(values[0])
+        return edges
+
+    def results(self, register: int, words: int) -> list[tuple[int, str]]:
+        """(result code, part id) of each result block written at `register`."""
+        return [
+            (values[0], b"".join(w.to_bytes(2, "big") for w in values[2 : 2 + words]).rstrip(b"\0").decode())
+            for code, address, values in list(self.writes)
+            if code == 16 and address == register
+        ]
+
+
+@pytest.fixture
+def modbus_plc() -> Iterator[ModbusPlcSim]:
+    sim = ModbusPlcSim(free_port())
+    sim.start()
+    yield sim
+    if sim.server is not None:
+        sim.stop()
+    sim.runner.close()
+
+
+def modbus_section(port: int, **changes) -> dict:
+    return {
+        "protocol": "modbus",
+        "host": "127.0.0.1",
+        "port": port,
+        "reject_coil": 3,
+        "pulse_ms": 20,
+        "result_register": 10,
+        "part_id_registers": 10,
+        "heartbeat_register": 0,
+        "reconnect_max_seconds": 0.2,
+        "timeout_seconds": 1.0,
+    } | changes
+
+
+def post_parts(url: str, serials: list[str]) -> list[dict]:
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda s: post(url, png(), serial=s, frame_id=f"f-{s}"), serials))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    return [a.json() for a in answers]
+
+
+def test_opcua_verdicts_reach_the_plc_with_their_part_ids(
+    tmp_path: Path, data_dir: Path, bundles, opcua_plc
+) -> None:
+    url_plc, sim = opcua_plc
+    node = "ns=2;s=ZD.{}".format
+    plc = {
+        "protocol": "opcua",
+        "url": url_plc,
+        "result_node": node("Result"),
+        "part_id_node": node("PartId"),
+        "score_node": node("Score"),
+        "result_valid_node": node("ResultValid"),
+        "ack_node": node("Ack"),
+    }
+    sim.seen.clear()
+    with serve(create_edge(station(tmp_path, str(bundles["pass"]), plc=plc, pass_sample_rate=0.0))) as url:
+        wait_for(lambda: httpx.get(f"{url}/readyz").json()["plc"]["connected"])
+        serials = [f"OPC-{i}" for i in range(6)]
+        answers = post_parts(url, serials)
+        assert {a["verdict"] for a in answers} == {"pass"}
+        wait_for(lambda: len(sim.seen) == len(serials))
+        # Each part once, with its own id, code 1 (pass) and its score, all handshakes completed.
+        assert sorted(part for part, _, _ in sim.seen) == serials
+        scores = {a["serial"]: a["score"] for a in answers}
+        assert all(
+            code == 1 and score == pytest.approx(scores[part], rel=1e-6) for part, code, score in sim.seen
+        )
+        metrics = httpx.get(f"{url}/metrics").text
+        assert (
+            'zd_plc_writes_total{verdict="pass"} 6.0' in metrics
+            and "zd_plc_ack_timeouts_total 0.0" in metrics
+        )
+        assert "zd_plc_connected 1.0" in metrics
+
+
+def test_modbus_reject_coil_pulses_for_rejects_and_failsafe_rejects(
+    tmp_path: Path, data_dir: Path, bundles, modbus_plc: ModbusPlcSim
+) -> None:
+    config = station(tmp_path, str(bundles["reject"]), plc=modbus_section(modbus_plc.port))
+    with serve(create_edge(config)) as url:
+        serials = [f"MB-{i}" for i in range(5)]
+        post_parts(url, serials)
+        wait_for(lambda: len(modbus_plc.results(10, 10)) == 5)
+        assert sorted(modbus_plc.results(10, 10)) == [(2, s) for s in serials]
+        wait_for(lambda: modbus_plc.coil_edges(3) == 5)
+        # Each pulse ends: the coil is released after pulse_ms.
+        wait_for(lambda: modbus_plc.writes[-1][0] != 5 or modbus_plc.writes[-1][2] == [False])
+    # A part not judged in time: the fail-safe reject pulses the coil too (code 3).
+    modbus_plc.writes.clear()
+    config = station(tmp_path, str(bundles["pass"]), budget_ms=0.001, plc=modbus_section(modbus_plc.port))
+    with serve(create_edge(config)) as url:
+        answer = post_parts(url, ["MB-LATE"])[0]
+        assert answer["failsafe"] is True and answer["verdict"] == "reject"
+        wait_for(lambda: modbus_plc.results(10, 10) == [(3, "MB-LATE")] and modbus_plc.coil_edges(3) == 1)
+
+
+def test_a_lost_plc_never_blocks_judging_and_the_link_comes_back(
+    tmp_path: Path, data_dir: Path, bundles, modbus_plc: ModbusPlcSim
+) -> None:
+    modbus_plc.stop()  # the PLC is off before the station starts
+    config = station(tmp_path, str(bundles["reject"]), plc=modbus_section(modbus_plc.port))
+    with serve(create_edge(config)) as url:
+        started = time.perf_counter()
+        answers = post_parts(url, [f"DOWN-{i}" for i in range(4)])
+        assert all(a["verdict"] == "reject" and not a["failsafe"] for a in answers)
+        assert time.perf_counter() - started < 10  # judged at once, not after PLC timeouts
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 200 and ready.json()["plc"]["connected"] is False
+        assert "zd_plc_connected 0.0" in httpx.get(f"{url}/metrics").text
+        modbus_plc.start()  # the PLC comes back on the same port
+        wait_for(lambda: httpx.get(f"{url}/readyz").json()["plc"]["connected"])
+        post_parts(url, ["BACK-1"])
+        wait_for(lambda: (2, "BACK-1") in modbus_plc.results(10, 10))
+        # The verdicts given while it was down were kept (younger than max_age_seconds).
+        assert {p for _, p in modbus_plc.results(10, 10)} == {
+            "DOWN-0",
+            "DOWN-1",
+            "DOWN-2",
+            "DOWN-3",
+            "BACK-1",
+        }
+        wait_for(lambda: "zd_plc_connected 1.0" in httpx.get(f"{url}/metrics").text)
+
+
+def test_part_ids_are_packed_two_characters_per_register_and_cut_to_fit() -> None:
+    assert part_id_words("AB-1", 3) == [0x4142, 0x2D31, 0]
+    assert part_id_words("ABCDEFG", 2) == [0x4142, 0x4344]
+    assert part_id_words("anything", 0) == []
+
+
+def test_a_plc_section_is_checked_strictly(tmp_path: Path) -> None:
+    base = {"station": "st-01", "model": "x"}
+    with pytest.raises(ValidationError, match="reject_coil"):
+        StationConfig(**base, plc={"protocol": "modbus", "host": "h", "result_register": 1})
+    with pytest.raises(ValidationError, match="extra"):
+        StationConfig(**base, plc=modbus_section(502, tag="x"))
+    with pytest.raises(ValidationError, match="profinet"):
+        StationConfig(**base, plc={"protocol": "profinet"})
+    assert StationConfig(**base, plc=modbus_section(502)).plc.pulse_ms == 20
