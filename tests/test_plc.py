@@ -164,6 +164,7 @@ def modbus_section(port: int, **changes) -> dict:
         "result_register": 10,
         "part_id_registers": 10,
         "heartbeat_register": 0,
+        "heartbeat_seconds": 0.2,
         "reconnect_max_seconds": 0.2,
         "timeout_seconds": 1.0,
     } | changes
@@ -258,6 +259,9 @@ def test_a_lost_plc_never_blocks_judging_and_the_link_comes_back(
             "BACK-1",
         }
         wait_for(lambda: "zd_plc_connected 1.0" in httpx.get(f"{url}/metrics").text)
+        # An idle link keeps beating: the heartbeat register counts up.
+        beats = len([w for w in modbus_plc.writes if w[0] == 6 and w[1] == 0])
+        wait_for(lambda: len([w for w in modbus_plc.writes if w[0] == 6 and w[1] == 0]) > beats)
 
 
 def test_part_ids_are_packed_two_characters_per_register_and_cut_to_fit() -> None:
@@ -275,3 +279,17 @@ def test_a_plc_section_is_checked_strictly(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="profinet"):
         StationConfig(**base, plc={"protocol": "profinet"})
     assert StationConfig(**base, plc=modbus_section(502)).plc.pulse_ms == 20
+
+
+def test_the_readme_plc_examples_are_valid_station_config() -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### PLC (OPC UA, Modbus TCP)", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    protocols = [
+        StationConfig(station="st-01", model="x", **yaml.safe_load(block)).plc.protocol for block in blocks
+    ]
+    assert protocols == ["opcua", "modbus"]
