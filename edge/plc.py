@@ -36,7 +36,7 @@ class PlcSignal:
     score: float | None
     failsafe: bool
     sequence: int
-    queued_at: float  # time.perf_counter() when judging handed it over
+    received_at: float  # time.perf_counter() when the station received the frame
 
     @property
     def code(self) -> int:
@@ -122,7 +122,7 @@ class OpcUaWriter:
             return
         acked = await self._wait_ack(True)
         await self._write({"result_valid": False})
-        if not acked or not await self._wait_ack(False):
+        if not acked or not await self._wait_ack(False):  # the PLC is not ready for the next part
             raise AckTimeout(
                 f"the PLC did not acknowledge part {signal.part_id} in {self.config.ack_timeout_ms:g} ms"
             )
@@ -251,13 +251,14 @@ class PlcLink:
         self.reconnects = Counter("zd_plc_connects", "Connections made to the PLC", registry=registry)
         self.latency = Histogram(
             "zd_plc_write_seconds",
-            "Time from verdict to the PLC acknowledging its write",
+            "Time from the frame received to the PLC acknowledging its verdict",
             buckets=PLC_BUCKETS,
             registry=registry,
         )
 
-    def signal(self, response: dict[str, Any]) -> None:
-        """Hand a final verdict over; never waits. A full queue drops its oldest signal."""
+    def signal(self, response: dict[str, Any], received_at: float) -> None:
+        """Hand a final verdict over; never waits. A full queue drops its oldest signal.
+        `received_at` (perf_counter) is when the frame arrived: the part's age counts from there."""
         self.sequence = self.sequence % 0xFFFF + 1
         item = PlcSignal(
             response["serial"],
@@ -265,7 +266,7 @@ class PlcLink:
             response["score"],
             bool(response["failsafe"]),
             self.sequence,
-            time.perf_counter(),
+            received_at,
         )
         if self.queue.full():
             self.queue.get_nowait()
@@ -333,7 +334,7 @@ class PlcLink:
                 next_beat = time.monotonic() + self.config.heartbeat_seconds
             if self._pending is None:
                 continue
-            if time.perf_counter() - self._pending.queued_at > self.config.max_age_seconds:
+            if time.perf_counter() - self._pending.received_at > self.config.max_age_seconds:
                 self.dropped.labels("too_old").inc()
                 self._pending = None
                 continue
@@ -342,6 +343,6 @@ class PlcLink:
             except AckTimeout as exc:
                 self.ack_timeouts.inc()
                 log.warning("%s", exc)
-            self.latency.observe(time.perf_counter() - self._pending.queued_at)
+            self.latency.observe(time.perf_counter() - self._pending.received_at)
             self.written.labels(self._pending.verdict).inc()
             self._pending = None

@@ -132,7 +132,7 @@ class Inspector:
         created, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
         # The verdict is final once recorded; a camera's retry of a frame is not a second part.
         if self.plc is not None and created:
-            self.plc.signal(response)
+            self.plc.signal(response, started)
         self.metrics.observe(response, latency_ms, scored.batch_size if scored else None)
         return response
 

@@ -79,6 +79,7 @@ def opcua_plc() -> Iterator[tuple[str, OpcUaPlcSim]]:
             ("Score", 0.0, ua.VariantType.Float),
             ("ResultValid", False, ua.VariantType.Boolean),
             ("Ack", False, ua.VariantType.Boolean),
+            ("NoAck", False, ua.VariantType.Boolean),  # an Ack that no PLC logic raises
         ]:
             nodes[name] = await station.add_variable(
                 ua.NodeId(f"ZD.{name}", ns), name, ua.Variant(value, kind)
@@ -212,6 +213,31 @@ def test_opcua_verdicts_reach_the_plc_with_their_part_ids(
         assert "zd_plc_connected 1.0" in metrics
 
 
+def test_a_missed_opcua_handshake_is_counted_and_the_link_stays_up(
+    tmp_path: Path, data_dir: Path, bundles, opcua_plc
+) -> None:
+    url_plc, sim = opcua_plc
+    node = "ns=2;s=ZD.{}".format
+    plc = {
+        "protocol": "opcua",
+        "url": url_plc,
+        "result_node": node("Result"),
+        "part_id_node": node("PartId"),
+        "result_valid_node": node("ResultValid"),
+        "ack_node": node("NoAck"),
+        "ack_timeout_ms": 30,
+    }
+    with serve(create_edge(station(tmp_path, str(bundles["reject"]), plc=plc))) as url:
+        post_parts(url, ["NOACK-1", "NOACK-2"])
+        wait_for(lambda: "zd_plc_ack_timeouts_total 2.0" in httpx.get(f"{url}/metrics").text)
+        assert httpx.get(f"{url}/readyz").json()["plc"] == {
+            "protocol": "opcua",
+            "connected": True,
+            "queued": 0,
+        }
+        assert 'zd_plc_writes_total{verdict="reject"} 2.0' in httpx.get(f"{url}/metrics").text
+
+
 def test_modbus_reject_coil_pulses_for_rejects_and_failsafe_rejects(
     tmp_path: Path, data_dir: Path, bundles, modbus_plc: ModbusPlcSim
 ) -> None:
@@ -262,6 +288,27 @@ def test_a_lost_plc_never_blocks_judging_and_the_link_comes_back(
         # An idle link keeps beating: the heartbeat register counts up.
         beats = len([w for w in modbus_plc.writes if w[0] == 6 and w[1] == 0])
         wait_for(lambda: len([w for w in modbus_plc.writes if w[0] == 6 and w[1] == 0]) > beats)
+
+
+def test_verdicts_too_old_for_their_part_are_dropped_not_written_late(
+    tmp_path: Path, data_dir: Path, bundles, modbus_plc: ModbusPlcSim
+) -> None:
+    modbus_plc.stop()
+    config = station(
+        tmp_path, str(bundles["reject"]), plc=modbus_section(modbus_plc.port, max_age_seconds=1.0)
+    )
+    with serve(create_edge(config)) as url:
+        post_parts(url, ["OLD-1", "OLD-2"])
+        posted = time.perf_counter()
+        # The PLC returns only once those parts are past max_age_seconds (a fresh part, judged
+        # and written within a second, is not): the rule is about age, so the clock is the test.
+        wait_for(lambda: time.perf_counter() - posted > 1.1)
+        modbus_plc.start()
+        wait_for(lambda: httpx.get(f"{url}/readyz").json()["plc"]["connected"])
+        post_parts(url, ["NEW-1"])
+        wait_for(lambda: modbus_plc.results(10, 10) == [(2, "NEW-1")])
+        assert 'zd_plc_dropped_total{reason="too_old"} 2.0' in httpx.get(f"{url}/metrics").text
+        assert modbus_plc.coil_edges(3) == 1
 
 
 def test_part_ids_are_packed_two_characters_per_register_and_cut_to_fit() -> None:
