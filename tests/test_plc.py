@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,131 +16,18 @@ from zerodefect.edge.config import StationConfig
 from zerodefect.edge.plc import part_id_words
 from zerodefect.services import free_port
 
+from .plcsims import ModbusPlcSim, OpcUaPlcSim
 from .servers import serve
 from .test_edge import png, post, station, wait_for
 
 
-class LoopThread:
-    """An event loop in its own thread, for a server that the station reaches over loopback."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="plc-server", daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 30.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-class OpcUaPlcSim:
-    """A PLC's side of the handshake: on ResultValid it reads PartId and Result, raises Ack;
-    when ResultValid drops, it drops Ack."""
-
-    def __init__(self, nodes: dict) -> None:
-        self.nodes = nodes
-        self.seen: list[tuple[str, int, float]] = []
-
-    async def datachange_notification(self, node, value, data) -> None:
-        if value:
-            self.seen.append(
-                (
-                    await self.nodes["PartId"].read_value(),
-                    await self.nodes["Result"].read_value(),
-                    await self.nodes["Score"].read_value(),
-                )
-            )
-        await self.nodes["Ack"].write_value(bool(value))
-
-
 @pytest.fixture(scope="session")
-def opcua_plc() -> Iterator[tuple[str, OpcUaPlcSim]]:
-    """asyncua's server (about 3 s to start, so once per session) with the station's nodes."""
-    from asyncua import Server, ua
-
-    runner = LoopThread()
-    url = f"opc.tcp://127.0.0.1:{free_port()}/zd/"
-
-    async def start():
-        server = Server()
-        await server.init()
-        server.set_endpoint(url)
-        ns = await server.register_namespace("urn:zerodefect:test-plc")
-        station = await server.nodes.objects.add_object(ua.NodeId("Station", ns), "Station")
-        nodes = {}
-        for name, value, kind in [
-            ("Result", 0, ua.VariantType.Int16),
-            ("PartId", "", ua.VariantType.String),
-            ("Score", 0.0, ua.VariantType.Float),
-            ("ResultValid", False, ua.VariantType.Boolean),
-            ("Ack", False, ua.VariantType.Boolean),
-            ("NoAck", False, ua.VariantType.Boolean),  # an Ack that no PLC logic raises
-        ]:
-            nodes[name] = await station.add_variable(
-                ua.NodeId(f"ZD.{name}", ns), name, ua.Variant(value, kind)
-            )
-            await nodes[name].set_writable()
-        await server.start()
-        sim = OpcUaPlcSim(nodes)
-        subscription = await server.create_subscription(5, sim)
-        await subscription.subscribe_data_change(nodes["ResultValid"])
-        return server, sim
-
-    server, sim = runner.run(start())
-    yield url, sim
-    runner.run(server.stop())
-    runner.close()
-
-
-class ModbusPlcSim:
-    """pymodbus's TCP server with 16 coils and 64 holding registers; records every write."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.writes: list[tuple[int, int, list]] = []  # (function code, address, values)
-        self.runner = LoopThread()
-        self.server = None
-
-    async def _action(self, function_code, start_address, address, count, registers, set_values):
-        if set_values is not None:
-            self.writes.append((function_code, address, list(set_values)))
-        return None
-
-    def start(self) -> None:
-        from pymodbus.server import ModbusTcpServer
-        from pymodbus.simulator import DataType, SimData, SimDevice
-
-        async def listen():
-            bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
-            words = [SimData(0, count=64, values=0, datatype=DataType.REGISTERS)]
-            device = SimDevice(id=0, simdata=(bits, list(bits), words, list(words)), action=self._action)
-            self.server = ModbusTcpServer(device, address=("127.0.0.1", self.port))
-            await self.server.listen()
-
-        self.runner.run(listen())
-
-    def stop(self) -> None:
-        self.runner.run(self.server.shutdown())
-
-    def coil_edges(self, coil: int) -> int:
-        """Rising edges of one coil: the pulses the reject gate saw."""
-        edges, on = 0, False
-        for code, address, values in list(self.writes):
-            if code in (5, 15) and address == coil:
-                edges += values[0] and not on
-                on = bool(values[0])
-        return edges
-
-    def results(self, register: int, words: int) -> list[tuple[int, str]]:
-        """(result code, part id) of each result block written at `register`."""
-        return [
-            (values[0], b"".join(w.to_bytes(2, "big") for w in values[2 : 2 + words]).rstrip(b"\0").decode())
-            for code, address, values in list(self.writes)
-            if code == 16 and address == register
-        ]
+def opcua_plc() -> Iterator[OpcUaPlcSim]:
+    """asyncua's server takes about 3 s to start: one per session."""
+    sim = OpcUaPlcSim(f"opc.tcp://127.0.0.1:{free_port()}/zd/")
+    sim.start()
+    yield sim
+    sim.stop()
 
 
 @pytest.fixture
@@ -150,9 +35,7 @@ def modbus_plc() -> Iterator[ModbusPlcSim]:
     sim = ModbusPlcSim(free_port())
     sim.start()
     yield sim
-    if sim.server is not None:
-        sim.stop()
-    sim.runner.close()
+    sim.close()
 
 
 def modbus_section(port: int, **changes) -> dict:
@@ -181,11 +64,11 @@ def post_parts(url: str, serials: list[str]) -> list[dict]:
 def test_opcua_verdicts_reach_the_plc_with_their_part_ids(
     tmp_path: Path, data_dir: Path, bundles, opcua_plc
 ) -> None:
-    url_plc, sim = opcua_plc
-    node = "ns=2;s=ZD.{}".format
+    sim = opcua_plc
+    node = sim.node
     plc = {
         "protocol": "opcua",
-        "url": url_plc,
+        "url": sim.url,
         "result_node": node("Result"),
         "part_id_node": node("PartId"),
         "score_node": node("Score"),
@@ -216,11 +99,11 @@ def test_opcua_verdicts_reach_the_plc_with_their_part_ids(
 def test_a_missed_opcua_handshake_is_counted_and_the_link_stays_up(
     tmp_path: Path, data_dir: Path, bundles, opcua_plc
 ) -> None:
-    url_plc, sim = opcua_plc
-    node = "ns=2;s=ZD.{}".format
+    sim = opcua_plc
+    node = sim.node
     plc = {
         "protocol": "opcua",
-        "url": url_plc,
+        "url": sim.url,
         "result_node": node("Result"),
         "part_id_node": node("PartId"),
         "result_valid_node": node("ResultValid"),
