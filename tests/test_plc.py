@@ -173,16 +173,24 @@ def test_a_lost_plc_never_blocks_judging_and_the_link_comes_back(
         wait_for(lambda: len([w for w in modbus_plc.writes if w[0] == 6 and w[1] == 0]) > beats)
 
 
-def test_verdicts_too_old_for_their_part_are_dropped_not_written_late(
+def test_verdicts_over_the_queue_or_too_old_for_their_part_are_dropped_not_written_late(
     tmp_path: Path, data_dir: Path, bundles, modbus_plc: ModbusPlcSim
 ) -> None:
     modbus_plc.stop()
     config = station(
-        tmp_path, str(bundles["reject"]), plc=modbus_section(modbus_plc.port, max_age_seconds=1.0)
+        tmp_path,
+        str(bundles["reject"]),
+        plc=modbus_section(modbus_plc.port, max_age_seconds=1.0, queue_size=2),
     )
     with serve(create_edge(config)) as url:
-        post_parts(url, ["OLD-1", "OLD-2"])
+        post_parts(url, ["OLD-1", "OLD-2", "OLD-3"])  # judged all the same: the queue never waits
         posted = time.perf_counter()
+        assert httpx.get(f"{url}/readyz").json()["plc"] == {
+            "protocol": "modbus",
+            "connected": False,
+            "queued": 2,
+        }
+        assert 'zd_plc_dropped_total{reason="queue_full"} 1.0' in httpx.get(f"{url}/metrics").text
         # The PLC returns only once those parts are past max_age_seconds (a fresh part, judged
         # and written within a second, is not): the rule is about age, so the clock is the test.
         wait_for(lambda: time.perf_counter() - posted > 1.1)
