@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from zerodefect.configfile import load_yaml_model
+from zerodefect.edge.codes import CodesConfig
 from zerodefect.inference.signing import SigningKeyError, load_public_key
 
 
@@ -54,6 +55,9 @@ class StationConfig(BaseModel):
     # camera with a dead clock battery must not write year 0001 or 9999 into the record, which
     # itself refuses times before 2000 or more than a day ahead of its own clock.
     max_clock_skew_seconds: float = Field(default=86400.0, gt=0)
+    # Read the part's id (DataMatrix, QR, 1-D) from the frame (zerodefect.edge.codes); None
+    # keeps the serial the camera posts.
+    codes: CodesConfig | None = None
 
     def record_api_key(self) -> str | None:
         return os.environ.get(self.record_api_key_env)
