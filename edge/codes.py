@@ -21,9 +21,8 @@ import numpy as np
 import zxingcpp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from zerodefect.inference.wire import check_text
+from zerodefect.inference.wire import UNREAD_PREFIX, check_text
 
-UNREAD_PREFIX = "UNREAD-"
 # The record's limit on a serial (inference.wire / edge.station.TEXT_LIMITS).
 MAX_SERIAL = 100
 
