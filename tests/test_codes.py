@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 import zxingcpp
@@ -139,6 +140,9 @@ def test_the_station_takes_the_code_as_serial_and_the_unread_outcome(tmp_path: P
         unread = post(url, blank, serial="TYPED-2").json()
         assert unread["serial"] == f"UNREAD-{sha8}" and unread["code_read"] is False
         assert unread["verdict"] == "reject" and not unread["failsafe"]  # the model passed it
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'zd_part_codes_total{result="read"} 2.0' in metrics
+        assert 'zd_part_codes_total{result="unread"} 1.0' in metrics
 
     (tmp_path / "pass").mkdir()
     config = station(tmp_path / "pass", str(bundles["pass"]), codes=reading | {"unread": "pass"})
@@ -169,3 +173,40 @@ def test_station_config_takes_a_codes_section(tmp_path: Path) -> None:
     path.write_text("station: st-01\nmodel: bundle\ncodes:\n  region: {x: 0}\n")
     with pytest.raises(StationConfigError, match="region"):
         load_station_config(path)
+
+
+def test_unread_parts_reach_the_record_and_raise_the_andon(
+    tmp_path: Path, data_dir: Path, bundles, monkeypatch
+) -> None:
+    """Station to record over HTTP: read parts are stored under their code, unread ones under
+    UNREAD-<sha8>, and the record's unread_rate rule raises one alert on them."""
+    from zerodefect.quality.andon import AndonConfig, Rules, evaluate_all
+
+    from .people import client_for
+    from .servers import record_for_station
+    from .test_edge import wait_for
+
+    rng = np.random.default_rng(11)
+    texts = [f"SN-88{i:04d}" for i in range(7)]
+    frames = [
+        png(frame(rng, code_image(t, zxingcpp.BarcodeFormat.QRCode, 4, 20.0 * i)))
+        for i, t in enumerate(texts)
+    ]
+    frames += [png(frame(rng, None)) for _ in range(3)]
+    record_app = record_for_station(monkeypatch)
+    record_app.state.andon.stop()  # evaluated by hand below
+    with serve(record_app) as record_url:
+        codes = {"roi": ROI, "unread": "pass"}
+        config = station(tmp_path, str(bundles["pass"]), record_url=record_url, codes=codes)
+        with serve(create_edge(config)) as url:
+            answers = [post(url, image, serial=None).json() for image in frames]
+            wait_for(lambda: httpx.get(f"{url}/readyz").json()["outbox"]["pending"] == 0)
+        assert [a["serial"] for a in answers[:7]] == texts
+        assert all(a["serial"].startswith("UNREAD-") and a["verdict"] == "pass" for a in answers[7:])
+        page = client_for(record_app, record_url).get("/v1/inspections", params={"limit": 100}).json()
+        assert sorted(r["serial"] for r in page["items"]) == sorted(a["serial"] for a in answers)
+    off = {"ucl": False, "consecutive_defects": None, "false_reject_rate_above": None, "silent_seconds": None}
+    rules = AndonConfig(defaults=Rules(**off, unread_rate_above=0.2, unread_window_parts=10))
+    with record_app.state.sessions() as session:
+        raised = evaluate_all(session, rules)
+        assert [(a.rule, a.value) for a in raised] == [("unread_rate", 0.3)]
