@@ -177,9 +177,17 @@ class Inspector:
         if unread and self.config.codes.unread == "reject":
             verdict = "reject"  # a part without a readable id cannot be traced: off the line
         image_sha = hashlib.sha256(data).hexdigest()
-        keep = self.config.store_images == "all" or (
-            self.config.store_images == "flagged"
-            and (verdict == "reject" or int(image_sha[:8], 16) / 0xFFFFFFFF < self.config.pass_sample_rate)
+        keep = (
+            self.config.store_images == "all"
+            or (
+                self.config.store_images == "flagged"
+                and (
+                    verdict == "reject"
+                    # an unread code's frame shows why (a dirty code, a moved part): kept even if passed
+                    or unread
+                    or int(image_sha[:8], 16) / 0xFFFFFFFF < self.config.pass_sample_rate
+                )
+            )
         )
         # An anomaly model's heatmap goes with the image it was computed on, never alone.
         heatmap = scored.result.heatmap if keep and scored is not None else None

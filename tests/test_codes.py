@@ -179,7 +179,7 @@ def test_unread_parts_reach_the_record_and_raise_the_andon(
     tmp_path: Path, data_dir: Path, bundles, monkeypatch
 ) -> None:
     """Station to record over HTTP: read parts are stored under their code, unread ones under
-    UNREAD-<sha8>, and the record's unread_rate rule raises one alert on them."""
+    UNREAD-<sha8> with their frame, and the record's unread_rate rule raises one alert on them."""
     from zerodefect.quality.andon import AndonConfig, Rules, evaluate_all
 
     from .people import client_for
@@ -197,7 +197,9 @@ def test_unread_parts_reach_the_record_and_raise_the_andon(
     record_app.state.andon.stop()  # evaluated by hand below
     with serve(record_app) as record_url:
         codes = {"roi": ROI, "unread": "pass"}
-        config = station(tmp_path, str(bundles["pass"]), record_url=record_url, codes=codes)
+        config = station(
+            tmp_path, str(bundles["pass"]), record_url=record_url, codes=codes, pass_sample_rate=0.0
+        )
         with serve(create_edge(config)) as url:
             answers = [post(url, image, serial=None).json() for image in frames]
             wait_for(lambda: httpx.get(f"{url}/readyz").json()["outbox"]["pending"] == 0)
@@ -205,6 +207,9 @@ def test_unread_parts_reach_the_record_and_raise_the_andon(
         assert all(a["serial"].startswith("UNREAD-") and a["verdict"] == "pass" for a in answers[7:])
         page = client_for(record_app, record_url).get("/v1/inspections", params={"limit": 100}).json()
         assert sorted(r["serial"] for r in page["items"]) == sorted(a["serial"] for a in answers)
+        # Passed parts' images stay at the station (pass_sample_rate 0), but not an unread frame's.
+        stored = {r["serial"] for r in page["items"] if r.get("image_url")}
+        assert stored == {a["serial"] for a in answers[7:]}
     off = {"ucl": False, "consecutive_defects": None, "false_reject_rate_above": None, "silent_seconds": None}
     rules = AndonConfig(defaults=Rules(**off, unread_rate_above=0.2, unread_window_parts=10))
     with record_app.state.sessions() as session:
