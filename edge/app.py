@@ -46,6 +46,8 @@ class Verdict(BaseModel):
     model_name: str
     model_version: str
     latency_ms: float
+    # None when the station does not read part codes (codes: in its config).
+    code_read: bool | None = None
 
 
 async def follow_alias(holder: ModelHolder, metrics: EdgeMetrics, every: float) -> None:
@@ -168,8 +170,9 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
     )
     async def inspect(
         image: Annotated[UploadFile, File(description="The part's image, JPEG or PNG")],
-        serial: Annotated[str, Form(min_length=1, max_length=100)],
         station: Annotated[str, Form(min_length=1, max_length=100)],
+        # Optional when the station reads the part's code from the frame (codes:).
+        serial: Annotated[str | None, Form(min_length=1, max_length=100)] = None,
         batch: Annotated[str | None, Form(max_length=100)] = None,
         camera: Annotated[str | None, Form(max_length=100)] = None,
         frame_id: Annotated[str | None, Form(max_length=100)] = None,

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from zerodefect.configfile import load_yaml_model
+from zerodefect.edge.codes import CodesConfig
 from zerodefect.inference.signing import SigningKeyError, load_public_key
 
 
@@ -102,6 +103,9 @@ class StationConfig(BaseModel):
     max_clock_skew_seconds: float = Field(default=86400.0, gt=0)
     # Each verdict (and fail-safe verdict) written to the line's PLC; None: HTTP answers only.
     plc: OpcUaPlc | ModbusPlc | None = Field(default=None, discriminator="protocol")
+    # Read the part's id (DataMatrix, QR, 1-D) from the frame (zerodefect.edge.codes); None
+    # keeps the serial the camera posts.
+    codes: CodesConfig | None = None
 
     def record_api_key(self) -> str | None:
         return os.environ.get(self.record_api_key_env)

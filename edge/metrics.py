@@ -57,12 +57,18 @@ class EdgeMetrics:
             ["status"],
             registry=self.registry,
         )
+        # Only when the station reads part codes (codes:); unread parts also raise the record's andon.
+        self.codes = Counter(
+            "zd_part_codes", "Part codes read from the frame, by result", ["result"], registry=self.registry
+        )
 
     def observe(self, response: dict[str, Any], latency_ms: float, batch_size: int | None) -> None:
         self.latency.observe(latency_ms / 1000.0)
         self.verdicts.labels(response["verdict"], str(response["failsafe"]).lower()).inc()
         if batch_size:
             self.batch.observe(batch_size)
+        if response.get("code_read") is not None:
+            self.codes.labels("read" if response["code_read"] else "unread").inc()
 
     def set_model(self, name: str, version: str) -> None:
         self.model.clear()

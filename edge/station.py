@@ -13,7 +13,7 @@ import hmac
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from zerodefect.edge.batcher import MicroBatcher, Scored
+from zerodefect.edge.codes import CodeRead, CodeReader, unread_serial
 from zerodefect.edge.config import StationConfig
 from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PartMeta:
-    serial: str
+    # None when the camera leaves it to the station to read the part's code from the frame.
+    serial: str | None
     station: str
     batch: str | None = None
     camera: str | None = None
@@ -101,9 +103,19 @@ class Inspector:
         self.batcher = batcher
         self.outbox = outbox
         self.metrics = metrics
+        codes = config.codes
+        self.reader = CodeReader(codes) if codes is not None and codes.enabled else None
 
     def decode(self, data: bytes, content_type: str | None) -> tuple[np.ndarray, str]:
         return decode_checked(data, content_type, self.config.max_request_bytes, self.config.max_pixels)
+
+    def decode_and_read(
+        self, data: bytes, content_type: str | None
+    ) -> tuple[np.ndarray, str, CodeRead | None]:
+        """Decode the image and read the part's code (when configured) in one executor call:
+        both are CPU work that must stay off the event loop."""
+        image, kind = self.decode(data, content_type)
+        return image, kind, self.reader.read(image) if self.reader is not None else None
 
     async def inspect(
         self, data: bytes, content_type: str | None, meta: PartMeta, started: float
@@ -114,9 +126,16 @@ class Inspector:
             raise InputError(
                 422, f"unknown station {meta.station!r}; this edge serves {self.config.station!r}"
             )
+        if meta.serial is None and self.reader is None:
+            raise InputError(422, "serial is required: this station does not read the part's code (codes:)")
         check_meta(meta, self.config.max_clock_skew_seconds)
         loop = asyncio.get_running_loop()
-        image, kind = await loop.run_in_executor(None, self.decode, data, content_type)
+        image, kind, code = await loop.run_in_executor(None, self.decode_and_read, data, content_type)
+        if code is not None:
+            # The code on the part is its id; the posted serial only stands in when reading is off.
+            if code.text is None:
+                log.warning("part code not read (%s): outcome %s", code.reason, self.config.codes.unread)
+            meta = replace(meta, serial=code.text or unread_serial(hashlib.sha256(data).hexdigest()))
         budget = self.config.budget_ms / 1000.0
         remaining = budget - (time.perf_counter() - started)
         scored: Scored | None = None
@@ -128,7 +147,7 @@ class Inspector:
                 future.cancel()
         latency_ms = (time.perf_counter() - started) * 1000.0
         key = idempotency_key(meta, self.outbox.secret)
-        payload, response = self._result(key, meta, data, kind, scored, latency_ms)
+        payload, response = self._result(key, meta, data, kind, scored, latency_ms, code)
         created, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
         # The verdict is final once recorded; a camera's retry of a frame is not a second part.
         if self.plc is not None and created:
@@ -137,7 +156,14 @@ class Inspector:
         return response
 
     def _result(
-        self, key: str, meta: PartMeta, data: bytes, kind: str, scored: Scored | None, latency_ms: float
+        self,
+        key: str,
+        meta: PartMeta,
+        data: bytes,
+        kind: str,
+        scored: Scored | None,
+        latency_ms: float,
+        code: CodeRead | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The record's payload, validated against the wire contract here (InputError 422 for
         what the client sent, 500 for the station's own values), and the client's answer."""
@@ -153,10 +179,21 @@ class Inspector:
             log.warning(
                 "part %s not judged within %.0f ms: fail-safe %s", meta.serial, self.config.budget_ms, verdict
             )
+        unread = code is not None and code.text is None
+        if unread and self.config.codes.unread == "reject":
+            verdict = "reject"  # a part without a readable id cannot be traced: off the line
         image_sha = hashlib.sha256(data).hexdigest()
-        keep = self.config.store_images == "all" or (
-            self.config.store_images == "flagged"
-            and (verdict == "reject" or int(image_sha[:8], 16) / 0xFFFFFFFF < self.config.pass_sample_rate)
+        keep = (
+            self.config.store_images == "all"
+            or (
+                self.config.store_images == "flagged"
+                and (
+                    verdict == "reject"
+                    # an unread code's frame shows why (a dirty code, a moved part): kept even if passed
+                    or unread
+                    or int(image_sha[:8], 16) / 0xFFFFFFFF < self.config.pass_sample_rate
+                )
+            )
         )
         # An anomaly model's heatmap goes with the image it was computed on, never alone.
         heatmap = scored.result.heatmap if keep and scored is not None else None
@@ -200,6 +237,8 @@ class Inspector:
             "model_name": model.name,
             "model_version": model.version,
             "latency_ms": part.latency_ms,
+            # None when the station does not read codes; else whether it read this part's.
+            "code_read": None if code is None else not unread,
         }
         return payload, response
 

@@ -32,6 +32,9 @@ MAX_HEATMAP_B64 = 3 * 1024 * 1024
 # Parts come from cameras installed this century; a station's clock may run up to a day ahead.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_AHEAD = timedelta(days=1)
+# The serial of a part whose code the station could not read from its frame (edge.codes):
+# UNREAD-<first 8 hex of the image's sha256>; the record's andon counts them (unread_rate).
+UNREAD_PREFIX = "UNREAD-"
 
 
 def check_text(value: str, pattern: re.Pattern[str] = CONTROL) -> str:

@@ -4,7 +4,9 @@ Rules (configs/andon.yaml, defaults below, overridable per station):
 - `ucl`: an hour's reject rate above its p-chart upper control limit (zerodefect.quality.spc);
 - `consecutive_defects`: N rejects in a row;
 - `false_reject_rate_above`: reviewed rejects that were false, above X (with enough reviews);
-- `silent_seconds`: the station has posted nothing for T seconds.
+- `silent_seconds`: the station has posted nothing for T seconds;
+- `unread_rate_above`: parts whose code the station could not read (serial UNREAD-...), above X
+  of its last parts.
 
 Each rule is one function that returns its breaches; RULES maps the name an alert carries to its
 rule, and the evaluator iterates it, so a new rule is one function and one entry.
@@ -33,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from zerodefect.backoff import backoff_delay
 from zerodefect.configfile import load_yaml_model
+from zerodefect.inference.wire import UNREAD_PREFIX
 from zerodefect.quality.buckets import hour_end, hour_label, reject_counts
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station
 from zerodefect.quality.spc import p_chart
@@ -62,6 +65,10 @@ class Rules(BaseModel):
     min_reviews: int = Field(default=20, ge=1)
     review_window_hours: int = Field(default=24, ge=1)
     silent_seconds: float | None = Field(default=300, gt=0)
+    # Parts whose code was not read (a dirty code, a moved fixture, a failing light), over this
+    # share of the station's last `unread_window_parts` (judged once that many have been seen).
+    unread_rate_above: float | None = Field(default=0.05, gt=0, lt=1)
+    unread_window_parts: int = Field(default=200, ge=10)
 
 
 class AndonConfig(BaseModel):
@@ -185,26 +192,70 @@ def false_reject_rate(session: Session, station: Station, rules: Rules, now: dat
     ).all()
     false = sum(1 for (status,) in reviewed if status == "false_reject")
     rate = false / len(reviewed) if reviewed else 0.0
-    episodes = session.scalars(
-        select(Alert).where(Alert.station_id == station.id, Alert.rule == "false_reject_rate")
-    ).all()
-    if len(reviewed) >= rules.min_reviews and rate > rules.false_reject_rate_above:
+    return episode(
+        session,
+        station,
+        "false_reject_rate",
+        len(reviewed) >= rules.min_reviews and rate > rules.false_reject_rate_above,
+        lambda: (
+            f"false-reject rate {rate:.3f} over the last {len(reviewed)} reviewed rejects is "
+            f"above {rules.false_reject_rate_above}"
+        ),
+        rate,
+        rules.false_reject_rate_above,
+        now,
+    )
+
+
+def episode(
+    session: Session,
+    station: Station,
+    rule: str,
+    breached: bool,
+    message: Callable[[], str],
+    value: float,
+    limit: float,
+    now: datetime,
+) -> list[Breach]:
+    """A rate rule's breach, one per episode: while the rate stays above its limit the open
+    episode is not raised again; once it is back under, the episode clears and the next may start."""
+    episodes = session.scalars(select(Alert).where(Alert.station_id == station.id, Alert.rule == rule)).all()
+    if breached:
         if all(a.cleared_at is not None for a in episodes):
-            return [
-                Breach(
-                    f"episode {len(episodes) + 1}",
-                    f"false-reject rate {rate:.3f} over the last {len(reviewed)} reviewed rejects is "
-                    f"above {rules.false_reject_rate_above}",
-                    rate,
-                    rules.false_reject_rate_above,
-                )
-            ]
+            return [Breach(f"episode {len(episodes) + 1}", message(), value, limit)]
         return []
     for alert in episodes:
         if alert.cleared_at is None:
             alert.cleared_at = now
     session.commit()
     return []
+
+
+def unread_rate(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
+    """Parts whose code the station could not read, above the limit among its last parts."""
+    if rules.unread_rate_above is None:
+        return []
+    serials = session.scalars(
+        select(Inspection.serial)
+        .where(Inspection.station_id == station.id)
+        .order_by(Inspection.id.desc())
+        .limit(rules.unread_window_parts)
+    ).all()
+    unread = sum(1 for serial in serials if serial.startswith(UNREAD_PREFIX))
+    rate = unread / len(serials) if serials else 0.0
+    return episode(
+        session,
+        station,
+        "unread_rate",
+        len(serials) >= rules.unread_window_parts and rate > rules.unread_rate_above,
+        lambda: (
+            f"{unread} of the last {len(serials)} parts had no readable code ({rate:.3f}, "
+            f"limit {rules.unread_rate_above})"
+        ),
+        rate,
+        rules.unread_rate_above,
+        now,
+    )
 
 
 def silent(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
@@ -231,6 +282,7 @@ RULES: dict[str, Rule] = {
     "ucl": above_control_limit,
     "false_reject_rate": false_reject_rate,
     "silent": silent,
+    "unread_rate": unread_rate,
 }
 
 

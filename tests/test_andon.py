@@ -36,7 +36,7 @@ def record(data_dir: Path):
 
 
 def add_parts(app, images, verdicts: str, at: datetime) -> None:
-    """One inspection per character: r = reject, p = pass."""
+    """One inspection per character: r = reject, p = pass, u = a pass whose code was not read."""
     with app.state.sessions() as session:
         from zerodefect.quality.models import Station
 
@@ -44,7 +44,7 @@ def add_parts(app, images, verdicts: str, at: datetime) -> None:
         for i, v in enumerate(verdicts):
             body = InspectionIn(
                 key=f"k-andon-{next(_keys):06d}",
-                serial=f"S{i}",
+                serial=f"UNREAD-{next(_keys):08x}" if v == "u" else f"S{i}",
                 captured_at=at + timedelta(seconds=i),
                 model_name="m",
                 model_version="1",
@@ -55,7 +55,13 @@ def add_parts(app, images, verdicts: str, at: datetime) -> None:
 
 
 def rules(**only) -> AndonConfig:
-    off = {"ucl": False, "consecutive_defects": None, "false_reject_rate_above": None, "silent_seconds": None}
+    off = {
+        "ucl": False,
+        "consecutive_defects": None,
+        "false_reject_rate_above": None,
+        "silent_seconds": None,
+        "unread_rate_above": None,
+    }
     return AndonConfig(defaults=Rules(**(off | only)))
 
 
@@ -229,6 +235,29 @@ def test_a_false_reject_rate_alert_fires_once_per_episode(record) -> None:
     review("ffffff")  # ...and a new one begins
     with app.state.sessions() as session:
         assert len(evaluate_all(session, config, now)) == 1
+    assert [b for r, b in alerts(app)] == ["episode 1", "episode 2"]
+
+
+def test_an_unread_code_rate_alert_fires_once_per_episode(record) -> None:
+    """Parts whose code the station could not read (serial UNREAD-...) above 10 % of the last
+    20: one alert per episode, none before 20 parts, and a new one after the rate came back."""
+    app, images = record
+    config = rules(unread_rate_above=0.1, unread_window_parts=20)
+    add_parts(app, images, "uuu" + "p" * 10, T0)  # 3 of 13: too few parts to judge
+    with app.state.sessions() as session:
+        assert evaluate_all(session, config, T0) == []
+    add_parts(app, images, "p" * 7, T0)  # 3 of the last 20 > 10 %
+    with app.state.sessions() as session:
+        raised = evaluate_all(session, config, T0)
+        assert [(a.rule, a.value) for a in raised] == [("unread_rate", 0.15)]
+        assert "3 of the last 20 parts had no readable code" in raised[0].message
+        assert evaluate_all(session, config, T0) == []  # the same episode
+    add_parts(app, images, "p" * 20, T0)  # back to 0: clears
+    with app.state.sessions() as session:
+        assert evaluate_all(session, config, T0) == []
+    add_parts(app, images, "uu" + "p" * 16 + "u", T0)  # 3 of 20 again (2 would be 10 %, not above)
+    with app.state.sessions() as session:
+        assert len(evaluate_all(session, config, T0)) == 1
     assert [b for r, b in alerts(app)] == ["episode 1", "episode 2"]
 
 
