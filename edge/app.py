@@ -82,7 +82,7 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         except (BundleError, StationConfigError) as exc:
             log.error("station %s cannot start: %s", config.station, exc)
             raise
-        outbox = Outbox(config.outbox)
+        outbox = Outbox(config.outbox, destinations=("mqtt",) if config.mqtt else ())
         batcher = MicroBatcher(holder, config.max_batch, config.batch_wait_ms)
         metrics = EdgeMetrics(
             lambda: batcher.depth, lambda: outbox.counts()["pending"], lambda: outbox.counts()["dead"]
@@ -93,7 +93,14 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         if config.record_url:
             forwarder = Forwarder(outbox, config.record_url, config.record_api_key(), metrics=metrics)
             forwarder.start()
+        publisher = None
+        if config.mqtt:
+            from zerodefect.edge.mqtt import MqttPublisher
+
+            publisher = MqttPublisher(outbox, config.mqtt, config.station, config.line or "")
+            publisher.start()
         state.update(
+            mqtt=publisher,
             holder=holder,
             outbox=outbox,
             batcher=batcher,
@@ -117,6 +124,8 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
                 task.cancel()
         if forwarder:
             forwarder.stop()
+        if publisher:
+            publisher.stop()
         batcher.stop()
         outbox.close()
 
@@ -189,6 +198,8 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             "outbox": state["outbox"].counts() if ready else None,
             "record_reachable": forwarder.record_up if forwarder else None,
         }
+        if ready and state.get("mqtt"):
+            body["mqtt"] = {"connected": state["mqtt"].connected, "pending": state["mqtt"].pending()}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}})

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from zerodefect.configfile import load_yaml_model
 from zerodefect.inference.signing import SigningKeyError, load_public_key
@@ -15,6 +15,28 @@ from zerodefect.inference.signing import SigningKeyError, load_public_key
 
 class StationConfigError(ValueError):
     """A station config that cannot be used; names the file and the key."""
+
+
+class MqttConfig(BaseModel):
+    """Where the station publishes its results for the MES (zerodefect.edge.mqtt)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    # The topic is zd/v1/{site}/{line}/{station}/...; the line is the station's `line`.
+    site: str = Field(min_length=1, max_length=100, pattern=r"^[^/#+]+$")
+    client_id: str | None = None
+    username: str | None = None
+    # The broker password is a secret: read from this environment variable, never from YAML.
+    password_env: str = "ZD_MQTT_PASSWORD"
+    keepalive_seconds: int = Field(default=30, ge=5, le=3600)
+    tls: bool = False
+    # paho reconnects by itself, waiting 1, 2, 4... s up to this.
+    reconnect_max_seconds: int = Field(default=30, ge=1, le=3600)
+
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env)
 
 
 class StationConfig(BaseModel):
@@ -54,6 +76,21 @@ class StationConfig(BaseModel):
     # camera with a dead clock battery must not write year 0001 or 9999 into the record, which
     # itself refuses times before 2000 or more than a day ahead of its own clock.
     max_clock_skew_seconds: float = Field(default=86400.0, gt=0)
+    # Results to the MES over MQTT, from the same outbox as the record's; None publishes nothing.
+    mqtt: MqttConfig | None = None
+
+    @model_validator(mode="after")
+    def _mqtt_topic_is_valid(self) -> StationConfig:
+        """The MQTT topic names the line and the station: both must exist and be topic-safe."""
+        if self.mqtt is not None:
+            if not self.line:
+                raise ValueError(
+                    "mqtt needs the station's `line` (its topic is zd/v1/{site}/{line}/{station})"
+                )
+            for name, value in (("line", self.line), ("station", self.station)):
+                if any(c in value for c in "/#+"):
+                    raise ValueError(f"mqtt: {name} {value!r} cannot be part of a topic (no '/', '#', '+')")
+        return self
 
     def record_api_key(self) -> str | None:
         return os.environ.get(self.record_api_key_env)
