@@ -20,8 +20,10 @@ from zerodefect.edge.config import StationConfig, StationConfigError
 from zerodefect.edge.forwarder import Forwarder
 from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
+from zerodefect.edge.mqtt import MqttPublisher
 from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.station import Inspector, PartMeta
+from zerodefect.edge.webhooks import WebhookSender, destination
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.bundle import BundleError
 from zerodefect.inference.imagecheck import InputError
@@ -82,7 +84,8 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         except (BundleError, StationConfigError) as exc:
             log.error("station %s cannot start: %s", config.station, exc)
             raise
-        outbox = Outbox(config.outbox, destinations=("mqtt",) if config.mqtt else ())
+        hooks = [destination(target) for target in config.webhooks]
+        outbox = Outbox(config.outbox, destinations=(("mqtt",) if config.mqtt else ()) + tuple(hooks))
         batcher = MicroBatcher(holder, config.max_batch, config.batch_wait_ms)
         metrics = EdgeMetrics(
             lambda: batcher.depth, lambda: outbox.counts()["pending"], lambda: outbox.counts()["dead"]
@@ -95,10 +98,11 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             forwarder.start()
         publisher = None
         if config.mqtt:
-            from zerodefect.edge.mqtt import MqttPublisher
-
             publisher = MqttPublisher(outbox, config.mqtt, config.station, config.line or "")
             publisher.start()
+        senders = [WebhookSender(outbox, target, config.station, config.line) for target in config.webhooks]
+        for sender in senders:
+            sender.start()
         state.update(
             mqtt=publisher,
             holder=holder,
@@ -126,6 +130,8 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             forwarder.stop()
         if publisher:
             publisher.stop()
+        for sender in senders:
+            sender.stop()
         batcher.stop()
         outbox.close()
 

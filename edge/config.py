@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from zerodefect.configfile import load_yaml_model
 from zerodefect.inference.signing import SigningKeyError, load_public_key
@@ -37,6 +37,17 @@ class MqttConfig(BaseModel):
 
     def password(self) -> str | None:
         return os.environ.get(self.password_env)
+
+
+class WebhookConfig(BaseModel):
+    """A QMS / no-code endpoint that gets each result as signed JSON (zerodefect.edge.webhooks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+    # The signing secret is read from this environment variable, never from YAML; None sends
+    # unsigned.
+    secret_env: str | None = Field(default=None, min_length=1)
 
 
 class StationConfig(BaseModel):
@@ -78,6 +89,8 @@ class StationConfig(BaseModel):
     max_clock_skew_seconds: float = Field(default=86400.0, gt=0)
     # Results to the MES over MQTT, from the same outbox as the record's; None publishes nothing.
     mqtt: MqttConfig | None = None
+    # Results to QMS / no-code webhooks, each from the same outbox.
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _mqtt_topic_is_valid(self) -> StationConfig:

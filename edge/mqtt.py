@@ -26,27 +26,17 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from zerodefect.edge.config import MqttConfig
-from zerodefect.edge.outbox import Outbox
+from zerodefect.edge.outbox import Outbox, light_result
 
 log = logging.getLogger(__name__)
 
 DESTINATION = "mqtt"
 # Results handed to paho and not yet acknowledged, at most: bounds memory in a slow broker.
 MAX_IN_FLIGHT = 256
-# The payload fields the MES gets: not the image nor the heatmap (megabytes), which stay with
-# the record.
-HEAVY_FIELDS = ("image_b64", "heatmap_b64", "image_type")
 
 
 def topic_base(site: str, line: str, station: str) -> str:
     return f"zd/v1/{site}/{line}/{station}"
-
-
-def result_message(payload: dict[str, Any], site: str, line: str, station: str) -> bytes:
-    """The JSON an MES receives for one part: the record's fields, light, with where it came from."""
-    body = {k: v for k, v in payload.items() if k not in HEAVY_FIELDS}
-    body.update(site=site, line=line, station=station)
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 class MqttPublisher:
@@ -142,7 +132,10 @@ class MqttPublisher:
             ):
                 if key in self._in_flight:
                     continue
-                message = result_message(payload, self.config.site, self.line, self.station)
+                message = json.dumps(
+                    light_result(payload, site=self.config.site, line=self.line, station=self.station),
+                    separators=(",", ":"),
+                ).encode()
                 info = self.client.publish(self.result_topic, message, qos=1)
                 if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                     break

@@ -45,6 +45,19 @@ CREATE INDEX IF NOT EXISTS forwarding_due ON forwarding (destination, delivered,
 """
 
 
+# What the other destinations get of a result: the record's fields but not the image nor the
+# heatmap (megabytes), which stay with the record.
+HEAVY_FIELDS = ("image_b64", "heatmap_b64", "image_type")
+
+
+def light_result(payload: dict[str, Any], **where: str | None) -> dict[str, Any]:
+    """A part's result for an MES or a QMS: the record's payload without the heavy fields, plus
+    where it came from (site, line, station)."""
+    body = {k: v for k, v in payload.items() if k not in HEAVY_FIELDS}
+    body.update(where)
+    return body
+
+
 class Outbox:
     def __init__(self, path: Path, destinations: tuple[str, ...] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -87,15 +87,17 @@ def broker(folder: Path) -> Iterator[Broker]:
 
 
 class Subscriber:
-    """A persistent QoS 1 subscriber (clean_session off): across a broker restart it keeps its
-    subscription and gets what was queued for it. Collects (topic, payload, retained)."""
+    """A QoS 1 subscriber, persistent by default (clean_session off): across a broker restart it
+    keeps its subscription and gets what was queued for it. Collects (topic, payload, retained)."""
 
-    def __init__(self, port: int, topic: str, client_id: str = "zd-test-mes"):
+    def __init__(self, port: int, topic: str, client_id: str = "zd-test-mes", persistent: bool = True):
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self.topic = topic
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent
+        )
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: self.subscribed.set()

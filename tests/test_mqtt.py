@@ -31,7 +31,7 @@ def mqtt_section(port: int) -> dict:
 
 def status_now(port: int) -> tuple[bytes, bool]:
     """What a subscriber connecting now learns of the station: the retained status."""
-    fresh = Subscriber(port, f"{TOPIC}/status", client_id="zd-test-status")
+    fresh = Subscriber(port, f"{TOPIC}/status", client_id="zd-test-status", persistent=False)
     try:
         wait_for(lambda: fresh.messages, 10)
         _, payload, retained = fresh.messages[-1]

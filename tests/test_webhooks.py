@@ -1,5 +1,6 @@
-"""Signed andon webhooks, checked by the sample receiver (zerodefect.webhooks.verify) behind
-real HTTP: a genuine request passes; a changed body, an old timestamp or another secret do not."""
+"""Signed webhooks (the record's andon alerts, the station's results), checked by the sample
+receiver (zerodefect.webhooks.verify) behind real HTTP: a genuine request passes; a changed
+body, an old timestamp or another secret do not."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from zerodefect.edge.app import create_app as create_edge
 from zerodefect.quality.andon import AndonConfig, deliver_due, evaluate_all, load_config
 from zerodefect.quality.models import AlertDelivery
 from zerodefect.webhooks import DEFAULT_TOLERANCE_SECONDS, SignatureError, sign, verify
 
 from .servers import serve
 from .test_andon import T0, add_parts, record, rules  # noqa: F401  (record is a fixture)
+from .test_edge import png, post, station, wait_for
 
 SECRET = "whsec-test-2f9c1e"
 # The first retry's back-off (zerodefect.backoff: 1 s * 2**1).
@@ -125,3 +128,32 @@ def test_verify_refuses_what_it_cannot_read() -> None:
     for header in ("", "v1=abc", "t=soon,v1=abc", f"t={now}"):
         with pytest.raises(SignatureError):
             verify(body, header, SECRET, now=now)
+
+
+def test_each_result_goes_to_a_signed_webhook_once_even_when_it_fails_first(
+    tmp_path, data_dir, bundles, monkeypatch
+) -> None:
+    monkeypatch.setenv("ZD_WEBHOOK_QMS_SECRET", SECRET)
+    hook, accepted = receiver(SECRET, [0.0])
+    answers = {"count": 0}
+
+    @hook.middleware("http")
+    async def down_at_first(request: Request, call_next):
+        answers["count"] += 1
+        if answers["count"] <= 2:  # the QMS is restarting: the station must retry
+            return JSONResponse({"detail": "starting"}, status_code=503)
+        return await call_next(request)
+
+    with serve(hook) as hook_url:
+        target = {"url": f"{hook_url}/hooks/zd", "secret_env": "ZD_WEBHOOK_QMS_SECRET"}
+        config = station(tmp_path, str(bundles["reject"]), line="L1", webhooks=[target])
+        with serve(create_edge(config)) as url:
+            keys = {
+                post(url, png(60 + i), serial=f"SN-{i}", frame_id=f"f{i}").json()["key"] for i in range(5)
+            }
+            wait_for(lambda: len(accepted) >= 5)
+    results = [httpx.Response(200, content=body).json()["result"] for body, _ in accepted]
+    assert sorted(r["key"] for r in results) == sorted(keys)  # each part once, after the retries
+    assert {h["x-zd-delivery"] for _, h in accepted} == keys
+    assert all(r["station"] == "st-01" and r["line"] == "L1" and "image_b64" not in r for r in results)
+    assert answers["count"] == 7
