@@ -16,7 +16,9 @@ import pytest
 from pydantic import ValidationError
 
 from zerodefect.edge.app import create_app as create_edge
-from zerodefect.edge.config import StationConfig
+from zerodefect.edge.config import MqttConfig, StationConfig
+from zerodefect.edge.mqtt import MqttPublisher
+from zerodefect.edge.outbox import Outbox
 
 from .mosquitto import Subscriber, broker, wait_for
 from .servers import serve
@@ -145,3 +147,33 @@ def test_the_mqtt_section_is_strict() -> None:
         StationConfig(**(base | {"station": "st/01"}), mqtt={"host": "h", "site": "plant1"})
     with pytest.raises(ValidationError, match="extra"):
         StationConfig(**base, mqtt={"host": "h", "site": "plant1", "qos": 2})
+
+
+def test_results_queued_while_the_station_was_down_go_out_when_it_starts(tmp_path: Path) -> None:
+    """The outbox keeps each destination's state apart: the record having a result does not
+    take it from the MES, and what a stopped station had not published goes out on its start."""
+    outbox = Outbox(tmp_path / "outbox.db", destinations=("mqtt",))
+    for i in range(5):
+        outbox.put(f"k{i}", {"key": f"k{i}", "serial": f"SN-{i}", "image_b64": "AAAA"}, {"key": f"k{i}"})
+    outbox.delivered("k0")  # the record has it; the MES not yet
+    assert outbox.counts()["pending"] == 4 and outbox.counts_for("mqtt") == {
+        "total": 5,
+        "delivered": 0,
+        "pending": 5,
+    }
+    outbox.close()
+    (tmp_path / "broker").mkdir()
+    with broker(tmp_path / "broker") as mosquitto:
+        mes = Subscriber(mosquitto.port, f"{TOPIC}/result", client_id="zd-test-restart", persistent=False)
+        outbox = Outbox(tmp_path / "outbox.db", destinations=("mqtt",))  # the station starts again
+        publisher = MqttPublisher(outbox, MqttConfig(**mqtt_section(mosquitto.port)), "st-01", "L1")
+        publisher.start()
+        try:
+            wait_for(lambda: publisher.pending() == 0, 10)
+            wait_for(lambda: len(mes.messages) >= 5, 10)
+        finally:
+            publisher.stop()
+            mes.close()
+            outbox.close()
+    assert sorted(m["key"] for m in mes.json()) == [f"k{i}" for i in range(5)]
+    assert all("image_b64" not in m and m["site"] == "plant1" for m in mes.json())
