@@ -29,7 +29,14 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
 		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium)
 
-test: $(STAMP) $(CHROMIUM)
+# The MQTT tests run against Debian's mosquitto, started by the suite on a loopback port.
+MOSQUITTO := /usr/sbin/mosquitto
+
+$(MOSQUITTO):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto \
+		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto)
+
+test: $(STAMP) $(CHROMIUM) $(MOSQUITTO)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

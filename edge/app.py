@@ -20,9 +20,11 @@ from zerodefect.edge.config import StationConfig, StationConfigError
 from zerodefect.edge.forwarder import Forwarder
 from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
+from zerodefect.edge.mqtt import MqttPublisher
 from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.plc import PlcLink
 from zerodefect.edge.station import Inspector, PartMeta
+from zerodefect.edge.webhooks import WebhookSender, destination
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.bundle import BundleError
 from zerodefect.inference.imagecheck import InputError
@@ -85,7 +87,8 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         except (BundleError, StationConfigError) as exc:
             log.error("station %s cannot start: %s", config.station, exc)
             raise
-        outbox = Outbox(config.outbox)
+        hooks = [destination(target) for target in config.webhooks]
+        outbox = Outbox(config.outbox, destinations=(("mqtt",) if config.mqtt else ()) + tuple(hooks))
         batcher = MicroBatcher(holder, config.max_batch, config.batch_wait_ms)
         metrics = EdgeMetrics(
             lambda: batcher.depth, lambda: outbox.counts()["pending"], lambda: outbox.counts()["dead"]
@@ -100,8 +103,16 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         if config.plc is not None:
             plc = PlcLink(config.plc, metrics.registry)
             plc.start()
+        publisher = None
+        if config.mqtt:
+            publisher = MqttPublisher(outbox, config.mqtt, config.station, config.line or "")
+            publisher.start()
+        senders = [WebhookSender(outbox, target, config.station, config.line) for target in config.webhooks]
+        for sender in senders:
+            sender.start()
         state.update(
             plc=plc,
+            mqtt=publisher,
             holder=holder,
             outbox=outbox,
             batcher=batcher,
@@ -127,6 +138,10 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             await plc.stop()
         if forwarder:
             forwarder.stop()
+        if publisher:
+            publisher.stop()
+        for sender in senders:
+            sender.stop()
         batcher.stop()
         outbox.close()
 
@@ -202,6 +217,8 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             # A PLC link that is down never makes the station unready: it judges and records on.
             "plc": state["plc"].state() if state.get("plc") else None,
         }
+        if ready and state.get("mqtt"):
+            body["mqtt"] = {"connected": state["mqtt"].connected, "pending": state["mqtt"].pending()}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}})

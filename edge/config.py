@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from zerodefect.configfile import load_yaml_model
 from zerodefect.edge.codes import CodesConfig
@@ -64,6 +64,39 @@ class ModbusPlc(PlcBase):
     heartbeat_register: int | None = Field(default=None, ge=0, le=65535)
 
 
+class MqttConfig(BaseModel):
+    """Where the station publishes its results for the MES (zerodefect.edge.mqtt)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    # The topic is zd/v1/{site}/{line}/{station}/...; the line is the station's `line`.
+    site: str = Field(min_length=1, max_length=100, pattern=r"^[^/#+]+$")
+    client_id: str | None = None
+    username: str | None = None
+    # The broker password is a secret: read from this environment variable, never from YAML.
+    password_env: str = "ZD_MQTT_PASSWORD"
+    keepalive_seconds: int = Field(default=30, ge=5, le=3600)
+    tls: bool = False
+    # paho reconnects by itself, waiting 1, 2, 4... s up to this.
+    reconnect_max_seconds: int = Field(default=30, ge=1, le=3600)
+
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env)
+
+
+class WebhookConfig(BaseModel):
+    """A QMS / no-code endpoint that gets each result as signed JSON (zerodefect.edge.webhooks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+    # The signing secret is read from this environment variable, never from YAML; None sends
+    # unsigned.
+    secret_env: str | None = Field(default=None, min_length=1)
+
+
 class StationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -106,6 +139,23 @@ class StationConfig(BaseModel):
     # Read the part's id (DataMatrix, QR, 1-D) from the frame (zerodefect.edge.codes); None
     # keeps the serial the camera posts.
     codes: CodesConfig | None = None
+    # Results to the MES over MQTT, from the same outbox as the record's; None publishes nothing.
+    mqtt: MqttConfig | None = None
+    # Results to QMS / no-code webhooks, each from the same outbox.
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _mqtt_topic_is_valid(self) -> StationConfig:
+        """The MQTT topic names the line and the station: both must exist and be topic-safe."""
+        if self.mqtt is not None:
+            if not self.line:
+                raise ValueError(
+                    "mqtt needs the station's `line` (its topic is zd/v1/{site}/{line}/{station})"
+                )
+            for name, value in (("line", self.line), ("station", self.station)):
+                if any(c in value for c in "/#+"):
+                    raise ValueError(f"mqtt: {name} {value!r} cannot be part of a topic (no '/', '#', '+')")
+        return self
 
     def record_api_key(self) -> str | None:
         return os.environ.get(self.record_api_key_env)

@@ -4,6 +4,10 @@ A local SQLite file (WAL, synchronous=FULL) holds results until the quality reco
 them. Keys are idempotency keys, so a result is written once however often a camera retries,
 and the record stores it once however often the forwarder delivers it. Killing the process at
 any moment loses nothing that was acknowledged.
+
+The record is the outbox's first destination (the columns of `outbox`); other destinations
+(the MES over MQTT) each get a row in `forwarding`, written in the same transaction as the
+result, so every destination has its own delivery state and none waits for another.
 """
 
 from __future__ import annotations
@@ -29,11 +33,33 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, dead, next_try);
 CREATE TABLE IF NOT EXISTS station_secret (id INTEGER PRIMARY KEY CHECK (id = 1), value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS forwarding (
+    destination TEXT NOT NULL,
+    key TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0,
+    delivered REAL,
+    PRIMARY KEY (destination, key)
+);
+CREATE INDEX IF NOT EXISTS forwarding_due ON forwarding (destination, delivered, next_try);
 """
 
 
+# What the other destinations get of a result: the record's fields but not the image nor the
+# heatmap (megabytes), which stay with the record.
+HEAVY_FIELDS = ("image_b64", "heatmap_b64", "image_type")
+
+
+def light_result(payload: dict[str, Any], **where: str | None) -> dict[str, Any]:
+    """A part's result for an MES or a QMS: the record's payload without the heavy fields, plus
+    where it came from (site, line, station)."""
+    body = {k: v for k, v in payload.items() if k not in HEAVY_FIELDS}
+    body.update(where)
+    return body
+
+
 class Outbox:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, destinations: tuple[str, ...] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
@@ -51,6 +77,10 @@ class Outbox:
             self._db.execute("SELECT value FROM station_secret WHERE id = 1").fetchone()[0]
         )
         self.wakeup = threading.Event()
+        # Other destinations than the record: each result is queued for each of them, and each
+        # has its own wake-up, so one consumer clearing its event never hides a result from another.
+        self.destinations = destinations
+        self.wakeups = {name: threading.Event() for name in destinations}
 
     def put(self, key: str, payload: dict[str, Any], response: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """Persist a result; returns (created, the response stored under this key).
@@ -58,16 +88,31 @@ class Outbox:
         A repeated key (a camera retrying a frame) returns the first answer unchanged.
         """
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO outbox (key, payload, response, created) VALUES (?, ?, ?, ?)",
-                (key, json.dumps(payload), json.dumps(response), time.time()),
-            )
-            created = cursor.rowcount == 1
+            # One transaction: a result is never on disk without its entries for the other
+            # destinations.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO outbox (key, payload, response, created) VALUES (?, ?, ?, ?)",
+                    (key, json.dumps(payload), json.dumps(response), time.time()),
+                )
+                created = cursor.rowcount == 1
+                if created:
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO forwarding (destination, key) VALUES (?, ?)",
+                        [(name, key) for name in self.destinations],
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             if not created:
                 stored = self._db.execute("SELECT response FROM outbox WHERE key = ?", (key,)).fetchone()
                 response = json.loads(stored[0])
         if created:
             self.wakeup.set()
+            for event in self.wakeups.values():
+                event.set()
         return created, response
 
     def due(self, limit: int = 32) -> list[tuple[str, dict[str, Any], int]]:
@@ -106,6 +151,40 @@ class Outbox:
             ).fetchone()
         total, delivered, dead = (int(v or 0) for v in row)
         return {"total": total, "delivered": delivered, "dead": dead, "pending": total - delivered - dead}
+
+    def due_for(self, destination: str, limit: int = 32) -> list[tuple[str, dict[str, Any], int]]:
+        """Results not yet delivered to `destination` (not the record), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT f.key, o.payload, f.attempts FROM forwarding f JOIN outbox o ON o.key = f.key "
+                "WHERE f.destination = ? AND f.delivered IS NULL AND f.next_try <= ? "
+                "ORDER BY o.created LIMIT ?",
+                (destination, time.time(), limit),
+            ).fetchall()
+        return [(k, json.loads(p), a) for k, p, a in rows]
+
+    def delivered_to(self, destination: str, key: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE forwarding SET delivered = ?, attempts = attempts + 1 WHERE destination = ? AND key = ?",
+                (time.time(), destination, key),
+            )
+
+    def retry_for(self, destination: str, key: str, delay: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE forwarding SET attempts = attempts + 1, next_try = ? WHERE destination = ? AND key = ?",
+                (time.time() + delay, destination, key),
+            )
+
+    def counts_for(self, destination: str) -> dict[str, int]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*), SUM(delivered IS NOT NULL) FROM forwarding WHERE destination = ?",
+                (destination,),
+            ).fetchone()
+        total, delivered = (int(v or 0) for v in row)
+        return {"total": total, "delivered": delivered, "pending": total - delivered}
 
     def close(self) -> None:
         with self._lock:

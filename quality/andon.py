@@ -15,14 +15,17 @@ Every alert names its breach (the hour, the first part of the streak, the moment
 began...), and (station, rule, breach) is unique in the table: evaluating again, from any
 number of processes, never raises the same breach twice. Each alert is delivered to every
 webhook as JSON; a failing webhook is retried with exponential back-off, and the delivery state
-lives in the database, so a restart does not lose or repeat an alert.
+lives in the database, so a restart does not lose or repeat an alert. A webhook given with a
+secret gets each request signed (HMAC-SHA256, zerodefect.webhooks), so a QMS can tell it is ours.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +43,7 @@ from zerodefect.quality.buckets import hour_end, hour_label, reject_counts
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station
 from zerodefect.quality.spc import p_chart
 from zerodefect.quality.store import as_utc
+from zerodefect.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +75,32 @@ class Rules(BaseModel):
     unread_window_parts: int = Field(default=200, ge=10)
 
 
+class WebhookTarget(BaseModel):
+    """A webhook whose requests are signed (zerodefect.webhooks) with its own secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+    # The signing secret is read from this environment variable when sending, never from YAML.
+    secret_env: str = Field(min_length=1)
+
+
 class AndonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    webhooks: list[HttpUrl] = Field(default_factory=list)
+    # A URL (unsigned) or {url, secret_env} (HMAC-SHA256 signed with that target's secret).
+    webhooks: list[HttpUrl | WebhookTarget] = Field(default_factory=list)
     defaults: Rules = Field(default_factory=Rules)
     # Per station: only the rules that differ from the defaults.
     stations: dict[str, dict] = Field(default_factory=dict)
     interval_seconds: float = Field(default=10, gt=0)
+
+    def webhook_urls(self) -> list[str]:
+        return [str(w.url) if isinstance(w, WebhookTarget) else str(w) for w in self.webhooks]
+
+    def webhook_secret_envs(self) -> dict[str, str]:
+        """URL -> the environment variable holding its signing secret, for the signed targets."""
+        return {str(w.url): w.secret_env for w in self.webhooks if isinstance(w, WebhookTarget)}
 
     def rules_for(self, station: str) -> Rules:
         return Rules.model_validate(self.defaults.model_dump() | self.stations.get(station, {}))
@@ -336,7 +358,7 @@ def evaluate_all(session: Session, config: AndonConfig, now: datetime | None = N
     now = now or datetime.now(UTC)
     out: list[Alert] = []
     for station in session.scalars(select(Station).order_by(Station.id)).all():
-        out += evaluate_station(session, station, config.rules_for(station.name), config.webhooks, now)
+        out += evaluate_station(session, station, config.rules_for(station.name), config.webhook_urls(), now)
     return out
 
 
@@ -354,10 +376,34 @@ def alert_json(alert: Alert) -> dict:
     }
 
 
-def deliver_due(session: Session, client: httpx.Client, now: datetime | None = None) -> int:
+def _post(client: httpx.Client, delivery: AlertDelivery, secret_env: str | None) -> tuple[bool, str]:
+    """One attempt: the alert as JSON, signed afresh (a retry hours later is still fresh) when
+    the target has a secret; a signed target whose secret is missing is not sent unsigned."""
+    body = json.dumps({"alert": alert_json(delivery.alert)}, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", DELIVERY_HEADER: str(delivery.id)}
+    if secret_env is not None:
+        secret = os.environ.get(secret_env)
+        if not secret:
+            return False, f"no signing secret: ${secret_env} is not set"
+        headers[SIGNATURE_HEADER] = sign(body, secret)
+    try:
+        answer = client.post(delivery.url, content=body, headers=headers, timeout=5)
+    except Exception as exc:  # any failure is this delivery's, never the loop's
+        return False, f"{type(exc).__name__}: {exc}"
+    return answer.is_success, f"HTTP {answer.status_code}"
+
+
+def deliver_due(
+    session: Session,
+    client: httpx.Client,
+    now: datetime | None = None,
+    secret_envs: Mapping[str, str] | None = None,
+) -> int:
     """POST every due delivery once; failures wait 2, 4, 8... s (at most 5 min) and are retried
-    up to MAX_ATTEMPTS times. Returns the number delivered."""
+    up to MAX_ATTEMPTS times. `secret_envs` (AndonConfig.webhook_secret_envs) names the
+    targets that are signed. Returns the number delivered."""
     now = now or datetime.now(UTC)
+    secret_envs = secret_envs or {}
     due = session.scalars(
         select(AlertDelivery).where(
             AlertDelivery.delivered_at.is_(None),
@@ -368,11 +414,7 @@ def deliver_due(session: Session, client: httpx.Client, now: datetime | None = N
     delivered = 0
     for delivery in due:
         delivery.attempts += 1
-        try:
-            answer = client.post(delivery.url, json={"alert": alert_json(delivery.alert)}, timeout=5)
-            ok, error = answer.is_success, f"HTTP {answer.status_code}"
-        except Exception as exc:  # any failure is this delivery's, never the loop's
-            ok, error = False, f"{type(exc).__name__}: {exc}"
+        ok, error = _post(client, delivery, secret_envs.get(delivery.url))
         if ok:
             delivery.delivered_at, delivery.last_error = now, None
             delivered += 1
@@ -411,7 +453,7 @@ class AndonWorker:
     def run_once(self, client: httpx.Client) -> None:
         with self.sessions() as session:
             evaluate_all(session, self.config)
-            deliver_due(session, client)
+            deliver_due(session, client, secret_envs=self.config.webhook_secret_envs())
 
     def _run(self) -> None:
         with httpx.Client() as client:
