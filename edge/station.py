@@ -27,7 +27,8 @@ from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
 from zerodefect.inference.heatmap import encode_heatmap
 from zerodefect.inference.imagecheck import InputError, decode_checked
-from zerodefect.inference.wire import DefectIn, InspectionIn, check_text
+from zerodefect.inference.imagestats import image_stats
+from zerodefect.inference.wire import DefectIn, ImageStatsIn, InspectionIn, check_text
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,13 @@ class Inspector:
         self.outbox = outbox
         self.metrics = metrics
 
-    def decode(self, data: bytes, content_type: str | None) -> tuple[np.ndarray, str]:
-        return decode_checked(data, content_type, self.config.max_request_bytes, self.config.max_pixels)
+    def decode(self, data: bytes, content_type: str | None) -> tuple[np.ndarray, str, ImageStatsIn]:
+        """The checked image, its type, and its statistics for the record's drift alerts (in the
+        same executor call: they cost a fraction of the decode)."""
+        image, kind = decode_checked(
+            data, content_type, self.config.max_request_bytes, self.config.max_pixels
+        )
+        return image, kind, image_stats(image)
 
     async def inspect(
         self, data: bytes, content_type: str | None, meta: PartMeta, started: float
@@ -113,7 +119,7 @@ class Inspector:
             )
         check_meta(meta, self.config.max_clock_skew_seconds)
         loop = asyncio.get_running_loop()
-        image, kind = await loop.run_in_executor(None, self.decode, data, content_type)
+        image, kind, stats = await loop.run_in_executor(None, self.decode, data, content_type)
         budget = self.config.budget_ms / 1000.0
         remaining = budget - (time.perf_counter() - started)
         scored: Scored | None = None
@@ -125,13 +131,20 @@ class Inspector:
                 future.cancel()
         latency_ms = (time.perf_counter() - started) * 1000.0
         key = idempotency_key(meta, self.outbox.secret)
-        payload, response = self._result(key, meta, data, kind, scored, latency_ms)
+        payload, response = self._result(key, meta, data, kind, scored, latency_ms, stats)
         _, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
         self.metrics.observe(response, latency_ms, scored.batch_size if scored else None)
         return response
 
     def _result(
-        self, key: str, meta: PartMeta, data: bytes, kind: str, scored: Scored | None, latency_ms: float
+        self,
+        key: str,
+        meta: PartMeta,
+        data: bytes,
+        kind: str,
+        scored: Scored | None,
+        latency_ms: float,
+        stats: ImageStatsIn | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The record's payload, validated against the wire contract here (InputError 422 for
         what the client sent, 500 for the station's own values), and the client's answer."""
@@ -175,6 +188,7 @@ class Inspector:
                 image_b64=base64.b64encode(data).decode() if keep else None,
                 image_type=kind if keep else None,
                 defects=defects,
+                image_stats=stats,
                 heatmap_b64=base64.b64encode(encode_heatmap(heatmap)).decode()
                 if heatmap is not None
                 else None,
