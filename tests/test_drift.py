@@ -170,5 +170,27 @@ def test_drift_alerts_are_raised_once_through_the_record_and_reach_the_webhook(m
             first = session.get(Inspection, int(rows[0].breach.split()[-1]))
             assert first.serial.startswith("S") and all(a.cleared_at is None for a in rows)
             assert deliver_due(session, client) == 2 and deliver_due(session, client) == 0
+        # The light is fixed and the scores come back: both episodes clear, nothing new is raised.
+        post(client, key, rng.normal(MEAN, SIGMA, 100), rng.normal(140, 2.8, 100))
+        with app.state.sessions() as session:
+            assert evaluate_all(session, config) == []
+            assert all(a.cleared_at is not None for a in session.query(Alert))
+        # Image statistics the record could not chart are refused with the field named.
+        bad = {"brightness": -1, "contrast": 1, "sharpness": 1}
+        answer = client.post(
+            "/v1/inspections",
+            json={
+                "key": "k-drift-bad-stats",
+                "serial": "S",
+                "captured_at": T0.isoformat(),
+                "model_name": "m",
+                "model_version": "1",
+                "threshold": 0.5,
+                "verdict": "pass",
+                "image_stats": bad,
+            },
+            headers={"X-API-Key": key},
+        )
+        assert answer.status_code == 422 and "brightness" in answer.text
     assert sorted(r["alert"]["rule"] for r in received) == ["image_drift", "score_drift"]
     assert "drifted" in received[0]["alert"]["message"]
