@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from zerodefect.backoff import backoff_delay
 from zerodefect.configfile import load_yaml_model
 from zerodefect.quality.buckets import hour_end, hour_label, reject_counts
-from zerodefect.quality.drift import check
+from zerodefect.quality.drift import DriftCheck, check
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station
 from zerodefect.quality.spc import p_chart
 from zerodefect.quality.store import as_utc
@@ -242,11 +242,37 @@ def silent(session: Session, station: Station, rules: Rules, now: datetime) -> l
     ]
 
 
-def _drift(
-    session: Session, station: Station, rules: Rules, now: datetime, rule: str, columns: dict, where: tuple
-) -> list[Breach]:
-    """One alert per drift episode of each watched column: raised when its recent parts go out
-    of control against the reference, cleared once the last part is back in control."""
+@dataclass(frozen=True)
+class Watched:
+    """One drift series of a station now: its check against the reference, and what it covers."""
+
+    label: str
+    result: DriftCheck
+    reference_parts: int
+    model: str
+    recent_ids: list[int]
+
+
+# The columns each drift rule watches, and which parts count.
+DRIFT_SERIES: dict[str, tuple[dict, tuple]] = {
+    "score_drift": (
+        {"score": Inspection.score},
+        (Inspection.verdict == "pass", Inspection.failsafe.is_(False)),
+    ),
+    "image_drift": (
+        {
+            "brightness": Inspection.image_brightness,
+            "contrast": Inspection.image_contrast,
+            "sharpness": Inspection.image_sharpness,
+        },
+        (),
+    ),
+}
+
+
+def watch(session: Session, station: Station, rules: Rules, rule: str) -> list[Watched]:
+    """Each series of a drift rule (DRIFT_SERIES) at one station, judged against the first
+    parts of its current model version; a series whose reference is not complete is skipped."""
     latest = session.execute(
         select(Inspection.model_name, Inspection.model_version)
         .where(Inspection.station_id == station.id)
@@ -255,7 +281,8 @@ def _drift(
     ).first()
     if latest is None:
         return []
-    breaches: list[Breach] = []
+    columns, where = DRIFT_SERIES[rule]
+    out: list[Watched] = []
     for label, column in columns.items():
         parts = select(Inspection.id, column).where(
             Inspection.station_id == station.id,
@@ -282,11 +309,22 @@ def _drift(
             rules.drift_ewma_lambda,
             rules.drift_ewma_l,
         )
+        model = f"{latest.model_name} v{latest.model_version}"
+        out.append(Watched(label, result, len(reference), model, [i for i, _ in recent]))
+    return out
+
+
+def _drift(session: Session, station: Station, rules: Rules, now: datetime, rule: str) -> list[Breach]:
+    """One alert per drift episode of each watched series: raised when its last part is out of
+    control against the reference, cleared once the last part is back in control."""
+    breaches: list[Breach] = []
+    for seen in watch(session, station, rules, rule):
+        result = seen.result
         episodes = session.scalars(
             select(Alert).where(
                 Alert.station_id == station.id,
                 Alert.rule == rule,
-                Alert.breach.startswith(f"{label} "),
+                Alert.breach.startswith(f"{seen.label} "),
                 Alert.cleared_at.is_(None),
             )
         ).all()
@@ -297,14 +335,15 @@ def _drift(
             continue
         if episodes:
             continue  # the episode goes on: raised once
-        first = recent[result.since][0]
+        first = seen.recent_ids[result.since]
         breaches.append(
             Breach(
-                f"{label} from inspection {first}",
-                f"{label} drifted {result.shift_sigma:+.2f} sigma from the first {len(reference)} parts of "
-                f"model {latest.model_name} v{latest.model_version} (from inspection {first}; CUSUM "
+                f"{seen.label} from inspection {first}",
+                f"{seen.label} drifted {result.shift_sigma:+.2f} sigma from the first {seen.reference_parts} "
+                f"parts of model {seen.model} (from inspection {first}; CUSUM "
                 f"{result.cusum:.1f} / h {result.h:g}, EWMA {result.ewma:+.2f} / {result.ewma_limit:.2f}, "
-                f"PSI {result.psi:.2f}, KS D {result.ks_d:.2f} p {result.ks_p:.2g}, {len(recent)} parts)",
+                f"PSI {result.psi:.2f}, KS D {result.ks_d:.2f} p {result.ks_p:.2g}, "
+                f"{len(seen.recent_ids)} parts)",
                 result.cusum,
                 result.h,
             )
@@ -316,20 +355,14 @@ def score_drift(session: Session, station: Station, rules: Rules, now: datetime)
     """The scores of the parts the model passed (fail-safe verdicts aside) drifted."""
     if not rules.score_drift:
         return []
-    passed = (Inspection.verdict == "pass", Inspection.failsafe.is_(False))
-    return _drift(session, station, rules, now, "score_drift", {"score": Inspection.score}, passed)
+    return _drift(session, station, rules, now, "score_drift")
 
 
 def image_drift(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
     """The images' brightness, contrast or sharpness drifted: a light, a lens, the focus."""
     if not rules.image_drift:
         return []
-    columns = {
-        "brightness": Inspection.image_brightness,
-        "contrast": Inspection.image_contrast,
-        "sharpness": Inspection.image_sharpness,
-    }
-    return _drift(session, station, rules, now, "image_drift", columns, ())
+    return _drift(session, station, rules, now, "image_drift")
 
 
 # The rules by the name their alerts carry, in the order they are evaluated.

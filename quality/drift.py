@@ -115,6 +115,8 @@ class DriftCheck:
     ks_d: float
     ks_p: float
     shift_sigma: float
+    # The CUSUM at every part of the window, for the dashboard's chart against h.
+    cusum_path: tuple[float, ...] = ()
 
 
 def check(reference: np.ndarray, values: np.ndarray, k: float, h: float, lam: float, L: float) -> DriftCheck:
@@ -141,4 +143,5 @@ def check(reference: np.ndarray, values: np.ndarray, k: float, h: float, lam: fl
         ks_d=d,
         ks_p=p,
         shift_sigma=float(z.mean()),
+        cusum_path=tuple(float(v) for v in s),
     )
