@@ -17,6 +17,7 @@ from zerodefect.quality.andon import AndonConfig, Rules, deliver_due, evaluate_a
 from zerodefect.quality.drift import check, ks_2samp, psi
 from zerodefect.quality.models import Alert, Inspection
 
+from .people import client_for
 from .servers import record_for_station, serve
 
 T0 = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
@@ -170,6 +171,13 @@ def test_drift_alerts_are_raised_once_through_the_record_and_reach_the_webhook(m
             first = session.get(Inspection, int(rows[0].breach.split()[-1]))
             assert first.serial.startswith("S") and all(a.cleared_at is None for a in rows)
             assert deliver_due(session, client) == 2 and deliver_due(session, client) == 0
+        # The dashboard charts each series' CUSUM against h, as the andon judged it.
+        app.state.andon.config = config
+        viewer = client_for(app, url, "viewer")
+        page = viewer.get("/dashboard").text
+        viewer.close()
+        assert page.count('data-chart="limit"') == 4 and "score CUSUM: st-01" in page
+        assert 'class="point out"' in page and 'class="limit"' in page
         # The light is fixed and the scores come back: both episodes clear, nothing new is raised.
         post(client, key, rng.normal(MEAN, SIGMA, 100), rng.normal(140, 2.8, 100))
         with app.state.sessions() as session:
