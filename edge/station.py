@@ -29,7 +29,8 @@ from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.plc import PlcLink
 from zerodefect.inference.heatmap import encode_heatmap
 from zerodefect.inference.imagecheck import InputError, decode_checked
-from zerodefect.inference.wire import DefectIn, InspectionIn, check_text
+from zerodefect.inference.imagestats import image_stats
+from zerodefect.inference.wire import DefectIn, ImageStatsIn, InspectionIn, check_text
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +107,21 @@ class Inspector:
         codes = config.codes
         self.reader = CodeReader(codes) if codes is not None and codes.enabled else None
 
-    def decode(self, data: bytes, content_type: str | None) -> tuple[np.ndarray, str]:
-        return decode_checked(data, content_type, self.config.max_request_bytes, self.config.max_pixels)
+    def decode(self, data: bytes, content_type: str | None) -> tuple[np.ndarray, str, ImageStatsIn]:
+        """The checked image, its type, and its statistics for the record's drift alerts (in the
+        same executor call: they cost a fraction of the decode)."""
+        image, kind = decode_checked(
+            data, content_type, self.config.max_request_bytes, self.config.max_pixels
+        )
+        return image, kind, image_stats(image)
 
     def decode_and_read(
         self, data: bytes, content_type: str | None
-    ) -> tuple[np.ndarray, str, CodeRead | None]:
-        """Decode the image and read the part's code (when configured) in one executor call:
-        both are CPU work that must stay off the event loop."""
-        image, kind = self.decode(data, content_type)
-        return image, kind, self.reader.read(image) if self.reader is not None else None
+    ) -> tuple[np.ndarray, str, ImageStatsIn, CodeRead | None]:
+        """Decode the image, its statistics and the part's code (when configured) in one
+        executor call: all are CPU work that must stay off the event loop."""
+        image, kind, stats = self.decode(data, content_type)
+        return image, kind, stats, self.reader.read(image) if self.reader is not None else None
 
     async def inspect(
         self, data: bytes, content_type: str | None, meta: PartMeta, started: float
@@ -130,7 +136,7 @@ class Inspector:
             raise InputError(422, "serial is required: this station does not read the part's code (codes:)")
         check_meta(meta, self.config.max_clock_skew_seconds)
         loop = asyncio.get_running_loop()
-        image, kind, code = await loop.run_in_executor(None, self.decode_and_read, data, content_type)
+        image, kind, stats, code = await loop.run_in_executor(None, self.decode_and_read, data, content_type)
         if code is not None:
             # The code on the part is its id; the posted serial only stands in when reading is off.
             if code.text is None:
@@ -147,7 +153,7 @@ class Inspector:
                 future.cancel()
         latency_ms = (time.perf_counter() - started) * 1000.0
         key = idempotency_key(meta, self.outbox.secret)
-        payload, response = self._result(key, meta, data, kind, scored, latency_ms, code)
+        payload, response = self._result(key, meta, data, kind, scored, latency_ms, code, stats)
         created, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
         # The verdict is final once recorded; a camera's retry of a frame is not a second part.
         if self.plc is not None and created:
@@ -164,6 +170,7 @@ class Inspector:
         scored: Scored | None,
         latency_ms: float,
         code: CodeRead | None = None,
+        stats: ImageStatsIn | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The record's payload, validated against the wire contract here (InputError 422 for
         what the client sent, 500 for the station's own values), and the client's answer."""
@@ -218,6 +225,7 @@ class Inspector:
                 image_b64=base64.b64encode(data).decode() if keep else None,
                 image_type=kind if keep else None,
                 defects=defects,
+                image_stats=stats,
                 heatmap_b64=base64.b64encode(encode_heatmap(heatmap)).decode()
                 if heatmap is not None
                 else None,

@@ -89,6 +89,18 @@ class DefectIn(BaseModel):
         return box
 
 
+class ImageStatsIn(BaseModel):
+    """What the camera saw, in three numbers the record watches for drift (quality.drift): a
+    failing light moves the brightness, a dirty lens or a lost focus the contrast and sharpness,
+    often before the model's scores do. Computed at the station (inference.imagestats)."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    brightness: float = Field(ge=0, le=255, description="Mean grey level, 0-255")
+    contrast: float = Field(ge=0, le=255, description="Standard deviation of the grey levels")
+    sharpness: float = Field(ge=0, le=2e6, description="Variance of the Laplacian (downscaled grey)")
+
+
 class InspectionIn(BaseModel):
     """One judged part, posted by a station (its identity comes from its API key)."""
 
@@ -117,6 +129,7 @@ class InspectionIn(BaseModel):
     image_b64: str | None = Field(default=None, description="The image, for flagged and sampled parts")
     image_type: Literal["image/jpeg", "image/png"] | None = None
     defects: list[DefectIn] = Field(default_factory=list, max_length=200)
+    image_stats: ImageStatsIn | None = None
     heatmap_b64: str | None = Field(
         default=None,
         max_length=MAX_HEATMAP_B64,

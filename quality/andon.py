@@ -7,6 +7,8 @@ Rules (configs/andon.yaml, defaults below, overridable per station):
 - `silent_seconds`: the station has posted nothing for T seconds;
 - `unread_rate_above`: parts whose code the station could not read (serial UNREAD-...), above X
   of its last parts.
+- `score_drift` / `image_drift`: the passed parts' scores, or the images' brightness, contrast
+  or sharpness, drifted from the first parts of the current model version (quality.drift).
 
 Each rule is one function that returns its breaches; RULES maps the name an alert carries to its
 rule, and the evaluator iterates it, so a new rule is one function and one entry.
@@ -31,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -40,6 +43,7 @@ from zerodefect.backoff import backoff_delay
 from zerodefect.configfile import load_yaml_model
 from zerodefect.inference.wire import UNREAD_PREFIX
 from zerodefect.quality.buckets import hour_end, hour_label, reject_counts
+from zerodefect.quality.drift import DriftCheck, check
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station
 from zerodefect.quality.spc import p_chart
 from zerodefect.quality.store import as_utc
@@ -73,6 +77,20 @@ class Rules(BaseModel):
     # share of the station's last `unread_window_parts` (judged once that many have been seen).
     unread_rate_above: float | None = Field(default=0.05, gt=0, lt=1)
     unread_window_parts: int = Field(default=200, ge=10)
+
+    # Drift (quality.drift): the reference is a station's first parts under its current model
+    # version; the recent parts after it are watched with a two-sided CUSUM (k, h in sigmas) and
+    # an EWMA (lambda, L). Chosen on 100 simulated runs (normal scores, a 500-part reference):
+    # no false alarm in 5,000 parts in any; a 1 sigma shift caught after 21 parts (median;
+    # 38 at p95, 3 runs over 50). CUSUM h=5 raised 20 false alarms per 5,000, h=10 0.2.
+    score_drift: bool = True
+    image_drift: bool = True
+    drift_reference_parts: int = Field(default=500, ge=20)
+    drift_window: int = Field(default=500, ge=20)
+    drift_cusum_k: float = Field(default=0.5, gt=0)
+    drift_cusum_h: float = Field(default=12.0, gt=0)
+    drift_ewma_lambda: float = Field(default=0.05, gt=0, le=1)
+    drift_ewma_l: float = Field(default=5.5, gt=0)
 
 
 class WebhookTarget(BaseModel):
@@ -298,6 +316,129 @@ def silent(session: Session, station: Station, rules: Rules, now: datetime) -> l
     ]
 
 
+@dataclass(frozen=True)
+class Watched:
+    """One drift series of a station now: its check against the reference, and what it covers."""
+
+    label: str
+    result: DriftCheck
+    reference_parts: int
+    model: str
+    recent_ids: list[int]
+
+
+# The columns each drift rule watches, and which parts count.
+DRIFT_SERIES: dict[str, tuple[dict, tuple]] = {
+    "score_drift": (
+        {"score": Inspection.score},
+        (Inspection.verdict == "pass", Inspection.failsafe.is_(False)),
+    ),
+    "image_drift": (
+        {
+            "brightness": Inspection.image_brightness,
+            "contrast": Inspection.image_contrast,
+            "sharpness": Inspection.image_sharpness,
+        },
+        (),
+    ),
+}
+
+
+def watch(session: Session, station: Station, rules: Rules, rule: str) -> list[Watched]:
+    """Each series of a drift rule (DRIFT_SERIES) at one station, judged against the first
+    parts of its current model version; a series whose reference is not complete is skipped."""
+    latest = session.execute(
+        select(Inspection.model_name, Inspection.model_version)
+        .where(Inspection.station_id == station.id)
+        .order_by(Inspection.id.desc())
+        .limit(1)
+    ).first()
+    if latest is None:
+        return []
+    columns, where = DRIFT_SERIES[rule]
+    out: list[Watched] = []
+    for label, column in columns.items():
+        parts = select(Inspection.id, column).where(
+            Inspection.station_id == station.id,
+            Inspection.model_name == latest.model_name,
+            Inspection.model_version == latest.model_version,
+            column.is_not(None),
+            *where,
+        )
+        reference = session.execute(parts.order_by(Inspection.id).limit(rules.drift_reference_parts)).all()
+        if len(reference) < rules.drift_reference_parts:
+            continue  # still learning what this model version sees
+        recent = session.execute(
+            parts.where(Inspection.id > reference[-1][0])
+            .order_by(Inspection.id.desc())
+            .limit(rules.drift_window)
+        ).all()[::-1]
+        if not recent:
+            continue
+        result = check(
+            np.array([v for _, v in reference]),
+            np.array([v for _, v in recent]),
+            rules.drift_cusum_k,
+            rules.drift_cusum_h,
+            rules.drift_ewma_lambda,
+            rules.drift_ewma_l,
+        )
+        model = f"{latest.model_name} v{latest.model_version}"
+        out.append(Watched(label, result, len(reference), model, [i for i, _ in recent]))
+    return out
+
+
+def _drift(session: Session, station: Station, rules: Rules, now: datetime, rule: str) -> list[Breach]:
+    """One alert per drift episode of each watched series: raised when its last part is out of
+    control against the reference, cleared once the last part is back in control."""
+    breaches: list[Breach] = []
+    for seen in watch(session, station, rules, rule):
+        result = seen.result
+        episodes = session.scalars(
+            select(Alert).where(
+                Alert.station_id == station.id,
+                Alert.rule == rule,
+                Alert.breach.startswith(f"{seen.label} "),
+                Alert.cleared_at.is_(None),
+            )
+        ).all()
+        if not result.alarm:
+            for alert in episodes:
+                alert.cleared_at = now
+            session.commit()
+            continue
+        if episodes:
+            continue  # the episode goes on: raised once
+        first = seen.recent_ids[result.since]
+        breaches.append(
+            Breach(
+                f"{seen.label} from inspection {first}",
+                f"{seen.label} drifted {result.shift_sigma:+.2f} sigma from the first {seen.reference_parts} "
+                f"parts of model {seen.model} (from inspection {first}; CUSUM "
+                f"{result.cusum:.1f} / h {result.h:g}, EWMA {result.ewma:+.2f} / {result.ewma_limit:.2f}, "
+                f"PSI {result.psi:.2f}, KS D {result.ks_d:.2f} p {result.ks_p:.2g}, "
+                f"{len(seen.recent_ids)} parts)",
+                result.cusum,
+                result.h,
+            )
+        )
+    return breaches
+
+
+def score_drift(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
+    """The scores of the parts the model passed (fail-safe verdicts aside) drifted."""
+    if not rules.score_drift:
+        return []
+    return _drift(session, station, rules, now, "score_drift")
+
+
+def image_drift(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
+    """The images' brightness, contrast or sharpness drifted: a light, a lens, the focus."""
+    if not rules.image_drift:
+        return []
+    return _drift(session, station, rules, now, "image_drift")
+
+
 # The rules by the name their alerts carry, in the order they are evaluated.
 RULES: dict[str, Rule] = {
     "consecutive_defects": consecutive_defects,
@@ -305,6 +446,8 @@ RULES: dict[str, Rule] = {
     "false_reject_rate": false_reject_rate,
     "silent": silent,
     "unread_rate": unread_rate,
+    "score_drift": score_drift,
+    "image_drift": image_drift,
 }
 
 

@@ -151,6 +151,28 @@ def lines_svg(series: dict[str, list[tuple[str, float]]], title: str, fmt: str =
     return _frame(title, body + _labels([x[11:16] or x for x in labels]), "lines")
 
 
+def limit_svg(values: list[float], limit: float, title: str) -> str:
+    """A statistic per part against its alarm limit (a drift CUSUM against h); points at or
+    above the limit are red."""
+    if not values:
+        return empty(title, "limit")
+    ymax = max(max(values), limit) * 1.1 or 1.0
+    n = len(values)
+    body = _axes(ymax, "{:.1f}")
+    body += [
+        f'<line class="limit" x1="{PAD_L}" x2="{W - PAD_R}" y1="{_y(limit, ymax):.1f}" '
+        f'y2="{_y(limit, ymax):.1f}" stroke="{RED}" stroke-dasharray="4 3"/>',
+        f'<polyline class="series" points="{" ".join(f"{_x(i, n):.1f},{_y(v, ymax):.1f}" for i, v in enumerate(values))}" '
+        f'fill="none" stroke="{BLUE}"/>',
+    ]
+    body += [
+        f'<circle class="point out" cx="{_x(i, n):.1f}" cy="{_y(v, ymax):.1f}" r="2" fill="{RED}"/>'
+        for i, v in enumerate(values)
+        if v >= limit
+    ]
+    return _frame(title, body, "limit")
+
+
 def timeline_svg(spans: dict[str, list[tuple[str, str, str]]], title: str) -> str:
     """Model versions per station over time: one row per station, one segment per version
     (from its first to its last inspection)."""

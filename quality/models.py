@@ -66,6 +66,10 @@ class Inspection(Base):
     image_path: Mapped[str | None] = mapped_column(String(300))
     # An anomaly model's heatmap (8-bit grayscale PNG), stored content-addressed beside the image.
     heatmap_sha256: Mapped[str | None] = mapped_column(String(64))
+    # What the camera saw (inference.wire.ImageStatsIn), watched for drift by the andon.
+    image_brightness: Mapped[float | None] = mapped_column(Float)
+    image_contrast: Mapped[float | None] = mapped_column(Float)
+    image_sharpness: Mapped[float | None] = mapped_column(Float)
     review_status: Mapped[str | None] = mapped_column(String(32))
     review_label: Mapped[str | None] = mapped_column(String(100))
     reviewed_by: Mapped[str | None] = mapped_column(String(100))

@@ -173,6 +173,11 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
         image_sha256=image_sha,
         image_path=image_path,
         heatmap_sha256=heatmap_sha,
+        **(
+            {f"image_{name}": value for name, value in data.image_stats.model_dump().items()}
+            if data.image_stats
+            else {}
+        ),
         defects=[
             Defect(
                 class_name=d.class_name,

@@ -227,7 +227,26 @@ def dashboard_page(
         throughput=charts.lines_svg(board.throughput, "Parts per hour"),
         latency=charts.lines_svg(board.latency_p95, "p95 latency (ms)"),
         timeline=charts.timeline_svg(board.versions, "Model versions"),
+        drift=_drift_charts(request, session, list(board.charts)),
     )
+
+
+def _drift_charts(request: Request, session: Session, stations: list[str]) -> list[tuple[str, str]]:
+    """Each station's drift CUSUMs against their limit h, as the andon judges them now."""
+    from zerodefect.quality.andon import DRIFT_SERIES, watch
+
+    config = request.app.state.andon.config
+    out: list[tuple[str, str]] = []
+    for name in stations:
+        station = session.scalar(select(Station).where(Station.name == name))
+        rules = config.rules_for(name)
+        for rule in DRIFT_SERIES:
+            if not getattr(rules, rule):
+                continue
+            for seen in watch(session, station, rules, rule):
+                title = f"{seen.label} CUSUM: {name}"
+                out.append((title, charts.limit_svg(list(seen.result.cusum_path), seen.result.h, title)))
+    return out
 
 
 @router.get("/alerts", response_class=HTMLResponse)

@@ -12,6 +12,9 @@ import pytest
 
 from zerodefect.edge.app import create_app as create_edge
 from zerodefect.edge.config import StationConfig
+from zerodefect.inference.imagestats import image_stats
+from zerodefect.inference.preprocess import decode_image
+from zerodefect.quality.models import Inspection
 
 from .bundles import REJECT_ALL, TRUSTED_KEY, register
 from .corpus import png_bomb
@@ -123,6 +126,16 @@ def test_parts_are_judged_and_reach_the_record(data_dir: Path, tmp_path: Path, b
         assert row["defects"][0]["class_name"] == "crack"
         stored = reader.get(row["image_url"])
         assert stored.status_code == 200 and stored.content == images[3]
+        # The station measured the image for the record's drift alerts (quality.drift).
+        with record_app.state.sessions() as session:
+            part = session.get(Inspection, row["id"])
+            expected = image_stats(decode_image(images[3]))
+            assert (part.image_brightness, part.image_contrast, part.image_sharpness) == (
+                expected.brightness,
+                expected.contrast,
+                expected.sharpness,
+            )
+            assert 100 < part.image_brightness < 150 and part.image_sharpness > 0
 
 
 def test_bad_input_gets_a_4xx_and_the_service_keeps_serving(tmp_path: Path, data_dir: Path, bundles) -> None:
