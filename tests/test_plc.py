@@ -225,7 +225,7 @@ def test_the_readme_plc_examples_are_valid_station_config() -> None:
     import yaml
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("### PLC (OPC UA, Modbus TCP)", 1)[1].split("\n## ", 1)[0]
+    section = re.split(r"\n##+ ", readme.split("### PLC (OPC UA, Modbus TCP)", 1)[1], maxsplit=1)[0]
     blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
     protocols = [
         StationConfig(station="st-01", model="x", **yaml.safe_load(block)).plc.protocol for block in blocks
