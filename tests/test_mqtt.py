@@ -20,9 +20,9 @@ from zerodefect.edge.config import MqttConfig, StationConfig
 from zerodefect.edge.mqtt import MqttPublisher
 from zerodefect.edge.outbox import Outbox
 
-from .mosquitto import Subscriber, broker, wait_for
+from .mosquitto import Subscriber, broker
 from .servers import serve
-from .test_edge import png, post, station
+from .test_edge import png, post, station, wait_for
 
 TOPIC = "zd/v1/plant1/L1/st-01"
 
