@@ -38,6 +38,19 @@ def modbus_plc() -> Iterator[ModbusPlcSim]:
     sim.close()
 
 
+def opcua_section(sim, **changes) -> dict:
+    """The station's `plc:` section for the in-process OPC UA server's nodes."""
+    return {
+        "protocol": "opcua",
+        "url": sim.url,
+        "result_node": sim.node("Result"),
+        "part_id_node": sim.node("PartId"),
+        "score_node": sim.node("Score"),
+        "result_valid_node": sim.node("ResultValid"),
+        "ack_node": sim.node("Ack"),
+    } | changes
+
+
 def modbus_section(port: int, **changes) -> dict:
     return {
         "protocol": "modbus",
@@ -65,16 +78,7 @@ def test_opcua_verdicts_reach_the_plc_with_their_part_ids(
     tmp_path: Path, data_dir: Path, bundles, opcua_plc
 ) -> None:
     sim = opcua_plc
-    node = sim.node
-    plc = {
-        "protocol": "opcua",
-        "url": sim.url,
-        "result_node": node("Result"),
-        "part_id_node": node("PartId"),
-        "score_node": node("Score"),
-        "result_valid_node": node("ResultValid"),
-        "ack_node": node("Ack"),
-    }
+    plc = opcua_section(sim)
     sim.seen.clear()
     with serve(create_edge(station(tmp_path, str(bundles["pass"]), plc=plc, pass_sample_rate=0.0))) as url:
         wait_for(lambda: httpx.get(f"{url}/readyz").json()["plc"]["connected"])
@@ -99,17 +103,7 @@ def test_opcua_verdicts_reach_the_plc_with_their_part_ids(
 def test_a_missed_opcua_handshake_is_counted_and_the_link_stays_up(
     tmp_path: Path, data_dir: Path, bundles, opcua_plc
 ) -> None:
-    sim = opcua_plc
-    node = sim.node
-    plc = {
-        "protocol": "opcua",
-        "url": sim.url,
-        "result_node": node("Result"),
-        "part_id_node": node("PartId"),
-        "result_valid_node": node("ResultValid"),
-        "ack_node": node("NoAck"),
-        "ack_timeout_ms": 30,
-    }
+    plc = opcua_section(opcua_plc, score_node=None, ack_node=opcua_plc.node("NoAck"), ack_timeout_ms=30)
     with serve(create_edge(station(tmp_path, str(bundles["reject"]), plc=plc))) as url:
         post_parts(url, ["NOACK-1", "NOACK-2"])
         wait_for(lambda: "zd_plc_ack_timeouts_total 2.0" in httpx.get(f"{url}/metrics").text)
