@@ -101,11 +101,15 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             forwarder.start()
         plc = None
         if config.plc is not None:
-            plc = PlcLink(config.plc, metrics.registry)
+            report = (lambda up, detail: forwarder.report_link("plc", up, detail)) if forwarder else None
+            plc = PlcLink(config.plc, metrics.registry, on_change=report)
             plc.start()
         publisher = None
         if config.mqtt:
-            publisher = MqttPublisher(outbox, config.mqtt, config.station, config.line or "")
+            report = (lambda up, detail: forwarder.report_link("mqtt", up, detail)) if forwarder else None
+            publisher = MqttPublisher(
+                outbox, config.mqtt, config.station, config.line or "", on_change=report
+            )
             publisher.start()
         senders = [WebhookSender(outbox, target, config.station, config.line) for target in config.webhooks]
         for sender in senders:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from zerodefect.configfile import load_yaml_model
 from zerodefect.edge.codes import CodesConfig
 from zerodefect.inference.signing import SigningKeyError, load_public_key
+from zerodefect.mqtt import MqttConfig
 
 
 class StationConfigError(ValueError):
@@ -62,28 +63,6 @@ class ModbusPlc(PlcBase):
     result_register: int = Field(ge=0, le=65535)
     part_id_registers: int = Field(default=10, ge=0, le=50)
     heartbeat_register: int | None = Field(default=None, ge=0, le=65535)
-
-
-class MqttConfig(BaseModel):
-    """Where the station publishes its results for the MES (zerodefect.edge.mqtt)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = Field(min_length=1)
-    port: int = Field(default=1883, ge=1, le=65535)
-    # The topic is zd/v1/{site}/{line}/{station}/...; the line is the station's `line`.
-    site: str = Field(min_length=1, max_length=100, pattern=r"^[^/#+]+$")
-    client_id: str | None = None
-    username: str | None = None
-    # The broker password is a secret: read from this environment variable, never from YAML.
-    password_env: str = "ZD_MQTT_PASSWORD"
-    keepalive_seconds: int = Field(default=30, ge=5, le=3600)
-    tls: bool = False
-    # paho reconnects by itself, waiting 1, 2, 4... s up to this.
-    reconnect_max_seconds: int = Field(default=30, ge=1, le=3600)
-
-    def password(self) -> str | None:
-        return os.environ.get(self.password_env)
 
 
 class WebhookConfig(BaseModel):

@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from zerodefect.edge.config import MqttConfig
 from zerodefect.edge.outbox import Outbox, light_result
+from zerodefect.mqtt import MqttConfig, connect, make_client, topic_base
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,18 @@ DESTINATION = "mqtt"
 MAX_IN_FLIGHT = 256
 
 
-def topic_base(site: str, line: str, station: str) -> str:
-    return f"zd/v1/{site}/{line}/{station}"
-
-
 class MqttPublisher:
     """A background thread: publish the outbox's results for the MES, each until acknowledged."""
 
-    def __init__(self, outbox: Outbox, config: MqttConfig, station: str, line: str):
+    def __init__(
+        self,
+        outbox: Outbox,
+        config: MqttConfig,
+        station: str,
+        line: str,
+        on_change: Callable[[bool, str], None] | None = None,
+    ):
+        """`on_change(up, detail)` is told when the broker connection goes up or down (as PlcLink's)."""
         if DESTINATION not in outbox.destinations:
             raise ValueError(f"the outbox does not queue results for {DESTINATION!r}")
         self.outbox = outbox
@@ -55,20 +59,14 @@ class MqttPublisher:
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         # key -> paho's handle of its message, for results handed over and not yet acknowledged.
         self._in_flight: dict[str, mqtt.MQTTMessageInfo] = {}
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=config.client_id or f"zd-{station}",
-            clean_session=True,
-        )
-        if config.username:
-            self.client.username_pw_set(config.username, config.password())
-        if config.tls:
-            self.client.tls_set()
+        self.client = make_client(config, f"zd-{station}")
         self.client.will_set(self.status_topic, b"offline", qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=int(config.reconnect_max_seconds))
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = lambda *_args: self._tell(False, "cannot connect")
+        self.on_change = on_change
+        self._told: bool | None = None
         # An acknowledgement only wakes the loop, which reads the handles: no shared state
         # between paho's thread and ours.
         self.client.on_publish = lambda *_args: self._wakeup.set()
@@ -78,8 +76,7 @@ class MqttPublisher:
         return self.client.is_connected()
 
     def start(self) -> None:
-        self.client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_seconds)
-        self.client.loop_start()
+        connect(self.client, self.config)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -96,19 +93,27 @@ class MqttPublisher:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def _tell(self, up: bool, detail: str) -> None:
+        if self.on_change is not None and self._told is not up and not self._stop.is_set():
+            self._told = up
+            self.on_change(up, f"{self.config.host}:{self.config.port} {detail}".strip())
+
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
             log.warning(
                 "mqtt broker %s:%s refused the station: %s", self.config.host, self.config.port, reason
             )
+            self._tell(False, f"refused: {reason}")
             return
         client.publish(self.status_topic, b"online", qos=1, retain=True)
         log.info("mqtt connected to %s:%s", self.config.host, self.config.port)
+        self._tell(True, "")
         self._wakeup.set()
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
+        self._tell(False, f"lost: {reason}")
         if not self._stop.is_set():
             log.warning(
                 "mqtt broker %s:%s lost (%s); results wait in the outbox",

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -228,11 +229,20 @@ def make_writer(config: OpcUaPlc | ModbusPlc) -> PlcWriter:
 class PlcLink:
     """The bounded queue and the one task that writes it to the PLC, reconnecting with back-off."""
 
-    def __init__(self, config: OpcUaPlc | ModbusPlc, registry: CollectorRegistry):
+    def __init__(
+        self,
+        config: OpcUaPlc | ModbusPlc,
+        registry: CollectorRegistry,
+        on_change: Callable[[bool, str], None] | None = None,
+    ):
+        """`on_change(up, detail)` is told each time the link goes up or down (and its first
+        state): the station reports it to the record, whose andon alerts on a lasting loss."""
         self.config = config
         self.writer = make_writer(config)
         self.queue: asyncio.Queue[PlcSignal] = asyncio.Queue(config.queue_size)
         self.connected = False
+        self.on_change = on_change
+        self._told: bool | None = None
         self.sequence = 0
         self._task: asyncio.Task | None = None
         # The signal being written when the link failed: retried first after the reconnect.
@@ -286,9 +296,12 @@ class PlcLink:
     def state(self) -> dict[str, Any]:
         return {"protocol": self.config.protocol, "connected": self.connected, "queued": self.queue.qsize()}
 
-    def _set_connected(self, up: bool) -> None:
+    def _set_connected(self, up: bool, detail: str = "") -> None:
         self.connected = up
         self.connected_gauge.set(1 if up else 0)
+        if self.on_change is not None and self._told is not up:
+            self._told = up
+            self.on_change(up, f"{self.config.protocol}: {detail}" if detail else self.config.protocol)
 
     async def _run(self) -> None:
         attempts = 0
@@ -309,7 +322,7 @@ class PlcLink:
                         self.config.protocol,
                         exc,
                     )
-                self._set_connected(False)
+                self._set_connected(False, f"{type(exc).__name__}: {exc}")
                 await self.writer.close()
                 await asyncio.sleep(backoff_delay(attempts, 0.05, self.config.reconnect_max_seconds))
                 attempts += 1

@@ -35,6 +35,8 @@ MAX_AHEAD = timedelta(days=1)
 # The serial of a part whose code the station could not read from its frame (edge.codes):
 # UNREAD-<first 8 hex of the image's sha256>; the record's andon counts them (unread_rate).
 UNREAD_PREFIX = "UNREAD-"
+# The name of a station's link to the line (LinkStateIn): plc, mqtt...
+LINK_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 
 
 def check_text(value: str, pattern: re.Pattern[str] = CONTROL) -> str:
@@ -143,3 +145,17 @@ class InspectionIn(BaseModel):
         if self.heatmap_b64 is not None and self.image_b64 is None:
             raise ValueError("heatmap_b64 needs the image (image_b64) it was computed on")
         return self
+
+
+class LinkStateIn(BaseModel):
+    """A station's link to the line changed state (its PLC, its MQTT broker): the record raises
+    an andon alert for a link that stays down (quality.andon `link_down`). The station reports
+    each change, and again until the record has it; `since` is when the state began, so a report
+    that arrives late or twice names the same outage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    link: str = Field(pattern=LINK_PATTERN, description="Which link: plc, mqtt...")
+    up: bool
+    since: CaptureTime
+    detail: Text = Field(default="", max_length=300, description="The protocol and the last error")

@@ -1,4 +1,4 @@
-"""Andon alerts: rules per station, raised once per breach, pushed to webhooks with retries.
+"""Andon alerts: rules per station, raised once per breach, sent to webhooks and MQTT, retried.
 
 Rules (configs/andon.yaml, defaults below, overridable per station):
 - `ucl`: an hour's reject rate above its p-chart upper control limit (zerodefect.quality.spc);
@@ -9,6 +9,8 @@ Rules (configs/andon.yaml, defaults below, overridable per station):
   of its last parts.
 - `score_drift` / `image_drift`: the passed parts' scores, or the images' brightness, contrast
   or sharpness, drifted from the first parts of the current model version (quality.drift).
+- `link_down_seconds`: a link the station reported down (its PLC, its MQTT broker: PUT
+  /v1/links/{link}) has stayed down for T seconds; the alert clears when the link is back.
 
 Each rule is one function that returns its breaches; RULES maps the name an alert carries to its
 rule, and the evaluator iterates it, so a new rule is one function and one entry.
@@ -16,9 +18,10 @@ rule, and the evaluator iterates it, so a new rule is one function and one entry
 Every alert names its breach (the hour, the first part of the streak, the moment silence
 began...), and (station, rule, breach) is unique in the table: evaluating again, from any
 number of processes, never raises the same breach twice. Each alert is delivered to every
-webhook as JSON; a failing webhook is retried with exponential back-off, and the delivery state
-lives in the database, so a restart does not lose or repeat an alert. A webhook given with a
-secret gets each request signed (HMAC-SHA256, zerodefect.webhooks), so a QMS can tell it is ours.
+webhook as JSON, and published to the MES's MQTT broker when one is configured
+(quality.alert_mqtt); a failing delivery is retried with exponential back-off, and the delivery
+state lives in the database, so a restart does not lose or repeat an alert. A webhook given with
+a secret gets each request signed (HMAC-SHA256, zerodefect.webhooks), so a QMS can tell it is ours.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from zerodefect.backoff import backoff_delay
 from zerodefect.configfile import load_yaml_model
 from zerodefect.inference.wire import UNREAD_PREFIX
+from zerodefect.mqtt import MqttConfig
+from zerodefect.quality.alert_mqtt import AlertPublisher
 from zerodefect.quality.buckets import hour_end, hour_label, reject_counts
 from zerodefect.quality.drift import DriftCheck, check
-from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station
+from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station, StationLink
 from zerodefect.quality.spc import p_chart
 from zerodefect.quality.store import as_utc
 from zerodefect.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, sign
@@ -77,6 +82,8 @@ class Rules(BaseModel):
     # share of the station's last `unread_window_parts` (judged once that many have been seen).
     unread_rate_above: float | None = Field(default=0.05, gt=0, lt=1)
     unread_window_parts: int = Field(default=200, ge=10)
+    # A link down this long: a reconnect within it (a PLC restarting) raises nothing.
+    link_down_seconds: float | None = Field(default=30, gt=0)
 
     # Drift (quality.drift): the reference is a station's first parts under its current model
     # version; the recent parts after it are watched with a two-sided CUSUM (k, h in sigmas) and
@@ -108,13 +115,17 @@ class AndonConfig(BaseModel):
 
     # A URL (unsigned) or {url, secret_env} (HMAC-SHA256 signed with that target's secret).
     webhooks: list[HttpUrl | WebhookTarget] = Field(default_factory=list)
+    # The MES's broker: each alert also goes to zd/v1/{site}/{line}/{station}/alert (QoS 1).
+    mqtt: MqttConfig | None = None
     defaults: Rules = Field(default_factory=Rules)
     # Per station: only the rules that differ from the defaults.
     stations: dict[str, dict] = Field(default_factory=dict)
     interval_seconds: float = Field(default=10, gt=0)
 
-    def webhook_urls(self) -> list[str]:
-        return [str(w.url) if isinstance(w, WebhookTarget) else str(w) for w in self.webhooks]
+    def targets(self) -> list[str]:
+        """Where each alert goes: every webhook's URL, and the broker's mqtt://host:port."""
+        urls = [str(w.url) if isinstance(w, WebhookTarget) else str(w) for w in self.webhooks]
+        return urls + ([self.mqtt.url()] if self.mqtt else [])
 
     def webhook_secret_envs(self) -> dict[str, str]:
         """URL -> the environment variable holding its signing secret, for the signed targets."""
@@ -316,6 +327,40 @@ def silent(session: Session, station: Station, rules: Rules, now: datetime) -> l
     ]
 
 
+def link_down(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
+    """Each link the station reported down longer than the limit, once per outage (named by
+    when it went down); the outage's alert clears once the station reports the link back."""
+    if not rules.link_down_seconds:
+        return []
+    links = session.scalars(select(StationLink).where(StationLink.station_id == station.id)).all()
+    breaches: list[Breach] = []
+    for link in links:
+        since = as_utc(link.since)
+        down_for = (now - since).total_seconds()
+        if not link.up and down_for > rules.link_down_seconds:
+            breaches.append(
+                Breach(
+                    f"{link.link} down since {since.isoformat(timespec='seconds')}",
+                    f"{station.name} lost its {link.link} link {int(down_for)} s ago "
+                    f"(limit {rules.link_down_seconds:g} s): {link.detail}",
+                    down_for,
+                    rules.link_down_seconds,
+                )
+            )
+        elif link.up:
+            for alert in session.scalars(
+                select(Alert).where(
+                    Alert.station_id == station.id,
+                    Alert.rule == "link_down",
+                    Alert.breach.startswith(f"{link.link} down since "),
+                    Alert.cleared_at.is_(None),
+                )
+            ):
+                alert.cleared_at = since
+    session.commit()
+    return breaches
+
+
 @dataclass(frozen=True)
 class Watched:
     """One drift series of a station now: its check against the reference, and what it covers."""
@@ -445,6 +490,7 @@ RULES: dict[str, Rule] = {
     "ucl": above_control_limit,
     "false_reject_rate": false_reject_rate,
     "silent": silent,
+    "link_down": link_down,
     "unread_rate": unread_rate,
     "score_drift": score_drift,
     "image_drift": image_drift,
@@ -452,9 +498,9 @@ RULES: dict[str, Rule] = {
 
 
 def _raise(
-    session: Session, station: Station, rule: str, breach: Breach, webhooks: list[str], now: datetime
+    session: Session, station: Station, rule: str, breach: Breach, targets: list[str], now: datetime
 ) -> Alert | None:
-    """Insert the alert unless this breach already has one; queue its webhook deliveries."""
+    """Insert the alert unless this breach already has one; queue its deliveries (webhooks, MQTT)."""
     exists = session.scalar(
         select(Alert.id).where(
             Alert.station_id == station.id, Alert.rule == rule, Alert.breach == breach.name
@@ -477,7 +523,7 @@ def _raise(
     except IntegrityError:  # another process raised it first
         session.rollback()
         return None
-    for url in webhooks:
+    for url in targets:
         session.add(AlertDelivery(alert_id=alert.id, url=str(url), next_attempt_at=now))
     session.commit()
     log.warning("andon %s at %s: %s", rule, station.name, breach.message)
@@ -485,13 +531,13 @@ def _raise(
 
 
 def evaluate_station(
-    session: Session, station: Station, rules: Rules, webhooks: list[str], now: datetime
+    session: Session, station: Station, rules: Rules, targets: list[str], now: datetime
 ) -> list[Alert]:
     """Check one station's rules at `now`; returns the alerts newly raised."""
     raised: list[Alert] = []
     for name, rule in RULES.items():
         for breach in rule(session, station, rules, now):
-            alert = _raise(session, station, name, breach, webhooks, now)
+            alert = _raise(session, station, name, breach, targets, now)
             if alert is not None:
                 raised.append(alert)
     return raised
@@ -501,7 +547,7 @@ def evaluate_all(session: Session, config: AndonConfig, now: datetime | None = N
     now = now or datetime.now(UTC)
     out: list[Alert] = []
     for station in session.scalars(select(Station).order_by(Station.id)).all():
-        out += evaluate_station(session, station, config.rules_for(station.name), config.webhook_urls(), now)
+        out += evaluate_station(session, station, config.rules_for(station.name), config.targets(), now)
     return out
 
 
@@ -536,15 +582,32 @@ def _post(client: httpx.Client, delivery: AlertDelivery, secret_env: str | None)
     return answer.is_success, f"HTTP {answer.status_code}"
 
 
+def _send(
+    client: httpx.Client,
+    delivery: AlertDelivery,
+    secret_envs: Mapping[str, str],
+    publisher: AlertPublisher | None,
+) -> tuple[bool, str]:
+    """One attempt at one delivery: to the broker for the mqtt:// target, else a webhook."""
+    if publisher is not None and delivery.url == publisher.url:
+        station = delivery.alert.station
+        return publisher.publish(alert_json(delivery.alert), station.line.name if station.line else None)
+    if delivery.url.startswith("mqtt://"):
+        return False, f"the andon configuration has no MQTT broker {delivery.url} (any more)"
+    return _post(client, delivery, secret_envs.get(delivery.url))
+
+
 def deliver_due(
     session: Session,
     client: httpx.Client,
     now: datetime | None = None,
     secret_envs: Mapping[str, str] | None = None,
+    publisher: AlertPublisher | None = None,
 ) -> int:
-    """POST every due delivery once; failures wait 2, 4, 8... s (at most 5 min) and are retried
+    """Send every due delivery once; failures wait 2, 4, 8... s (at most 5 min) and are retried
     up to MAX_ATTEMPTS times. `secret_envs` (AndonConfig.webhook_secret_envs) names the
-    targets that are signed. Returns the number delivered."""
+    webhooks that are signed; `publisher` is the broker, when alerts go to MQTT too. Returns
+    the number delivered."""
     now = now or datetime.now(UTC)
     secret_envs = secret_envs or {}
     due = session.scalars(
@@ -557,7 +620,7 @@ def deliver_due(
     delivered = 0
     for delivery in due:
         delivery.attempts += 1
-        ok, error = _post(client, delivery, secret_envs.get(delivery.url))
+        ok, error = _send(client, delivery, secret_envs, publisher)
         if ok:
             delivery.delivered_at, delivery.last_error = now, None
             delivered += 1
@@ -569,22 +632,29 @@ def deliver_due(
             if delivery.attempts >= MAX_ATTEMPTS:
                 delivery.gave_up = True
                 log.error(
-                    "andon webhook %s gave up after %d attempts: %s", delivery.url, delivery.attempts, error
+                    "andon delivery to %s gave up after %d attempts: %s",
+                    delivery.url,
+                    delivery.attempts,
+                    error,
                 )
         session.commit()
     return delivered
 
 
 class AndonWorker:
-    """The record service's background loop: evaluate every station's rules, deliver webhooks."""
+    """The record service's background loop: evaluate every station's rules, deliver each alert
+    to the webhooks and the MQTT broker."""
 
     def __init__(self, sessions: sessionmaker, config: AndonConfig):
         self.sessions = sessions
         self.config = config
+        self.publisher = AlertPublisher(config.mqtt) if config.mqtt else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="andon", daemon=True)
 
     def start(self) -> None:
+        if self.publisher:
+            self.publisher.start()
         self._thread.start()
 
     def stop(self) -> None:
@@ -592,11 +662,15 @@ class AndonWorker:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(10)
+        if self.publisher:
+            self.publisher.stop()
 
     def run_once(self, client: httpx.Client) -> None:
         with self.sessions() as session:
             evaluate_all(session, self.config)
-            deliver_due(session, client, secret_envs=self.config.webhook_secret_envs())
+            deliver_due(
+                session, client, secret_envs=self.config.webhook_secret_envs(), publisher=self.publisher
+            )
 
     def _run(self) -> None:
         with httpx.Client() as client:

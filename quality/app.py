@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.imagecheck import InputError
 from zerodefect.inference.result import Detections
-from zerodefect.inference.wire import InspectionIn
+from zerodefect.inference.wire import LINK_PATTERN, InspectionIn, LinkStateIn
 from zerodefect.problems import MAX_INT, errors, invalid_request
 from zerodefect.quality import promotions, web
 from zerodefect.quality.andon import AndonWorker, alert_json, load_config
@@ -55,6 +55,7 @@ from zerodefect.quality.store import (
     as_utc,
     query_inspections,
     record_inspection,
+    record_link,
     review_history,
     rotate_station_key,
     to_out,
@@ -159,6 +160,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not stored.created:
             response.status_code = 200
         return to_out(stored.inspection)
+
+    @app.put("/v1/links/{link}", status_code=204, responses=errors(400, 401, 403, 413, 422))
+    def put_link(
+        link: Annotated[str, Path(pattern=LINK_PATTERN)], body: LinkStateIn, session: DB, who: CallingStation
+    ) -> None:
+        """A station's link to the line (PLC, MQTT) went down or came back (andon `link_down`)."""
+        if body.link != link:
+            raise RecordError(f"the body is about link {body.link!r}, the path about {link!r}", 422)
+        record_link(session, who, body)
 
     @app.post("/v1/login", response_model=LoginOut, responses=errors(400, 401, 413, 422, 429))
     def post_login(body: LoginIn, request: Request, response: Response, session: DB) -> LoginOut:

@@ -43,6 +43,23 @@ class Station(Base):
     line: Mapped[Line | None] = relationship()
 
 
+class StationLink(Base):
+    """The last reported state of one of a station's links to the line (its PLC, its MQTT
+    broker): the andon's `link_down` rule alerts on a link down for too long."""
+
+    __tablename__ = "station_links"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    station_id: Mapped[int] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"))
+    link: Mapped[str] = mapped_column(String(32))
+    up: Mapped[bool] = mapped_column(Boolean)
+    # When this state began, by the station's clock.
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    detail: Mapped[str] = mapped_column(String(300), default="")
+    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("station_id", "link", name="uq_station_link"),)
+
+
 class Inspection(Base):
     __tablename__ = "inspections"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

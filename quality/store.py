@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, selectinload
 from zerodefect.apikeys import hash_key, mint_key
 from zerodefect.inference.heatmap import decode_heatmap
 from zerodefect.inference.imagecheck import InputError
-from zerodefect.inference.wire import InspectionIn, to_utc
+from zerodefect.inference.wire import InspectionIn, LinkStateIn, to_utc
 from zerodefect.quality.images import EXTENSIONS, ImageStore
-from zerodefect.quality.models import Defect, Inspection, Line, Review, Station, User, utcnow
+from zerodefect.quality.models import Defect, Inspection, Line, Review, Station, StationLink, User, utcnow
 from zerodefect.quality.schemas import DefectOut, InspectionOut, ReviewIn, ReviewOut
 
 # The fields of a part that go from the wire to its row, and from its row to readers, as they are.
@@ -325,3 +325,24 @@ def review_history(session: Session, inspection_id: int) -> list[ReviewOut]:
         )
         for r in rows
     ]
+
+
+def record_link(session: Session, station: Station, report: LinkStateIn) -> StationLink:
+    """Keep a link's latest state. Reports come again until acknowledged, and may cross: one
+    older than the state held (by `since`) changes nothing."""
+    since = as_utc(report.since)
+    row = session.scalar(
+        select(StationLink).where(StationLink.station_id == station.id, StationLink.link == report.link)
+    )
+    if row is None:
+        row = StationLink(station_id=station.id, link=report.link, up=report.up, since=since)
+        session.add(row)
+    elif since < as_utc(row.since):
+        return row
+    row.up, row.since, row.detail, row.reported_at = report.up, since, report.detail, utcnow()
+    try:
+        session.commit()
+    except IntegrityError:  # the same link's first report, twice at once: the other one won
+        session.rollback()
+        return record_link(session, station, report)
+    return row

@@ -114,7 +114,7 @@ def test_signed_webhooks_in_yaml(tmp_path) -> None:
         "webhooks:\n  - http://plain.example/hook\n  - {url: 'https://qms.example/zd', secret_env: ZD_QMS}\n"
     )
     config = load_config(path)
-    assert config.webhook_urls() == ["http://plain.example/hook", "https://qms.example/zd"]
+    assert config.targets() == ["http://plain.example/hook", "https://qms.example/zd"]
     assert config.webhook_secret_envs() == {"https://qms.example/zd": "ZD_QMS"}
     path.write_text("webhooks:\n  - {url: 'https://qms.example/zd', secret: inline}\n")
     with pytest.raises(ValueError, match="invalid andon configuration"):
