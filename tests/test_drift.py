@@ -13,12 +13,15 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from zerodefect.inference.imagestats import image_stats
+from zerodefect.quality.alert_mqtt import AlertPublisher
 from zerodefect.quality.andon import AndonConfig, Rules, deliver_due, evaluate_all
 from zerodefect.quality.drift import check, ks_2samp, psi
 from zerodefect.quality.models import Alert, Inspection
 
+from .mosquitto import Subscriber, broker
 from .people import client_for
 from .servers import record_for_station, serve
+from .test_edge import wait_for
 
 T0 = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
 DEFAULTS = Rules()
@@ -125,7 +128,9 @@ def post(client: httpx.Client, key: str, scores: np.ndarray, brightness: np.ndar
         assert answer.status_code == 201, answer.text
 
 
-def test_drift_alerts_are_raised_once_through_the_record_and_reach_the_webhook(monkeypatch, data_dir) -> None:
+def test_drift_alerts_are_raised_once_through_the_record_and_reach_the_webhook_and_mqtt(
+    monkeypatch, data_dir, tmp_path
+) -> None:
     app = record_for_station(monkeypatch)
     app.state.andon.stop()  # evaluated by hand, after each batch of parts
     key = os.environ["ZD_RECORD_API_KEY"]
@@ -139,7 +144,13 @@ def test_drift_alerts_are_raised_once_through_the_record_and_reach_the_webhook(m
 
     rng = np.random.default_rng(3)
     n_ref, steady, batch = 100, 200, 10
-    with serve(app) as url, serve(hook) as hook_url, httpx.Client(base_url=url) as client:
+    (tmp_path / "broker").mkdir()
+    with (
+        serve(app) as url,
+        serve(hook) as hook_url,
+        httpx.Client(base_url=url) as client,
+        broker(tmp_path / "broker") as mosquitto,
+    ):
         only_drift = Rules(
             ucl=False,
             consecutive_defects=None,
@@ -148,7 +159,15 @@ def test_drift_alerts_are_raised_once_through_the_record_and_reach_the_webhook(m
             drift_reference_parts=n_ref,
             drift_window=100,
         )
-        config = AndonConfig(defaults=only_drift, webhooks=[f"{hook_url}/andon"])
+        config = AndonConfig(
+            defaults=only_drift,
+            webhooks=[f"{hook_url}/andon"],
+            mqtt={"host": "127.0.0.1", "port": mosquitto.port, "site": "plant1"},
+        )
+        mes = Subscriber(mosquitto.port, "zd/v1/plant1/L1/st-01/alert", client_id="zd-test-drift")
+        publisher = AlertPublisher(config.mqtt)
+        publisher.start()
+        wait_for(publisher.client.is_connected)
         post(client, key, rng.normal(MEAN, SIGMA, n_ref + steady), rng.normal(140, 2.8, n_ref + steady))
         with app.state.sessions() as session:
             assert evaluate_all(session, config) == []
@@ -170,7 +189,13 @@ def test_drift_alerts_are_raised_once_through_the_record_and_reach_the_webhook(m
             ]
             first = session.get(Inspection, int(rows[0].breach.split()[-1]))
             assert first.serial.startswith("S") and all(a.cleared_at is None for a in rows)
-            assert deliver_due(session, client) == 2 and deliver_due(session, client) == 0
+            # Each alert to the webhook and to the broker, once.
+            assert deliver_due(session, client, publisher=publisher) == 4
+            assert deliver_due(session, client, publisher=publisher) == 0
+        publisher.stop()
+        wait_for(lambda: len(mes.messages) == 2)
+        mes.close()
+        assert sorted(m["alert"]["breach"].split()[0] for m in mes.json()) == ["brightness", "score"]
         # The dashboard charts each series' CUSUM against h, as the andon judged it.
         app.state.andon.config = config
         viewer = client_for(app, url, "viewer")
