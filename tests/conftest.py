@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from zerodefect.services import free_port
 from zerodefect.settings import get_settings, prepare_process_environment
 
+from .plcsims import ModbusPlcSim, OpcUaPlcSim
 from .synthetic import make_folder_dataset
 
 
@@ -61,3 +64,22 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "reject": make_bundle(root / "reject", REJECT_ALL),
         "pass": make_bundle(root / "pass", PASS_ALL, seed=1),
     }
+
+
+@pytest.fixture(scope="session")
+def opcua_plc() -> Iterator[OpcUaPlcSim]:
+    """asyncua's server (tests/plcsims.py) takes about 3 s to start: one per session, shared by
+    the PLC and line tests. Tests clear its `seen` list before use."""
+    sim = OpcUaPlcSim(f"opc.tcp://127.0.0.1:{free_port()}/zd/")
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def modbus_plc() -> Iterator[ModbusPlcSim]:
+    """pymodbus's TCP server on a free loopback port, recording every write (tests/plcsims.py)."""
+    sim = ModbusPlcSim(free_port())
+    sim.start()
+    yield sim
+    sim.close()

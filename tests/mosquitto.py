@@ -92,6 +92,8 @@ class Subscriber:
 
     def __init__(self, port: int, topic: str, client_id: str = "zd-test-mes", persistent: bool = True):
         self.messages: list[tuple[str, bytes, bool]] = []
+        # Payloads the broker sent again with the DUP flag: QoS 1 redeliveries to this session.
+        self.redelivered: list[bytes] = []
         self._lock = threading.Lock()
         self.topic = topic
         self.subscribed = threading.Event()
@@ -110,6 +112,8 @@ class Subscriber:
     def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((message.topic, message.payload, bool(message.retain)))
+            if message.dup:
+                self.redelivered.append(message.payload)
 
     def payloads(self) -> list[bytes]:
         with self._lock:

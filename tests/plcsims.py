@@ -143,11 +143,26 @@ class ModbusPlcSim:
     def timed_results(self, register: int, words: int) -> list[tuple[int, str, float]]:
         """(result code, part id, perf_counter at arrival) of each result block."""
         return [
-            (
-                values[0],
-                b"".join(w.to_bytes(2, "big") for w in values[2 : 2 + words]).rstrip(b"\0").decode(),
-                at,
-            )
+            (values[0], _part_id(values[2 : 2 + words]), at)
             for (code, address, values), at in zip(list(self.writes), list(self.times), strict=False)
             if code == 16 and address == register
         ]
+
+    def pulses_per_result(self, register: int, words: int, coil: int) -> list[tuple[int, str, int]]:
+        """(result code, part id, rising edges of `coil` before the next result block) of each
+        result block: which part each reject pulse belonged to, as the PLC saw them in order."""
+        blocks: list[list] = []
+        on = False
+        for code, address, values in list(self.writes):
+            if code == 16 and address == register:
+                blocks.append([values[0], _part_id(values[2 : 2 + words]), 0])
+            elif code in (5, 15) and address == coil:
+                if values[0] and not on and blocks:
+                    blocks[-1][2] += 1
+                on = bool(values[0])
+        return [(code, part, edges) for code, part, edges in blocks]
+
+
+def _part_id(words: list[int]) -> str:
+    """The part id of a result block: ASCII, two characters per big-endian register, zero padded."""
+    return b"".join(w.to_bytes(2, "big") for w in words).rstrip(b"\0").decode()

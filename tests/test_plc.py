@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,28 +13,10 @@ from pydantic import ValidationError
 from zerodefect.edge.app import create_app as create_edge
 from zerodefect.edge.config import StationConfig
 from zerodefect.edge.plc import part_id_words
-from zerodefect.services import free_port
 
-from .plcsims import ModbusPlcSim, OpcUaPlcSim
+from .plcsims import ModbusPlcSim
 from .servers import serve
 from .test_edge import png, post, station, wait_for
-
-
-@pytest.fixture(scope="session")
-def opcua_plc() -> Iterator[OpcUaPlcSim]:
-    """asyncua's server takes about 3 s to start: one per session."""
-    sim = OpcUaPlcSim(f"opc.tcp://127.0.0.1:{free_port()}/zd/")
-    sim.start()
-    yield sim
-    sim.stop()
-
-
-@pytest.fixture
-def modbus_plc() -> Iterator[ModbusPlcSim]:
-    sim = ModbusPlcSim(free_port())
-    sim.start()
-    yield sim
-    sim.close()
 
 
 def opcua_section(sim, **changes) -> dict:
