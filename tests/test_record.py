@@ -1,4 +1,6 @@
-"""The quality record service over real HTTP: keys, idempotency, images, filters, bad input."""
+"""The quality record service over real HTTP: keys, idempotency, images, filters, bad input.
+
+Every test here runs twice: on SQLite and on PostgreSQL (the `record_db` fixture)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from .servers import serve
 
 
 @pytest.fixture
-def record(data_dir: Path):
+def record(record_db: str):
     app = create_app(get_settings())
     with app.state.sessions() as session:
         _, key_a = add_station(session, "st-01", line="line-1")
@@ -222,7 +224,7 @@ def test_roles_sessions_and_review_history(record) -> None:
         client.close()
 
 
-def test_users_cli_creates_the_first_admin(data_dir: Path, monkeypatch) -> None:
+def test_users_cli_creates_the_first_admin(record_db: str, monkeypatch) -> None:
     from typer.testing import CliRunner
 
     from zerodefect.cli import app as cli

@@ -27,7 +27,8 @@ from .test_record import part
 
 
 @pytest.fixture
-def record(data_dir: Path):
+def record(record_db: str):
+    """The record on SQLite and on PostgreSQL (a unique violation ends a PostgreSQL transaction)."""
     app = create_app(get_settings())
     with app.state.sessions() as session:
         _, key_a = add_station(session, "st-01")
