@@ -276,6 +276,8 @@ def to_out(row: Inspection) -> InspectionOut:
 
 # Which review decisions fit which line verdict.
 DECISIONS = {"reject": ("confirmed", "false_reject"), "pass": ("good", "escape")}
+# The reviews table's column for redrawn boxes (a VARCHAR of this length on PostgreSQL).
+BOXES_JSON_MAX = Review.__table__.c.boxes_json.type.length
 
 
 def add_review(session: Session, inspection_id: int, user: User, review: ReviewIn) -> Review:
@@ -288,6 +290,13 @@ def add_review(session: Session, inspection_id: int, user: User, review: ReviewI
         raise RecordError(f"a {row.verdict}ed part is reviewed as one of {allowed}, not {review.decision!r}")
     if review.decision == "escape" and not review.label:
         raise RecordError("an escape needs the defect's class in `label`")
+    boxes_json = Review.boxes_to_json(review.boxes)
+    if boxes_json is not None and len(boxes_json) > BOXES_JSON_MAX:
+        # PostgreSQL enforces the column's length (SQLite does not): a 4xx, never a 500.
+        raise RecordError(
+            f"the review's boxes take {len(boxes_json)} characters stored, over the {BOXES_JSON_MAX} "
+            "a review keeps: send fewer boxes or shorter class names"
+        )
     # Only a label the reviewer gave: a plain confirmation keeps each defect's own class.
     label = review.label
     entry = Review(
@@ -295,7 +304,7 @@ def add_review(session: Session, inspection_id: int, user: User, review: ReviewI
         user_id=user.id,
         decision=review.decision,
         label=label,
-        boxes_json=Review.boxes_to_json(review.boxes),
+        boxes_json=boxes_json,
         note=review.note,
         created_at=utcnow(),
     )

@@ -212,6 +212,13 @@ def test_roles_sessions_and_review_history(record) -> None:
         f"/v1/inspections/{passed['id']}/reviews", json={"decision": "escape", "label": "crack"}
     )
     assert escape.status_code == 201
+    # Boxes that fit the API's limits (200, class names of 100) but not the stored column: a
+    # 4xx with the reason on both backends (PostgreSQL enforces a VARCHAR's length; it was a 500).
+    box = {"class_name": "c" * 100, "score": 1, "box": [1.125, 2.125, 30.125, 20.125]}
+    oversized = {"decision": "confirmed", "boxes": [box] * 200}
+    refused = reviewer.post(f"/v1/inspections/{rejected['id']}/reviews", json=oversized)
+    assert refused.status_code == 422 and "fewer boxes" in refused.json()["detail"], refused.text
+    assert len(viewer.get(f"/v1/inspections/{rejected['id']}/reviews").json()) == 2
     # Only an admin adds people; a logged-out session is dead.
     new_user = {"username": "qa-2", "password": "long enough pw", "role": "reviewer"}
     assert reviewer.post("/v1/users", json=new_user).status_code == 403
