@@ -134,7 +134,14 @@ def start_cluster(durable: bool = False, bindir: Path | None = None) -> Postgres
     bindir = bindir or find_bindir()
     root = Path(tempfile.mkdtemp(prefix="zd-pg-"))
     if os.geteuid() == 0:
-        server_user = pwd.getpwnam("postgres")
+        try:
+            server_user = pwd.getpwnam("postgres")
+        except KeyError:
+            root.rmdir()
+            raise PostgresError(
+                "as root, the server runs as the `postgres` user, and there is none: install Debian's "
+                "postgresql package, or run as another user"
+            ) from None
         os.chown(root, server_user.pw_uid, server_user.pw_gid)
     cluster = None
     try:
