@@ -341,3 +341,22 @@ def test_admins_manage_stations_and_keys(record) -> None:
     assert stations["st-09"]["line"] == "line-2" and stations["st-09"]["last_seen_at"] is not None
     admin.close()
     reviewer.close()
+
+
+def test_a_promotion_reason_fits_the_record_or_is_refused_first(record_db: str) -> None:
+    from zerodefect.quality.db import record_session
+    from zerodefect.quality.models import PROMOTION_REASON_MAX
+    from zerodefect.quality.promotions import add_promotion, to_out
+    from zerodefect.training.registry import promote
+
+    longest = "r" * PROMOTION_REASON_MAX
+    with record_session() as session:
+        row = add_promotion(session, "elpv", "4", "champion", "3", "FORCED", longest, "qa", [])
+        assert to_out(row).reason == longest
+        # Longer: PostgreSQL refused the insert (SQLite kept it), and the audit copy of a FORCED
+        # promotion was lost after the alias had moved. Now one named limit on both...
+        with pytest.raises(ValueError, match=f"at most {PROMOTION_REASON_MAX} characters"):
+            add_promotion(session, "elpv", "5", "champion", "4", "FORCED", longest + "r", "qa", [])
+    # ...and the registry refuses it before it looks up or moves anything.
+    with pytest.raises(ValueError, match="--reason takes at most"):
+        promote("no-such-model", force=True, reason=longest + "r")
