@@ -8,17 +8,19 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.apikeys import hash_key, mint_key
+from zerodefect.configfile import describe
 from zerodefect.inference.heatmap import decode_heatmap
 from zerodefect.inference.imagecheck import InputError
 from zerodefect.inference.wire import InspectionIn, to_utc
 from zerodefect.quality.images import EXTENSIONS, ImageStore
 from zerodefect.quality.models import Defect, Inspection, Line, Review, Station, User, utcnow
-from zerodefect.quality.schemas import DefectOut, InspectionOut, ReviewIn, ReviewOut
+from zerodefect.quality.schemas import DefectOut, InspectionOut, ReviewIn, ReviewOut, StationIn
 
 # The fields of a part that go from the wire to its row, and from its row to readers, as they are.
 PART_FIELDS = (
@@ -59,6 +61,10 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 def add_station(session: Session, name: str, line: str | None = None) -> tuple[Station, str]:
     """Create a station and return it with its new API key (stored only as a hash)."""
+    try:  # the API's rules for the command line too (PostgreSQL refused a longer name: a crash)
+        StationIn(name=name, line=line)
+    except ValidationError as exc:
+        raise RecordError(f"station: {describe(exc)}") from None
     if session.scalar(select(Station).where(Station.name == name)) is not None:
         raise RecordError(f"station {name!r} exists", 409)
     line_row = None

@@ -249,6 +249,13 @@ def test_users_cli_creates_the_first_admin(record_db: str, monkeypatch) -> None:
         cli, ["users", "create", "x", "--role", "owner", "--password-env", "ZD_ADMIN_PASSWORD"]
     )
     assert bad.exit_code == 2 and "unknown role 'owner'" in bad.output
+    # Stations from the command line follow the API's rules: a name PostgreSQL cannot store (it
+    # crashed there) or with a space is a message, not a traceback.
+    for name, problem in (("s" * 101, "at most 100 characters"), ("line 1", "should match pattern")):
+        refused = CliRunner().invoke(cli, ["record", "add-station", name])
+        assert refused.exit_code == 2 and problem in refused.output, refused.output
+    added = CliRunner().invoke(cli, ["record", "add-station", "st-07", "--line", "line-2"])
+    assert added.exit_code == 0 and "station st-07 created" in added.output
     record = create_app(get_settings())
     with serve(record) as url:
         answer = httpx.post(f"{url}/v1/login", json={"username": "boss", "password": "first admin pw"})
