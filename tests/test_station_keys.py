@@ -6,6 +6,8 @@ reject by posting A's key first; a key reused for another part is a 409, never a
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -73,6 +75,26 @@ def test_another_stations_key_neither_reads_nor_blocks_a_record(record) -> None:
         ("k-frame-0001", "reject"),
         ("k-frame-0002", "reject"),
     ]
+
+
+def test_concurrent_deliveries_of_one_key_store_one_row(record) -> None:
+    """A station's retries can race (a timeout, then the outbox's next try): one 201, the rest
+    the same row as 200s. On PostgreSQL the losers wait on the unique index, then replay."""
+    url, key_a, _, app = record
+    body = part("k-race-0001", "RACE", "reject", defects=[{"class_name": "crack", "score": 0.9}])
+    start = threading.Barrier(8)
+
+    def deliver(_: int) -> httpx.Response:
+        start.wait(timeout=30)
+        return httpx.post(f"{url}/v1/inspections", json=body, headers={"X-API-Key": key_a}, timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(deliver, range(8)))
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [201], [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    reader = client_for(app, url, "viewer")
+    assert reader.get("/v1/inspections", params={"serial": "RACE"}).json()["total"] == 1
+    reader.close()
 
 
 def test_the_migration_scopes_existing_keys_to_their_station(data_dir: Path) -> None:
