@@ -60,8 +60,10 @@ def _as_server_user(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
-def _run(args: list[str], what: str) -> None:
-    done = subprocess.run(_as_server_user(args), capture_output=True, text=True, timeout=120)
+def _run(args: list[str], what: str, cwd: Path) -> None:
+    """Run a server command from `cwd`, the cluster's directory: the caller's own may be closed to
+    the `postgres` user (a checkout under /root)."""
+    done = subprocess.run(_as_server_user(args), capture_output=True, text=True, timeout=120, cwd=cwd)
     if done.returncode != 0:
         raise PostgresError(f"{what} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
 
@@ -115,6 +117,7 @@ class PostgresCluster:
                 _run(
                     [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
                     "pg_ctl stop",
+                    self.root,
                 )
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -161,6 +164,7 @@ def start_cluster(durable: bool = False, bindir: Path | None = None) -> Postgres
                 "--no-instructions",
             ],
             "initdb",
+            root,
         )
         settings = {"listen_addresses": "127.0.0.1", "unix_socket_directories": str(root)}
         if not durable:
@@ -183,7 +187,7 @@ def start_cluster(durable: bool = False, bindir: Path | None = None) -> Postgres
                 "60",
             ]
             try:
-                _run([*start, "start"], "pg_ctl start")
+                _run([*start, "start"], "pg_ctl start", root)
                 return cluster
             except PostgresError as error:
                 failure = error
