@@ -12,14 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import text
 
 from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.station import PartMeta, idempotency_key
 from zerodefect.quality.app import create_app
-from zerodefect.quality.db import MIGRATIONS, make_engine, migrate
+from zerodefect.quality.db import make_engine, migrate
 from zerodefect.quality.store import add_station
 from zerodefect.settings import get_settings
 
@@ -99,10 +97,7 @@ def test_concurrent_deliveries_of_one_key_store_one_row(record) -> None:
 
 def test_the_migration_scopes_existing_keys_to_their_station(data_dir: Path) -> None:
     url = get_settings().record_database_url
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url)
-    command.upgrade(config, "0004")
+    migrate(url, "0004")
     engine = make_engine(url)
     with engine.begin() as db:
         db.execute(
