@@ -95,22 +95,26 @@ def test_concurrent_deliveries_of_one_key_store_one_row(record) -> None:
     reader.close()
 
 
-def test_the_migration_scopes_existing_keys_to_their_station(data_dir: Path) -> None:
-    url = get_settings().record_database_url
+def test_the_migration_scopes_existing_keys_to_their_station(empty_db: str, monkeypatch) -> None:
+    """On both backends: SQLite's unnamed unique constraint and PostgreSQL's inspections_key_key."""
+    url = empty_db
+    monkeypatch.setenv("ZD_RECORD_URL", url)
+    get_settings.cache_clear()
     migrate(url, "0004")
     engine = make_engine(url)
     with engine.begin() as db:
         db.execute(
             text(
-                "INSERT INTO stations (id, name, api_key_hash, created_at)"
-                " VALUES (1, 'st-01', 'h1', '2026-11-24 07:00:00.000000')"
+                "INSERT INTO stations (name, api_key_hash, created_at)"
+                " VALUES ('st-01', 'h1', '2026-11-24 07:00:00.000000')"
             )
         )
         db.execute(
             text(
                 "INSERT INTO inspections (key, station_id, serial, captured_at, received_at, model_name,"
-                " model_version, threshold, verdict, failsafe) VALUES ('k-old-0001', 1, 'OLD',"
-                " '2026-11-24 08:00:00.000000', '2026-11-24 08:00:01.000000', 'm', '1', 0.5, 'reject', 0)"
+                " model_version, threshold, verdict, failsafe) SELECT 'k-old-0001', id, 'OLD',"
+                " '2026-11-24 08:00:00.000000', '2026-11-24 08:00:01.000000', 'm', '1', 0.5, 'reject',"
+                " false FROM stations WHERE name = 'st-01'"
             )
         )
     engine.dispose()
