@@ -160,9 +160,9 @@ def test_what_ddp_cannot_run_is_refused_before_starting(
 
 
 def test_the_multi_node_command_is_torchrun_with_a_static_rendezvous() -> None:
-    command = distributed.torchrun_command(4, ["train", "c.yaml"], 2, 1, "10.0.0.5", 29501)
-    assert command[1:] == [
-        "-m", "torch.distributed.run", "--nproc-per-node=4", "--nnodes=2", "--node-rank=1",
-        "--master-addr=10.0.0.5", "--master-port=29501", "-m", "zerodefect", "train", "c.yaml",
+    args = distributed.torchrun_args(4, ["train", "c.yaml"], 2, 1, "10.0.0.5", 29501)
+    assert args == [
+        "--nproc-per-node=4", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.5",
+        "--master-port=29501", "-m", "zerodefect", "train", "c.yaml",
     ]  # fmt: skip
-    assert "--standalone" in distributed.torchrun_command(2, ["train", "c.yaml"])
+    assert "--standalone" in distributed.torchrun_args(2, ["train", "c.yaml"])

@@ -1,6 +1,6 @@
 """Data-parallel training with torch DDP: `zerodefect train CONFIG --nproc N` under torchrun.
 
-`zerodefect train --nproc N` starts `torchrun` (torch.distributed.run), which runs N copies of
+`zerodefect train --nproc N` runs `torchrun` (torch.distributed.run), which starts N copies of
 `zerodefect train CONFIG`; each finds its rank in the environment torchrun sets (RANK,
 WORLD_SIZE, LOCAL_RANK). Gloo on CPU, NCCL on GPUs (one GPU per process).
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -114,7 +113,7 @@ def check_config(one_pass: bool, task: str, batch_size: int, processes: int) -> 
         )
 
 
-def torchrun_command(
+def torchrun_args(
     nproc: int,
     child_args: list[str],
     nnodes: int = 1,
@@ -122,23 +121,38 @@ def torchrun_command(
     master_addr: str | None = None,
     master_port: int = 29500,
 ) -> list[str]:
-    """The torchrun command that runs `zerodefect CHILD_ARGS` in N processes per node.
+    """torchrun's arguments to run `zerodefect CHILD_ARGS` in N processes per node.
 
     One node: `--standalone` (a local rendezvous on a free port). Several: a static rendezvous
     at MASTER_ADDR:MASTER_PORT, the same command on every node with its own --node-rank."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    args = [f"--nproc-per-node={nproc}"]
     if nnodes == 1:
-        command.append("--standalone")
+        args.append("--standalone")
     else:
         if not master_addr:
             raise ConfigError("--nnodes above 1 needs --master-addr (the node of rank 0)")
-        command += [
+        args += [
             f"--nnodes={nnodes}",
             f"--node-rank={node_rank}",
             f"--master-addr={master_addr}",
             f"--master-port={master_port}",
         ]
-    return [*command, "-m", "zerodefect", *child_args]
+    return [*args, "-m", "zerodefect", *child_args]
+
+
+def launch(args: list[str]) -> int:
+    """Run torchrun with `args` in this process (its agent starts and watches the training
+    processes) and return the exit code: 0, rank 0's own code when it failed (2 for a user
+    error, 3 for a run that collapsed, as without torchrun), else 1."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(args))
+    except ChildFailedError as exc:
+        rank0 = exc.failures.get(0)
+        return rank0.exitcode if rank0 is not None and rank0.exitcode > 0 else 1
+    return 0
 
 
 def first_on_each_node(world: World, work: Callable[[], T]) -> T:
@@ -183,6 +197,14 @@ def average_buffers(world: World, module: nn.Module) -> None:
             dist.all_reduce(buffer)
             buffer /= world.size
         else:
+            dist.broadcast(buffer, src=0)
+
+
+def buffers_from_rank0(world: World, module: nn.Module) -> None:
+    """Rank 0's buffers on every process: for a run stopped mid-epoch (a NaN loss), whose
+    processes each updated their own running statistics since the last average."""
+    if world.distributed:
+        for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
 
 

@@ -9,6 +9,7 @@ its model, data, loop, calibration, export and metrics.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ def _train_worker(
     from zerodefect.training.train import seed_everything
 
     quiet = Console(quiet=True)
+    logging.getLogger().setLevel(logging.WARNING)  # rank 0 says what all of them do
     manifest = distributed.first_on_each_node(world, lambda: prepare_manifest(cfg, extra_data))
     run_dir = distributed.broadcast(world, None)
     task.check_manifest(cfg, manifest)

@@ -32,6 +32,7 @@ from zerodefect.training.distributed import (
     World,
     average_buffers,
     broadcast,
+    buffers_from_rank0,
     current,
     mean_across,
     wrap_for_training,
@@ -367,6 +368,7 @@ def fit(
         if stale >= cfg.train.early_stopping_patience:
             log.info("early stop: the validation score has not improved for %d epochs", stale)
             break
+    buffers_from_rank0(world, model)
     if world.main:
         torch.save({"model": best_state, "epoch": best_epoch, "val_score": best_score}, run_dir / "best.pt")
     seconds = spent + time.perf_counter() - started

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -57,7 +56,7 @@ def train(
     default OMP_WAIT_POLICY=PASSIVE keeps training from stalling (README, "Training").
     """
     from zerodefect.training.config import load_config
-    from zerodefect.training.distributed import check_config, launched_by_torchrun, torchrun_command
+    from zerodefect.training.distributed import check_config, launch, launched_by_torchrun, torchrun_args
     from zerodefect.training.export import ExportParityError
     from zerodefect.training.health import TrainingFailed
     from zerodefect.training.pipeline import run_training
@@ -72,9 +71,9 @@ def train(
             child += ["--resume"] if resume else []
             child += [f"--resume-dir={resume_dir}"] if resume_dir else []
             child += [f"--extra-data={extra_data}"] if extra_data else []
-            command = torchrun_command(nproc, child, nnodes, node_rank, master_addr, master_port)
-            console.print(f"starting {nproc} processes: {' '.join(command)}", highlight=False)
-            raise typer.Exit(code=subprocess.run(command, check=False).returncode)
+            args = torchrun_args(nproc, child, nnodes, node_rank, master_addr, master_port)
+            console.print(f"torchrun {' '.join(args)}", highlight=False)
+            raise typer.Exit(code=launch(args))
         outcome = run_training(cfg, config, resume_dir or resume, extra_data, console=console)
     except (*user_errors(), ExportParityError) as exc:
         raise fail(str(exc)) from None
