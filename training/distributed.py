@@ -25,6 +25,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -83,7 +84,9 @@ def start(device_preference: str) -> World:
     if cuda:
         # "cuda" then means this process's own GPU everywhere (model, batches, NCCL).
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # The other processes wait while rank 0 alone validates the dataset (every image opened) and
+    # the val split: longer than torch's default 10-30 min on a large archive.
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=2))
     return current()
 
 
