@@ -5,26 +5,20 @@ gives the same weights in 2 processes as in 1; what DDP cannot run is refused be
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from zerodefect.cli import app
-from zerodefect.datasets.augment import build_augmentations
 from zerodefect.services import free_port
 from zerodefect.training import distributed
-from zerodefect.training.config import Config
-from zerodefect.training.data import ImageDataset
-from zerodefect.training.train import fit
 
+from .ddp_fit import fit_rank, net, train_tiny
 from .test_pipeline import MODEL, tiny_config
 
 
@@ -60,68 +54,11 @@ def test_two_processes_train_one_model_and_register_it_once(data_dir: Path, fold
     assert done.stdout.count("epoch   2") == 1
 
 
-def _config(folder: Path) -> Config:
-    return Config.model_validate(
-        {
-            "name": "fit",
-            "data": {"manifest": str(folder / "unused.jsonl")},
-            "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "ema_decay": 0.9},
-        }
-    )
-
-
-def _net() -> nn.Module:
-    """No batch norm: every sample's loss depends on itself only, so 2 half-batches average to
-    exactly the full batch's gradient (batch norm couples samples: docs in training/distributed.py)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
-    )
-
-
-def _loss(model: nn.Module, batch, device: torch.device) -> torch.Tensor:
-    images, targets = batch
-    logits = model(images.to(device).permute(0, 3, 1, 2).float() / 255)
-    return nn.functional.cross_entropy(logits, targets.to(device))
-
-
-def _fit(folder: Path) -> dict:
-    """The shared `fit` on 36 generated 16-px images with D4 augmentation (36 is not a multiple
-    of the batch: the last part of each epoch is dropped alike in 1 and 2 processes)."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (36, 16, 16, 3), dtype=np.uint8)
-    targets = (images[:, :8].mean(axis=(1, 2, 3)) > images[:, 8:].mean(axis=(1, 2, 3))).astype(np.int64)
-    augment = build_augmentations([{"name": "D4"}])
-    model = _net()
-    result = fit(
-        _config(folder),
-        model,
-        ImageDataset(images, targets, augment),
-        _loss,
-        lambda net, device: {"score": -net[4].weight.detach().abs().sum().item()},
-        folder,
-        augment,
-    )
-    return {"best": result.best_state, "final": model.state_dict(), "history": result.history}
-
-
-def _fit_rank(rank: int, port: int, folder: Path) -> None:
-    """One of 2 processes, with the environment torchrun would give it."""
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    torch.set_num_threads(1)  # 2 processes on 2 cores
-    assert distributed.start("cpu").size == 2
-    out = _fit(folder)
-    distributed.finish()
-    torch.save(out, folder / f"rank{rank}.pt")
-
-
 def test_one_process_and_two_train_the_same_weights(tmp_path: Path) -> None:
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    one = _fit(tmp_path / "one")
-    torch.multiprocessing.spawn(_fit_rank, args=(free_port(), tmp_path / "two"), nprocs=2)
+    one = train_tiny(tmp_path / "one")
+    torch.multiprocessing.spawn(fit_rank, args=(free_port(), tmp_path / "two"), nprocs=2)
     ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     # The two processes hold the same model, bit for bit.
     for key in ("best", "final"):
@@ -136,7 +73,7 @@ def test_one_process_and_two_train_the_same_weights(tmp_path: Path) -> None:
         [r["train_loss"] for r in one["history"]], rel=1e-5
     )
     # Training moved the weights (an equality of untouched weights would prove nothing).
-    assert not torch.equal(one["final"]["4.weight"], _net()[4].weight.detach())
+    assert not torch.equal(one["final"]["4.weight"], net()[4].weight.detach())
     # Rank 0 alone wrote the checkpoints.
     assert (tmp_path / "two" / "last.pt").is_file()
 
