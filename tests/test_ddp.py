@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from zerodefect.cli import app
 from zerodefect.services import free_port
+from zerodefect.settings import configure_mlflow
 from zerodefect.training import distributed
 
 from .ddp_fit import fit_rank, net, train_tiny
@@ -42,7 +43,7 @@ def test_two_processes_train_one_model_and_register_it_once(data_dir: Path, fold
     assert len(saved["history"]) == 2
 
     # Rank 0 alone logged, exported and registered: one MLflow run, one version, said once.
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(configure_mlflow())  # this test's store, not an earlier module's
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["processes"] == "2"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
