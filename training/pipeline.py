@@ -8,8 +8,11 @@ its model, data, loop, calibration, export and metrics.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -18,13 +21,14 @@ from zerodefect.datasets.manifest import DatasetError, Manifest
 from zerodefect.datasets.validate import validate
 from zerodefect.inference.bundle import update_meta
 from zerodefect.settings import Settings, get_settings
+from zerodefect.training import distributed
 from zerodefect.training.config import Config
 from zerodefect.training.health import Preflight, preflight
 from zerodefect.training.progress import progress_bar
 from zerodefect.training.release import calibrate_and_export, decode_splits
 from zerodefect.training.report import Report, write_report
 from zerodefect.training.runs import keep_inputs, mark_finished, new_run_dir, prepare_manifest, run_id_of
-from zerodefect.training.tasks import FitJob, get_task
+from zerodefect.training.tasks import FitJob, Split, Task, get_task
 
 
 @dataclass
@@ -89,6 +93,46 @@ def announce_preflight(
     return pre
 
 
+def _train_worker(
+    cfg: Config, task: Task, world: distributed.World, resume: bool | Path, extra_data: Path | None
+) -> None:
+    """Rank > 0 of a DDP run: the same model, data and seeds as rank 0, its share of each batch,
+    nothing written (no run folder, MLflow, export or registry); gone once the weights are
+    trained and checked equal to rank 0's."""
+    from zerodefect.datasets.augment import build_augmentations
+    from zerodefect.training.train import seed_everything
+
+    quiet = Console(quiet=True)
+    logging.getLogger().setLevel(logging.WARNING)  # rank 0 says what all of them do
+    manifest = distributed.first_on_each_node(world, lambda: prepare_manifest(cfg, extra_data))
+    run_dir = distributed.broadcast(world, None)
+    task.check_manifest(cfg, manifest)
+    augment = build_augmentations(cfg.augment, boxes=task.has_boxes)
+    seed_everything(cfg.train.seed)
+    model, _ = task.build_model(cfg, manifest, cfg.model.pretrained)
+    (train,) = decode_splits(task, cfg, manifest, quiet, ("train",))
+    # Rank 0 alone validates: the val split is left empty here (same types, no images).
+    empty = Split([], train.images[:0], train.truth[:0])
+    task.fit(FitJob(cfg, model, manifest, train, empty, run_dir, augment, bool(resume)))
+    record_processes(world, model, run_dir, quiet)
+
+
+def record_processes(world: distributed.World, model: Any, run_dir: Path, console: Console) -> None:
+    """After DDP training: check that every process holds the same weights (a ValueError if
+    not), leave the process group, and on rank 0 keep the digests in run_dir/ddp.json and the
+    MLflow run (what a test or an auditor compares)."""
+    import mlflow
+
+    digests = distributed.gather_digests(world, model)
+    distributed.finish()
+    if not world.main:
+        return
+    info = {"processes": world.size, "backend": world.backend, "weights_sha256": digests}
+    (run_dir / "ddp.json").write_text(json.dumps(info, indent=2))
+    mlflow.log_dict(info, "ddp.json")
+    console.print(f"DDP: {world.size} processes ended with the same weights (sha256 {digests[0][:12]})")
+
+
 def run_training(
     cfg: Config,
     config_path: Path | None = None,
@@ -96,8 +140,13 @@ def run_training(
     extra_data: Path | None = None,
     settings: Settings | None = None,
     console: Console | None = None,
-) -> TrainOutcome:
-    """Train, calibrate on val, export with parity, evaluate on test, log and register."""
+) -> TrainOutcome | None:
+    """Train, calibrate on val, export with parity, evaluate on test, log and register.
+
+    Started by torchrun (`zerodefect train --nproc N`), every process trains its share of each
+    batch (zerodefect.training.distributed); rank 0 alone does the rest and returns the outcome,
+    the other processes return None once the weights are trained.
+    """
     import mlflow
 
     from zerodefect.datasets.augment import build_augmentations
@@ -112,9 +161,13 @@ def run_training(
     from zerodefect.training.train import seed_everything
 
     task = get_task(cfg.task)
+    world = distributed.start(cfg.train.device)
+    distributed.check_config(task.one_pass, task.name, cfg.train.batch_size, world.size)
+    if not world.main:
+        return _train_worker(cfg, task, world, resume, extra_data)
     settings = settings or get_settings()
     console = console or Console()
-    manifest = prepare_manifest(cfg, extra_data)
+    manifest = distributed.first_on_each_node(world, lambda: prepare_manifest(cfg, extra_data))
     with console.status("validating dataset (every image is opened once)"):
         check = validate(manifest)
     console.print(
@@ -123,7 +176,7 @@ def run_training(
     if not manifest.split("train") or not manifest.split("val"):
         raise DatasetError(f"{cfg.data.manifest}: needs non-empty train and val splits")
 
-    run_dir = new_run_dir(settings, cfg.name, resume)
+    run_dir = distributed.broadcast(world, new_run_dir(settings, cfg.name, resume))
     keep_inputs(run_dir, cfg, manifest)
     task.check_manifest(cfg, manifest)
     augment = build_augmentations(cfg.augment, boxes=task.has_boxes)
@@ -135,7 +188,7 @@ def run_training(
 
     steps_per_epoch = max(len(train.samples) // cfg.train.batch_size, 1)
     pre = announce_preflight(cfg, manifest, steps_per_epoch, console, task.boxes_at_input(train))
-    run = start_mlflow_run(cfg, run_dir, check, settings, config_path, extra_data, weights)
+    run = start_mlflow_run(cfg, run_dir, check, settings, config_path, extra_data, weights, world.size)
     try:
         with epoch_progress(console, cfg.train.epochs, steps_per_epoch, cfg.train.log_every_seconds) as (
             on_batch,
@@ -143,6 +196,8 @@ def run_training(
         ):
             job = FitJob(cfg, model, manifest, train, val, run_dir, augment, bool(resume), on_batch, on_epoch)
             result = task.fit(job)
+        if world.distributed:
+            record_processes(world, model, run_dir, console)
         if task.one_pass:
             # A one-pass fit has no best epoch; without val defects it has no val score either.
             judged = (

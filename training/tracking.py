@@ -62,8 +62,10 @@ def start_mlflow_run(
     config_path: Path | None,
     extra_data: Path | None,
     weights,
+    processes: int = 1,
 ):
-    """Start (or, for a resumed run folder, reopen) the run's MLflow run and log its inputs."""
+    """Start (or, for a resumed run folder, reopen) the run's MLflow run and log its inputs;
+    `processes` is the number of DDP processes training it (tag `processes`)."""
     import mlflow
 
     from zerodefect.settings import configure_mlflow
@@ -90,6 +92,7 @@ def start_mlflow_run(
                 "config": str(config_path or ""),
                 "extra_data": str(extra_data or ""),
                 "device": str(select_device(cfg.train.device)),
+                "processes": str(processes),
                 "pretrained_tensors": str(weights.matched if weights else 0),
             }
         )

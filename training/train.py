@@ -9,6 +9,7 @@ interrupted. The task supplies only its dataset, its batch loss and its validati
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -20,12 +21,22 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from zerodefect.inference.bundle import TTA_VIEWS
 from zerodefect.models.classifier import InspectionClassifier
 from zerodefect.training.config import Config
 from zerodefect.training.data import ImageDataset
+from zerodefect.training.distributed import (
+    SeededAugment,
+    World,
+    average_buffers,
+    broadcast,
+    buffers_from_rank0,
+    current,
+    mean_across,
+    wrap_for_training,
+)
 from zerodefect.training.health import DIVERGENCE_FACTOR
 from zerodefect.training.metrics import binary_report
 
@@ -85,19 +96,23 @@ def train_one_epoch(
     ema: AveragedModel | None = None,
     on_batch: Callable[[float], None] | None = None,
     grad_clip: float | None = None,
+    world: World | None = None,
 ) -> float:
     """One pass over the training data; returns the mean loss per image.
 
     `batch_loss(model, batch, device)` is the task's loss for one loader batch, whose first
-    element holds the images.
+    element holds the images. Under DDP (`world`) each process holds its share of the global
+    batch, and the loss reported is the global batch's mean, the same on every process.
     """
+    world = world or World()
     model.train()
     total, count = 0.0, 0
     for step, batch in enumerate(loader):
         loss = batch_loss(model, batch, device)
-        if not torch.isfinite(loss):
+        value = mean_across(world, loss).item()
+        if not math.isfinite(value):
             # Stepping on it would turn every weight into NaN; stop here, with the step named.
-            raise NonFiniteLoss(f"the loss became {loss.item()} at step {step + 1} of the epoch")
+            raise NonFiniteLoss(f"the loss became {value} at step {step + 1} of the epoch")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -106,10 +121,10 @@ def train_one_epoch(
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
-        total += loss.item() * len(batch[0])
+        total += value * len(batch[0])
         count += len(batch[0])
         if on_batch:
-            on_batch(loss.item())
+            on_batch(value)
     return total / max(count, 1)
 
 
@@ -207,24 +222,34 @@ def fit(
 
     `validate(model, device)` returns the epoch's validation metrics with "score" (higher is
     better: AUROC for classifiers, mAP@0.5 for detectors) deciding the best epoch.
+
+    In a DDP process group (zerodefect.training.distributed) every process trains its share of
+    each global batch of `train.batch_size`; rank 0 alone validates and writes checkpoints.
     """
+    world = current()
     device = select_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    generator = seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     if cfg.train.freeze_stages:
         frozen = model.freeze_leading_stages(cfg.train.freeze_stages)
         log.info("froze %d tensors in the first %d stages", frozen, cfg.train.freeze_stages)
     model.to(device).to(memory_format=torch.channels_last)
+    seeded = SeededAugment(dataset, augment, cfg.train.seed)
+    # The order is a function of (seed, epoch): each process takes every world.size-th sample of
+    # one permutation, so together their shards of step k are the one-process batch k.
+    sampler = DistributedSampler(
+        seeded, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.train.seed, drop_last=True
+    )
     loader = DataLoader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
+        seeded,
+        batch_size=cfg.train.batch_size // world.size,
+        sampler=sampler,
         drop_last=len(dataset) > cfg.train.batch_size,
-        generator=generator,
         num_workers=0,
         collate_fn=collate_fn,
     )
+    batch_loss = wrap_for_training(world, model, batch_loss)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -255,7 +280,6 @@ def fit(
         )
         stale, history, best_state = state["stale"], state["history"], state["best_state"]
         spent = state.get("seconds", 0.0)
-        generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         log.info(
             "resuming %s at epoch %d (best score %.4f at epoch %d)",
@@ -272,13 +296,22 @@ def fit(
     last_epoch = start_epoch if stale >= cfg.train.early_stopping_patience else cfg.train.epochs
     for epoch in range(start_epoch, last_epoch):
         tick = time.perf_counter()
-        if augment is not None:
-            # albumentations keeps its own RNG: seeded per epoch, so a run and its resumption
-            # augment the same way as an uninterrupted run.
-            augment.set_random_seed(cfg.train.seed * 1000 + epoch)
+        # The sample order and each sample's augmentation are seeded by the epoch, so a run and
+        # its resumption draw the same as an uninterrupted run.
+        sampler.set_epoch(epoch)
+        seeded.epoch = epoch
         try:
             loss = train_one_epoch(
-                model, loader, batch_loss, optimizer, scheduler, device, ema, on_batch, cfg.train.grad_clip
+                model,
+                loader,
+                batch_loss,
+                optimizer,
+                scheduler,
+                device,
+                ema,
+                on_batch,
+                cfg.train.grad_clip,
+                world,
             )
         except NonFiniteLoss as exc:
             failure = f"epoch {epoch + 1}: {exc}"
@@ -292,8 +325,12 @@ def fit(
             )
             log.error("training stopped: %s", failure)
             break
+        average_buffers(world, model)
+        if ema is not None:
+            average_buffers(world, ema)
         evaluated = _eval_model(model, ema)
-        metrics = validate(evaluated, device)
+        # Rank 0 validates; every process gets its score, so they all stop at the same epoch.
+        metrics = broadcast(world, validate(evaluated, device) if world.main else None)
         score = metrics.pop("score")
         row = {
             "epoch": epoch + 1,
@@ -308,29 +345,31 @@ def fit(
             best_state = {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}
         else:
             stale += 1
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "epoch": epoch,
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "stale": stale,
-                "history": history,
-                "best_state": best_state,
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "seconds": spent + time.perf_counter() - started,
-            },
-            checkpoint,
-        )
+        if world.main:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "epoch": epoch,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
+                    "history": history,
+                    "best_state": best_state,
+                    "torch_rng": torch.get_rng_state(),
+                    "seconds": spent + time.perf_counter() - started,
+                },
+                checkpoint,
+            )
         if on_epoch:
             on_epoch(row)
         if stale >= cfg.train.early_stopping_patience:
             log.info("early stop: the validation score has not improved for %d epochs", stale)
             break
-    torch.save({"model": best_state, "epoch": best_epoch, "val_score": best_score}, run_dir / "best.pt")
+    buffers_from_rank0(world, model)
+    if world.main:
+        torch.save({"model": best_state, "epoch": best_epoch, "val_score": best_score}, run_dir / "best.pt")
     seconds = spent + time.perf_counter() - started
     return FitResult(best_state, best_epoch, best_score, len(history), seconds, history, failure)

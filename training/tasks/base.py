@@ -107,7 +107,8 @@ class Task(Protocol):
     # Augmentations move boxes with the pixels.
     has_boxes: bool
     # `fit` is one pass over the data (no epochs, optimizer, loss or EMA): the pre-flight's
-    # schedule warnings and the early-stop check (training/health.py) do not apply.
+    # schedule warnings and the early-stop check (training/health.py) do not apply, and
+    # `train --nproc` refuses it (DDP averages gradients; training/distributed.py).
     one_pass: bool
     # metric -> higher is better: what the promotion gate compares.
     gate_metrics: dict[str, bool]

@@ -24,8 +24,27 @@ def train(
     extra_data: Annotated[
         Path | None, typer.Option(help="Another manifest to add (e.g. from reviews).")
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Train with torch DDP in N processes per node (torchrun; gloo on CPU, NCCL on GPUs)."
+        ),
+    ] = 1,
+    nnodes: Annotated[
+        int, typer.Option(min=1, help="Nodes of a multi-node DDP run (same command on each).")
+    ] = 1,
+    node_rank: Annotated[int, typer.Option(min=0, help="This node's rank (0 on --master-addr).")] = 0,
+    master_addr: Annotated[
+        str | None, typer.Option(help="Address of the node of rank 0 (multi-node).")
+    ] = None,
+    master_port: Annotated[int, typer.Option(help="Rendezvous port on --master-addr (multi-node).")] = 29500,
 ) -> None:
     """Train, calibrate the threshold on val, export a verified bundle, evaluate on test, register.
+
+    With --nproc N (and --nnodes/--node-rank/--master-addr for several machines) it runs
+    through torchrun as N data-parallel processes per node: train.batch_size is the global
+    batch, so the run matches one process; rank 0 alone logs, exports and registers (README,
+    "Training on several processes or machines"). The anomaly task (one pass) is refused.
 
     Before the first step it prints a pre-flight summary (steps per epoch, warm-up, EMA
     half-life, smallest box) with warnings. A run that collapses (best val AUROC <= 0.55 or
@@ -37,19 +56,32 @@ def train(
     default OMP_WAIT_POLICY=PASSIVE keeps training from stalling (README, "Training").
     """
     from zerodefect.training.config import load_config
+    from zerodefect.training.distributed import check_config, launch, launched_by_torchrun, torchrun_args
     from zerodefect.training.export import ExportParityError
     from zerodefect.training.health import TrainingFailed
     from zerodefect.training.pipeline import run_training
     from zerodefect.training.report import print_report
+    from zerodefect.training.tasks import get_task
 
     try:
         cfg = load_config(config, set_)
+        if (nproc > 1 or nnodes > 1) and not launched_by_torchrun():
+            check_config(get_task(cfg.task).one_pass, cfg.task, cfg.train.batch_size, nproc * nnodes)
+            child = ["train", str(config), *(f"--set={s}" for s in set_ or [])]
+            child += ["--resume"] if resume else []
+            child += [f"--resume-dir={resume_dir}"] if resume_dir else []
+            child += [f"--extra-data={extra_data}"] if extra_data else []
+            args = torchrun_args(nproc, child, nnodes, node_rank, master_addr, master_port)
+            console.print(f"torchrun {' '.join(args)}", highlight=False)
+            raise typer.Exit(code=launch(args))
         outcome = run_training(cfg, config, resume_dir or resume, extra_data, console=console)
     except (*user_errors(), ExportParityError) as exc:
         raise fail(str(exc)) from None
     except TrainingFailed as exc:
         console.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
         raise typer.Exit(code=3) from None
+    if outcome is None:  # a DDP process other than rank 0: rank 0 reports
+        return
     print_report(outcome.report, console)
     console.print(
         f"bundle:  {outcome.bundle_dir}\nreport:  {outcome.report_path}\nMLflow run: {outcome.run_id}"
