@@ -190,3 +190,72 @@ def test_the_ray_engine_gives_the_local_engines_verdicts(
         ["rescore", "--model", str(folder), "--engine", "ray", "--num-cpus", "2", "--actors", "2", *WINDOW],
     )
     assert result.exit_code == 2 and "44687" in result.output
+
+
+def _manifest(folder_dataset: Path, out: Path) -> Path:
+    """A test split of the generated parts under the test bundles' classes (good, crack)."""
+    from zerodefect.datasets.manifest import Manifest, Sample
+
+    samples = [
+        Sample(str(path), ["good" if label == "good" else "crack"], "test")
+        for label in ("good", "scratch")
+        for path in sorted((folder_dataset / label).glob("*.png"))[:4]
+    ]
+    return Manifest("classification", ["good", "crack"], samples, Path("/"), "good").write(out)
+
+
+def test_the_promotion_gate_takes_a_rescore_report_as_evidence(
+    archived: dict, bundles: dict[str, Path], folder_dataset: Path, tmp_path: Path
+) -> None:
+    """The reject-all bundle on one reviewed-good part is worse than the line there; on one
+    reviewed escape it is better. The gate judges the report's row, refuses another version's
+    report, and a promotion keeps the row in the record's audit trail."""
+    from zerodefect.training.registry import EVIDENCE_METRIC, evidence_rows, promote
+
+    name = "rescore-gate"
+    version = register(bundles["reject"], name, "challenger")
+    good = [
+        "--since",
+        (T0 + timedelta(minutes=1)).isoformat(),
+        "--until",
+        (T0 + timedelta(minutes=2)).isoformat(),
+    ]
+    escape = [
+        "--since",
+        (T0 + timedelta(minutes=2)).isoformat(),
+        "--until",
+        (T0 + timedelta(minutes=3)).isoformat(),
+    ]
+    reports = {}
+    for label, window in (("good", good), ("escape", escape)):
+        out = tmp_path / f"{label}.json"
+        model = f"models:/{name}@challenger"
+        result = CliRunner().invoke(app, ["rescore", "--model", model, *window, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        reports[label] = out
+    (worse,) = evidence_rows(json.loads(reports["good"].read_text()), name, version, 0.005)
+    assert (worse.challenger, worse.champion, worse.ok) == (1.0, 0.0, False)
+    assert "worse than the line" in worse.note and "1 new false rejects" in worse.note
+    (better,) = evidence_rows(json.loads(reports["escape"].read_text()), name, version, 0.005)
+    assert (better.challenger, better.champion, better.ok) == (0.0, 1.0, True)
+    assert "1 escapes caught" in better.note
+    with pytest.raises(ValueError, match="not of rescore-gate v99"):
+        evidence_rows(json.loads(reports["escape"].read_text()), name, "99", 0.005)
+
+    manifest = _manifest(folder_dataset, tmp_path / "manifest.jsonl")
+    gate = promote(name, manifest_path=manifest, evidence=reports["good"])
+    assert not gate.promoted and not next(r for r in gate.rows if r.metric == EVIDENCE_METRIC).ok
+    why = "rescore evidence test"
+    args = ["models", "promote", name, "--manifest", str(manifest), "--evidence", str(reports["escape"])]
+    result = CliRunner().invoke(app, [*args, "--force", "--reason", why])
+    assert result.exit_code == 0 and f"{name} v{version} is now @champion" in result.output, result.output
+    from zerodefect.quality.models import ModelPromotion
+
+    with record_session() as session:
+        row = session.query(ModelPromotion).filter_by(model_name=name).one()
+    recorded = {r["metric"]: r for r in json.loads(row.gate_rows_json)}
+    assert recorded[EVIDENCE_METRIC]["ok"] and recorded[EVIDENCE_METRIC]["challenger"] == 0.0
+    result = CliRunner().invoke(
+        app, ["models", "promote", name, "--evidence", str(tmp_path / "missing.json")]
+    )
+    assert result.exit_code == 2 and "missing.json" in result.output
