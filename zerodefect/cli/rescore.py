@@ -24,11 +24,13 @@ class EngineName(StrEnum):
 
 
 def _when(value: str | None, option: str) -> datetime | None:
-    """An ISO 8601 time (a date alone is its midnight; no zone is UTC)."""
+    """An ISO 8601 time in UTC (a date alone is its midnight; no zone is UTC)."""
+    from zerodefect.inference.wire import to_utc
+
     if value is None:
         return None
     try:
-        return datetime.fromisoformat(value)
+        return to_utc(datetime.fromisoformat(value))
     except ValueError:
         raise fail(
             f"{option} {value!r}: not an ISO 8601 time (e.g. 2026-11-25 or 2026-11-25T06:00Z)"
