@@ -44,7 +44,15 @@ $(PG_CTL):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql \
 		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql)
 
-test: $(STAMP) $(CHROMIUM) $(MOSQUITTO) $(PG_CTL)
+# The Ray engine of `zerodefect rescore` (the `scale` extra, about 730 MB): the suite runs it;
+# `make demo` does not need it.
+SCALE := $(VENV)/.scale-installed
+
+$(SCALE): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[scale]'
+	touch $(SCALE)
+
+test: $(STAMP) $(SCALE) $(CHROMIUM) $(MOSQUITTO) $(PG_CTL)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

@@ -94,5 +94,5 @@ def test_every_command_keeps_its_name_after_the_split_into_modules() -> None:
         "train", "export", "evaluate", "quantize", "demo", "simulate", "new-key", "bench",
         "bench-eager-server", "datasets import", "datasets from-reviews", "datasets validate",
         "models list", "models promote", "serve record", "serve edge", "record add-station",
-        "record rotate-key", "users create", "keys new", "keys sign",
+        "record rotate-key", "users create", "keys new", "keys sign", "rescore",
     }  # fmt: skip

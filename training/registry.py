@@ -178,6 +178,35 @@ def judge(
     return passed, rows
 
 
+EVIDENCE_METRIC = "record_error_rate"
+
+
+def evidence_rows(report: dict[str, Any], name: str, version: str, tolerance: float) -> list[GateRow]:
+    """A re-score report of this version (`zerodefect rescore --out`) as a gate row: its error
+    rate on the record's reviewed parts (reviewed escapes it still misses, confirmed defects it
+    passes, parts reviewed good it rejects) against the line's on the same parts, which it must
+    not exceed by more than `tolerance`. The champion column holds the line's rate: the verdicts
+    the plant actually gave. A report of another model or version is refused."""
+    model = report.get("model", {})
+    if model.get("name") != name or str(model.get("version")) != str(version):
+        raise ValueError(
+            f"the re-score report is of {model.get('name')} v{model.get('version')}, not of {name} v{version}"
+        )
+    reviewed = report["escapes_reviewed"] + report["reviewed_good"] + report["confirmed_defects"]
+    summary = (
+        f"{report['parts']} archived parts re-scored, {reviewed} reviewed: {report['escapes_caught']} escapes "
+        f"caught, {report['false_rejects_new']} new false rejects, {report['new_escapes']} new escapes "
+        "(champion column: the line's verdicts)"
+    )
+    if reviewed == 0:
+        return [GateRow(EVIDENCE_METRIC, None, None, None, False, False, "no reviewed part in the re-score")]
+    new = report["reviewed_errors"]["bundle"] / reviewed
+    line = report["reviewed_errors"]["line"] / reviewed
+    ok = new <= line + tolerance
+    note = summary if ok else f"worse than the line; {summary}"
+    return [GateRow(EVIDENCE_METRIC, new, line, line + tolerance, False, ok, note)]
+
+
 def promote(
     name: str,
     version: str | None = None,
@@ -187,6 +216,7 @@ def promote(
     split: str = "test",
     settings: Settings | None = None,
     reason: str | None = None,
+    evidence: Path | None = None,
 ) -> GateResult:
     """Move `champion` to the challenger (or `version`) if the gate passes, or if forced.
 
@@ -194,7 +224,9 @@ def promote(
     with), and, when a champion exists, to "no worse than the champion". Both models are
     evaluated through ONNX Runtime on the same split of the challenger's manifest (or
     `manifest_path`), so the comparison never mixes test sets. `force` needs a `reason`, which
-    is kept on the version in MLflow and in the quality record's promotions.
+    is kept on the version in MLflow and in the quality record's promotions. `evidence`, a
+    re-score report of the version on the record's archived parts, adds its row
+    (`evidence_rows`), judged and recorded like the others.
     """
     import mlflow
 
@@ -212,6 +244,11 @@ def promote(
         raise ValueError(
             f"--reason takes at most {PROMOTION_REASON_MAX} characters, not {len(reason.strip())}"
         )
+    report = None
+    if evidence is not None:  # a bad file is refused before any evaluation
+        from zerodefect.quality.rescore import read_report
+
+        report = read_report(evidence)
     settings = settings or get_settings()
     client = mlflow.MlflowClient()
     candidate = client.get_model_version(name, version) if version else alias_version(name, CHALLENGER)
@@ -229,6 +266,10 @@ def promote(
             fetch_bundle(f"models:/{name}/{champion.version}", cache), manifest, split, timing_images=0
         )
     passed, rows = judge(new_report, old_report, gate_floors(read_meta(bundle)), tolerance)
+    if report is not None:
+        extra = evidence_rows(report, name, str(candidate.version), tolerance)
+        rows += extra
+        passed = passed and all(row.ok for row in extra)
     result = GateResult(
         passed,
         str(candidate.version),

@@ -49,6 +49,12 @@ def models_promote(
     manifest: Annotated[
         Path | None, typer.Option(help="Manifest for the gate (default: the challenger's).")
     ] = None,
+    evidence: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `zerodefect rescore --out` report of this version: its errors on reviewed parts."
+        ),
+    ] = None,
 ) -> None:
     """Move @champion to the challenger if it passes the gate on the test split.
 
@@ -56,14 +62,15 @@ def models_promote(
     >= 0.75 or mAP@0.5 >= 0.30, escape rate <= 0.20, false-reject rate <= 0.50 at the
     calibrated threshold), which hold even when there is no champion; and, when a champion
     exists, no metric worse than the champion's by more than --tolerance on the same split.
-    Every promotion is written to the quality record (GET /v1/model-promotions).
+    With --evidence, also its error rate on the record's reviewed parts no worse than the
+    line's (by --tolerance). Every promotion is written to the quality record (GET /v1/model-promotions).
     """
     from zerodefect.settings import configure_mlflow
     from zerodefect.training.registry import promote
 
     configure_mlflow()
     try:
-        result = promote(name, version, force, tolerance, manifest, reason=reason)
+        result = promote(name, version, force, tolerance, manifest, reason=reason, evidence=evidence)
     except (*user_errors(), ValueError) as exc:
         raise fail(str(exc)) from None
     _print_gate(name, result)
@@ -86,7 +93,7 @@ def _print_gate(name: str, result) -> None:
             row.metric,
             fmt_rate(row.challenger),
             fmt_rate(row.champion),
-            f"{'>=' if row.higher_is_better else '<='} {row.floor:g}",
+            "-" if row.floor is None else f"{'>=' if row.higher_is_better else '<='} {row.floor:g}",
             "yes" if row.ok else "[red]no[/]",
             row.note,
         )
