@@ -6,6 +6,7 @@ its verdict at the PLC). No hardware, no network beyond loopback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any
@@ -54,6 +55,9 @@ class OpcUaPlcSim:
         from asyncua import Server, ua
         from asyncua.common.callback import CallbackType
 
+        # asyncua's server logs each node of its standard address space it skips at INFO: noise
+        # in the bench's progress output and the tests' logs.
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
         server = Server()
         await server.init()
         server.set_endpoint(self.url)
