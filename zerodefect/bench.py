@@ -506,6 +506,18 @@ def _plc_lines(result: dict[str, Any], plc: dict[str, Any]) -> list[str]:
     def row(label: str, cell) -> str:
         return f"| {label} | " + " | ".join(cell(plc[n]) for n in names) + " |"
 
+    # The protocol's writer alone (no station, no load): what the PLC link itself costs.
+    alone = []
+    if all("alone_write_p50_ms" in plc[n] for n in names):
+        alone.append(
+            row(
+                "the writer alone, no station: a write (OPC UA: the handshake) / to the PLC",
+                lambda r: (
+                    f"p50 {r['alone_write_p50_ms']:.2f} / {r['alone_to_plc_p50_ms']:.2f} ms, "
+                    f"p99 {r['alone_write_p99_ms']:.2f} / {r['alone_to_plc_p99_ms']:.2f} ms"
+                ),
+            )
+        )
     return [
         "",
         "## PLC",
@@ -537,6 +549,7 @@ def _plc_lines(result: dict[str, Any], plc: dict[str, Any]) -> list[str]:
             "station: ack timeouts, drops",
             lambda r: f"{r['station_ack_timeouts']:g}, {r['station_dropped']:g}",
         ),
+        *alone,
         "",
         f"Same run: A, model only, batch 1 median {plc['model_median_ms']:.2f} ms; B at 2 cameras x 15 fps "
         f"without a PLC, p99 {plc['http_p99_ms']:.1f} ms.",
@@ -546,6 +559,8 @@ def _plc_lines(result: dict[str, Any], plc: dict[str, Any]) -> list[str]:
         f"| OPC UA p99 / model median | {plc['opcua_p99_over_model_median']:.2f} | <= 2 |",
         f"| Modbus TCP p99 / model median | {plc['modbus_p99_over_model_median']:.2f} | <= 2 |",
         f"| HTTP verdict p99 (no PLC) / model median | {plc['http_p99_over_model_median']:.2f} | <= 2 |",
+        "",
+        'Where the time goes, and the PLC writer alone: docs/results/README.md, "PLC latency".',
     ]
 
 

@@ -101,6 +101,55 @@ def simulated_plc(protocol: str) -> Iterator[tuple[dict[str, Any], Callable[[], 
         modbus.close()
 
 
+def writer_alone(
+    protocol: str, section: dict[str, Any], arrivals: Callable[[], dict[str, float]], parts: int = 200
+) -> dict[str, float]:
+    """The PLC link's own cost, without a station or its load: the station's writer for
+    `protocol` (edge/plc.py) writing `parts` verdicts (one in five a reject) back to back from
+    this process: p50/p99 of a write (OPC UA: the whole handshake) and of the PLC's arrival."""
+    import asyncio
+
+    from zerodefect.edge.config import ModbusPlc, OpcUaPlc
+    from zerodefect.edge.plc import PlcSignal, make_writer
+
+    config = OpcUaPlc(**section) if protocol == "opcua" else ModbusPlc(**section)
+    writes: list[float] = []
+    to_plc: list[float] = []
+
+    async def write_all() -> None:
+        writer = make_writer(config)
+        await writer.connect()
+        try:
+            for i in range(parts):
+                serial = f"A{i}"
+                tick = time.perf_counter()
+                verdict = "reject" if i % 5 == 0 else "pass"
+                await writer.write(PlcSignal(serial, verdict, 0.5, False, i + 1, tick))
+                writes.append((time.perf_counter() - tick) * 1000)
+                if serial in (seen := arrivals()):
+                    to_plc.append((seen[serial] - tick) * 1000)
+        finally:
+            await writer.close()
+
+    asyncio.run(write_all())
+    return {
+        "alone_write_p50_ms": _percentile(writes, 50),
+        "alone_write_p99_ms": _percentile(writes, 99),
+        "alone_to_plc_p50_ms": _percentile(to_plc, 50),
+        "alone_to_plc_p99_ms": _percentile(to_plc, 99),
+    }
+
+
+def writer_costs(parts: int = 200) -> dict[str, dict[str, float]]:
+    """writer_alone for each protocol against a fresh simulated PLC, without a station: a
+    quick look at the link's own cost (seconds; `make bench` measures it in its PLC rows)."""
+    costs = {}
+    for name in PROTOCOLS:
+        with simulated_plc(name) as (section, arrivals):
+            costs[name] = writer_alone(name, section, arrivals, parts)
+    return costs
+
+
 def measure_protocol(
     name: str,
     section: dict[str, Any],
@@ -173,6 +222,7 @@ def measure_plc(
         say(f"PLC rows: {label}, {PLC_CAMERAS} cameras x {PLC_FPS:g} fps for {seconds:g} s")
         with simulated_plc(name) as (section, arrivals):
             rows = measure_protocol(name, section, arrivals, bundle, jpegs, threads, seconds, out_dir)
+            rows |= writer_alone(name, section, arrivals)
         plc[name] = rows
         plc[f"{name}_p50_ms"] = rows["p50_ms"]
         plc[f"{name}_p99_ms"] = rows["p99_ms"]
