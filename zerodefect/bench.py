@@ -501,7 +501,7 @@ def _provenance(result: dict[str, Any], section: dict[str, Any]) -> str:
 def _plc_lines(result: dict[str, Any], plc: dict[str, Any]) -> list[str]:
     """The PLC section of docs/benchmarks.md: per protocol, the camera-to-PLC time, the same
     parts' HTTP answer, and what the PLC adds after it; the ratios to the model median."""
-    names = {"opcua": "OPC UA", "modbus": "Modbus TCP"}
+    from zerodefect.bench_plc import PROTOCOLS as names
 
     def row(label: str, cell) -> str:
         return f"| {label} | " + " | ".join(cell(plc[n]) for n in names) + " |"
@@ -530,8 +530,8 @@ def _plc_lines(result: dict[str, Any], plc: dict[str, Any]) -> list[str]:
         "in the same scan), Modbus's result-block write (acknowledged in its response). \"After the HTTP "
         "answer\" is, part by part, the PLC's arrival minus the camera's HTTP answer.",
         "",
-        "| measure | OPC UA | Modbus TCP |",
-        "|---|---|---|",
+        "| measure | " + " | ".join(names.values()) + " |",
+        "|---|" + "---|" * len(names),
         row("parts sent / seen at the PLC", lambda r: f"{r['parts_sent']} / {r['parts_seen_at_plc']}"),
         row(
             "frame sent to verdict at the PLC",
