@@ -4,11 +4,12 @@ timings themselves are never asserted (docs/benchmarks.md holds them)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from zerodefect.bench import write_standin_parts
+from zerodefect.bench import write_reports, write_standin_parts
 from zerodefect.datasets.manifest import Manifest
 from zerodefect.datasets.validate import validate
 from zerodefect.inference.preprocess import read_image
@@ -34,3 +35,36 @@ def test_standin_parts_are_valid_anomaly_data_with_masks_on_their_defects(tmp_pa
         inside = np.abs(image[mask].astype(float) - texture).max(axis=1)
         assert mask.sum() > 50 and np.median(inside) > 60
         assert np.abs(image[~mask].astype(float) - texture).max(axis=1).mean() < 20
+
+
+def test_plc_rows_go_to_their_json_and_section_with_the_ratios_named_by_the_issue(tmp_path: Path) -> None:
+    """The PLC rows' report: plc-bench.json with issue 13's keys and the command that made them,
+    and a "## PLC" section with a column per protocol. (The measure itself runs in `make bench`;
+    its timings are never asserted.)"""
+    rows = {
+        "parts_sent": 300,
+        "parts_answered": 300,
+        "parts_seen_at_plc": 299,
+        "p50_ms": 20.0,
+        "p99_ms": 40.0,
+        "http_p50_ms": 19.0,
+        "http_p99_ms": 38.0,
+        "added_p50_ms": 1.0,
+        "added_p99_ms": 3.0,
+        "station_ack_timeouts": 0.0,
+        "station_dropped": 1.0,
+    }
+    plc = {"bundle": "b", "cameras": 2, "fps": 15.0, "seconds": 10.0, "model_median_ms": 8.0}
+    plc |= {"http_p99_ms": 36.0, "http_p99_over_model_median": 4.5, "command": "make bench"}
+    for name, p99 in (("opcua", 40.0), ("modbus", 32.0)):
+        plc[name] = rows | {"p99_ms": p99}
+        plc[f"{name}_p99_over_model_median"] = p99 / 8.0
+    md, _ = write_reports({"command": "make bench", "plc": plc}, tmp_path)
+    saved = json.loads((tmp_path / "results" / "plc-bench.json").read_text())
+    assert saved["opcua_p99_over_model_median"] == 5.0 and saved["modbus_p99_over_model_median"] == 4.0
+    assert saved["command"] == "make bench" and saved["modbus"]["parts_seen_at_plc"] == 299
+    text = md.read_text()
+    assert "## PLC" in text and "same run and cores" in text
+    assert "| parts sent / seen at the PLC | 300 / 299 | 300 / 299 |" in text
+    assert "| OPC UA p99 / model median | 5.00 | <= 2 |" in text
+    assert "| Modbus TCP p99 / model median | 4.00 | <= 2 |" in text

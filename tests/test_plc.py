@@ -14,38 +14,16 @@ from zerodefect.edge.app import create_app as create_edge
 from zerodefect.edge.config import StationConfig
 from zerodefect.edge.plc import part_id_words
 
-from .plcsims import ModbusPlcSim
+from . import plcsims
+from .plcsims import ModbusPlcSim, opcua_section
 from .servers import serve
 from .test_edge import png, post, station, wait_for
 
 
-def opcua_section(sim, **changes) -> dict:
-    """The station's `plc:` section for the in-process OPC UA server's nodes."""
-    return {
-        "protocol": "opcua",
-        "url": sim.url,
-        "result_node": sim.node("Result"),
-        "part_id_node": sim.node("PartId"),
-        "score_node": sim.node("Score"),
-        "result_valid_node": sim.node("ResultValid"),
-        "ack_node": sim.node("Ack"),
-    } | changes
-
-
 def modbus_section(port: int, **changes) -> dict:
-    return {
-        "protocol": "modbus",
-        "host": "127.0.0.1",
-        "port": port,
-        "reject_coil": 3,
-        "pulse_ms": 20,
-        "result_register": 10,
-        "part_id_registers": 10,
-        "heartbeat_register": 0,
-        "heartbeat_seconds": 0.2,
-        "reconnect_max_seconds": 0.2,
-        "timeout_seconds": 1.0,
-    } | changes
+    """The simulated Modbus PLC's section, with a link that notices a lost PLC quickly."""
+    quick = {"heartbeat_seconds": 0.2, "reconnect_max_seconds": 0.2, "timeout_seconds": 1.0}
+    return plcsims.modbus_section(port, **(quick | changes))
 
 
 def post_parts(url: str, serials: list[str]) -> list[dict]:

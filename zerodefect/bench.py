@@ -6,7 +6,8 @@ noisy shared machine:
 - B: the edge service end to end over HTTP: JPEG decode, micro-batched inference, the
   durable outbox write, with 1, 2 and 4 concurrent cameras;
 - C: the obvious baseline: a FastAPI handler that decodes and calls the PyTorch model eagerly.
-Servers run in their own processes (uvicorn), the load from this one.
+Servers run in their own processes (uvicorn), the load from this one. The PLC rows (B with a
+`plc:` section, timed to the verdict's arrival at a simulated PLC) are in bench_plc.py.
 """
 
 from __future__ import annotations
@@ -163,8 +164,12 @@ def load(
     seconds: float,
     fps: float | None = None,
     station: str = "bench",
+    serial_prefix: str = "B",
+    timings: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, float]:
-    """Post JPEGs from `cameras` concurrent clients; paced at `fps` per camera when given."""
+    """Post JPEGs from `cameras` concurrent clients; paced at `fps` per camera when given.
+    `timings`, when given, gets each answered part's (sent, answered) perf_counter by serial:
+    the PLC rows time the same part's arrival at the PLC against them."""
     latencies: list[float] = []
     errors = 0
 
@@ -179,7 +184,8 @@ def load(
                 pause = start + n / fps - time.perf_counter()
                 if pause > 0:
                     time.sleep(pause)  # the camera's frame clock
-            fields = {"serial": f"B{cam}-{n}", "station": station, "camera": f"c{cam}"}
+            serial = f"{serial_prefix}{cam}-{n}"
+            fields = {"serial": serial, "station": station, "camera": f"c{cam}"}
             body, content_type = multipart(fields, jpegs[(cam * 7919 + n) % len(jpegs)])
             tick = time.perf_counter()
             try:
@@ -196,7 +202,10 @@ def load(
                 connection.close()
                 ok = False
             if ok:
-                latencies.append((time.perf_counter() - tick) * 1000)
+                answered = time.perf_counter()
+                latencies.append((answered - tick) * 1000)
+                if timings is not None:
+                    timings[serial] = (tick, answered)
             else:
                 errors += 1
             n += 1
@@ -215,6 +224,33 @@ def load(
     }
 
 
+def station_config(bundle: Path, threads: int, work: Path, name: str = "station", **extra: Any) -> Path:
+    """The bench station's config file `work/NAME.yaml`, with `extra` keys (a `plc:` section).
+    The station trusts this machine's training key, which signed the bundles measured."""
+    from zerodefect.inference.signing import public_key_b64, signing_key
+
+    config = work / f"{name}.yaml"
+    settings = {
+        "station": "bench",
+        "model": str(bundle),
+        "api_key_hashes": [hash_key(BENCH_KEY)],
+        "trusted_keys": [public_key_b64(signing_key())],
+        "outbox": str(work / f"outbox-{bundle.parent.name}-{bundle.name}-{name}.db"),
+        "threads": threads,
+        "budget_ms": 2000,
+        "store_images": "flagged",
+    }
+    config.write_text(yaml.safe_dump(settings | extra))
+    return config
+
+
+def bench_work(out_dir: Path) -> tuple[Path, dict[str, str], Path]:
+    """The bench's scratch folder, the servers' environment (their data there) and their log."""
+    work = out_dir / "bench-work"
+    work.mkdir(parents=True, exist_ok=True)
+    return work, {**os.environ, "ZD_DATA_DIR": str(work / "var")}, work / "servers.log"
+
+
 def edge_load(
     bundle: Path,
     jpegs: list[bytes],
@@ -225,25 +261,8 @@ def edge_load(
     env: dict[str, str],
     log: Path,
 ) -> dict[str, Any]:
-    """B: the edge service in its own process, loaded by 1..n cameras, then 2 cameras at 15 fps.
-    The station trusts this machine's training key, which signed the bundles measured."""
-    from zerodefect.inference.signing import public_key_b64, signing_key
-
-    config = work / "station.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "station": "bench",
-                "model": str(bundle),
-                "api_key_hashes": [hash_key(BENCH_KEY)],
-                "trusted_keys": [public_key_b64(signing_key())],
-                "outbox": str(work / f"outbox-{bundle.parent.name}-{bundle.name}.db"),
-                "threads": threads,
-                "budget_ms": 2000,
-                "store_images": "flagged",
-            }
-        )
-    )
+    """B: the edge service in its own process, loaded by 1..n cameras, then 2 cameras at 15 fps."""
+    config = station_config(bundle, threads, work)
     with _serving(["serve", "edge", "--config", str(config)], env, log) as url:
         load(url, jpegs, 1, 2.0)  # warm-up
         return {
@@ -267,8 +286,7 @@ def measure_bundle(
     training `run_dir` with its PyTorch weights is given; with the ratios of the targets."""
     from zerodefect.inference.bundle import read_meta
 
-    work = out_dir / "bench-work"
-    work.mkdir(parents=True, exist_ok=True)
+    work, env, log = bench_work(out_dir)
     meta = read_meta(bundle)
     result: dict[str, Any] = {
         "bundle": str(bundle),
@@ -281,8 +299,6 @@ def measure_bundle(
         alone = model_only(bundle, images, 1, seconds=4.0)
         result["model_median_ms_1thread"] = alone["model_median_ms"]
         result["graph_median_ms_1thread"] = alone["graph_median_ms"]
-    env = {**os.environ, "ZD_DATA_DIR": str(work / "var")}
-    log = work / "servers.log"
     result.update(edge_load(bundle, jpegs, threads, seconds, cameras, work, env, log))
     # A again after B: the ratio takes the mean of both, so a load that other jobs put on a
     # shared machine during the run shifts A and B alike instead of only one of them.
@@ -427,8 +443,11 @@ def run_bench(
     seconds: float = 10.0,
     cameras: tuple[int, ...] = (1, 2, 4),
     command: str = "make bench",
+    plc: bool = False,
+    console: Console | None = None,
 ) -> dict[str, Any]:
-    """Measure A, B and C of the main bundle, with what the report's header says of the run."""
+    """Measure A, B and C of the main bundle, with what the report's header says of the run;
+    with `plc`, then the PLC rows of the same bundle against the same run's A and B."""
     from zerodefect.inference.bundle import read_meta
 
     jpegs = [
@@ -443,6 +462,10 @@ def run_bench(
         "tta": read_meta(bundle).tta,
     }
     result.update(measure_bundle(bundle, images, jpegs, out_dir, threads, seconds, cameras, run_dir))
+    if plc:
+        from zerodefect.bench_plc import measure_plc
+
+        result["plc"] = measure_plc(bundle, jpegs, result, out_dir, threads, seconds, console)
     return result
 
 
@@ -475,12 +498,84 @@ def _provenance(result: dict[str, Any], section: dict[str, Any]) -> str:
     return f"measured separately by `{command}`"
 
 
+def _plc_lines(result: dict[str, Any], plc: dict[str, Any]) -> list[str]:
+    """The PLC section of docs/benchmarks.md: per protocol, the camera-to-PLC time, the same
+    parts' HTTP answer, and what the PLC adds after it; the ratios to the model median."""
+    from zerodefect.bench_plc import PROTOCOLS as names
+
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(plc[n]) for n in names) + " |"
+
+    # The protocol's writer alone (no station, no load): what the PLC link itself costs.
+    alone = []
+    if all("alone_write_p50_ms" in plc[n] for n in names):
+        alone.append(
+            row(
+                "the writer alone, no station: a write (OPC UA: the handshake) / to the PLC",
+                lambda r: (
+                    f"p50 {r['alone_write_p50_ms']:.2f} / {r['alone_to_plc_p50_ms']:.2f} ms, "
+                    f"p99 {r['alone_write_p99_ms']:.2f} / {r['alone_to_plc_p99_ms']:.2f} ms"
+                ),
+            )
+        )
+    return [
+        "",
+        "## PLC",
+        "",
+        f"Bundle `{plc['bundle']}`, {_provenance(result, plc)}. {plc['cameras']} cameras post at "
+        f"{plc['fps']:g} fps each for {plc['seconds']:g} s to a station whose `plc:` section writes every "
+        "verdict to a simulated PLC in the bench's process (zerodefect/plcsim.py: asyncua's and "
+        "pymodbus's servers over loopback). A part's time runs from its camera sending the frame to the "
+        "PLC holding its verdict: OPC UA's ResultValid after Result, PartId and Score (the PLC raises Ack "
+        "in the same scan), Modbus's result-block write (acknowledged in its response). \"After the HTTP "
+        "answer\" is, part by part, the PLC's arrival minus the camera's HTTP answer.",
+        "",
+        "| measure | " + " | ".join(names.values()) + " |",
+        "|---|" + "---|" * len(names),
+        row("parts sent / seen at the PLC", lambda r: f"{r['parts_sent']} / {r['parts_seen_at_plc']}"),
+        row(
+            "frame sent to verdict at the PLC",
+            lambda r: f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms",
+        ),
+        row(
+            "HTTP answer, same parts",
+            lambda r: f"p50 {r['http_p50_ms']:.1f} ms, p99 {r['http_p99_ms']:.1f} ms",
+        ),
+        row(
+            "PLC after the HTTP answer",
+            lambda r: f"p50 {r['added_p50_ms']:.1f} ms, p99 {r['added_p99_ms']:.1f} ms",
+        ),
+        row(
+            "station: ack timeouts, drops",
+            lambda r: f"{r['station_ack_timeouts']:g}, {r['station_dropped']:g}",
+        ),
+        *alone,
+        "",
+        f"Same run: A, model only, batch 1 median {plc['model_median_ms']:.2f} ms; B at 2 cameras x 15 fps "
+        f"without a PLC, p99 {plc['http_p99_ms']:.1f} ms.",
+        "",
+        "| ratio | measured | target |",
+        "|---|---|---|",
+        f"| OPC UA p99 / model median | {plc['opcua_p99_over_model_median']:.2f} | <= 2 |",
+        f"| Modbus TCP p99 / model median | {plc['modbus_p99_over_model_median']:.2f} | <= 2 |",
+        f"| HTTP verdict p99 (no PLC) / model median | {plc['http_p99_over_model_median']:.2f} | <= 2 |",
+        "",
+        'Where the time goes, and the PLC writer alone: docs/results/README.md, "PLC latency".',
+    ]
+
+
 def write_reports(result: dict[str, Any], docs: Path) -> tuple[Path, Path]:
     """docs/results/edge-bench.json and docs/benchmarks.md: a section per bundle measured (the
-    classifier's at the top level, then `detector` and `anomaly`), each with its ratios."""
+    classifier's at the top level, then `detector` and `anomaly`), each with its ratios; the
+    PLC rows (`plc`) also go to docs/results/plc-bench.json."""
     (docs / "results").mkdir(parents=True, exist_ok=True)
     json_path = docs / "results" / "edge-bench.json"
     json_path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if result.get("plc"):
+        plc_json = {"command": result.get("command"), **result["plc"]}
+        (docs / "results" / "plc-bench.json").write_text(
+            json.dumps(plc_json, indent=2, sort_keys=True) + "\n"
+        )
     lines = ["# Benchmarks", ""]
     if "model_median_ms" in result:
         lines += [
@@ -509,6 +604,8 @@ def write_reports(result: dict[str, Any], docs: Path) -> tuple[Path, Path]:
         if "e2e_over_eager" in result:
             lines.append(f"| B / C throughput | {result['e2e_over_eager']:.2f} | >= 3 |")
         lines.append(f"| p99 at 2x15 fps / model median | {result['p99_over_model_median']:.2f} | <= 2 |")
+    if result.get("plc"):
+        lines += _plc_lines(result, result["plc"])
     det = result.get("detector")
     if det:
         lines += [

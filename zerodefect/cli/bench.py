@@ -64,11 +64,19 @@ def bench(
             "fitted on generated parts of KolektorSDD's shape, once (minutes), then reused."
         ),
     ] = Path("configs/kolektorsdd-anomaly.yaml"),
+    plc: Annotated[
+        bool,
+        typer.Option(
+            help="With --run: the PLC rows, the same bundle's verdicts timed to a simulated PLC over OPC UA "
+            "and Modbus TCP at 2 cameras x 15 fps (--no-plc keeps the last report's)."
+        ),
+    ] = True,
 ) -> None:
     """Measure the station service against raw ONNX Runtime and an eager-PyTorch handler, in one run.
 
     When a finished detector run exists, its bundle is measured too, on its own test images; so
-    is an anomaly run's, or a stand-in's trained on generated parts."""
+    is an anomaly run's, or a stand-in's trained on generated parts. With --run, the PLC rows
+    time the classifier's verdicts to simulated PLCs (docs/results/plc-bench.json)."""
     import json
 
     from zerodefect.bench import (
@@ -84,6 +92,8 @@ def bench(
     from zerodefect.inference.preprocess import read_image
 
     data_dir = get_settings().data_dir
+    last_path = docs / "results" / "edge-bench.json"
+    last = json.loads(last_path.read_text()) if last_path.is_file() else {}
     skipped = "" if detector_run else " --detector-run ''"
     command = (
         f"make bench BENCH_ARGS=\"--run ''{skipped}\"  # zerodefect bench --run ''{skipped} "
@@ -98,14 +108,18 @@ def bench(
         command = (
             f"make bench  # zerodefect bench --run {run} {'--int8' if int8 else '--no-int8'} "
             f"--seconds {seconds:g} --threads {threads}, which measured {bundle}"
+            + ("; PLC rows: --plc" if plc else "")
         )
-        result = run_bench(bundle, run_dir, images, data_dir, threads, seconds, command=command)
+        result = run_bench(
+            bundle, run_dir, images, data_dir, threads, seconds, command=command, plc=plc, console=console
+        )
+        if not plc and "plc" in last:
+            result["plc"] = last["plc"]  # with the command that measured it
     else:
         # Only the other rows are measured: the last report's classifier rows stay, with the
         # command that made them, and each section measured here names its own.
-        last = docs / "results" / "edge-bench.json"
-        result = json.loads(last.read_text()) if last.is_file() else {}
-    measured: list[str] = []
+        result = last
+    measured: list[str] = ["plc"] if run and plc else []
     if detector_run:
         det_dir = newest_finished_run(data_dir / "runs", detector_run)
         if det_dir is None:
