@@ -103,11 +103,19 @@ class OpcUaWriter:
         )
 
     async def _wait_ack(self, raised: bool) -> bool:
+        """Poll Ack until it reads `raised`: at once, then after 1, 2, 4... ms (at most 10 ms),
+        so a PLC that answers on its next scan is not flooded with reads meanwhile, and the
+        event loop that serves the station's HTTP keeps its turns."""
         deadline = time.monotonic() + self.config.ack_timeout_ms / 1000.0
-        while time.monotonic() < deadline:
+        pause = 0.001
+        while True:
             if bool(await self.nodes["ack"].read_value()) == raised:
                 return True
-        return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(pause, left))
+            pause = min(2 * pause, 0.010)
 
     async def write(self, signal: PlcSignal) -> None:
         result: Any = signal.verdict if self.types["result"].name == "String" else signal.code
