@@ -36,7 +36,15 @@ $(MOSQUITTO):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto \
 		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto)
 
-test: $(STAMP) $(CHROMIUM) $(MOSQUITTO)
+# The record, migration and review tests also run on PostgreSQL: the suite starts a throw-away
+# cluster with Debian's initdb and pg_ctl (zerodefect/pgcluster.py), never the machine's own server.
+PG_CTL := $(or $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl)),/usr/lib/postgresql/15/bin/pg_ctl)
+
+$(PG_CTL):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql \
+		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql)
+
+test: $(STAMP) $(CHROMIUM) $(MOSQUITTO) $(PG_CTL)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

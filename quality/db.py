@@ -36,15 +36,16 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def migrate(url: str) -> None:
-    """Bring the database at `url` to the newest schema (alembic upgrade head)."""
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database at `url` to the newest schema (alembic upgrade head), or to an earlier
+    `revision` (the migration tests start records at each one)."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url)
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -227,6 +227,11 @@ class AlertDelivery(Base):
     alert: Mapped[Alert] = relationship()
 
 
+# A promotion's reason as the record keeps it (a VARCHAR of this length on PostgreSQL): the
+# registry refuses a longer --reason before it promotes, so the audit copy can always be written.
+PROMOTION_REASON_MAX = 1000
+
+
 class ModelPromotion(Base):
     """A move of a registry alias (champion) to a model version, as the promotion gate decided.
 
@@ -241,7 +246,7 @@ class ModelPromotion(Base):
     alias: Mapped[str] = mapped_column(String(100))
     previous_version: Mapped[str | None] = mapped_column(String(100))
     gate: Mapped[str] = mapped_column(String(16))  # passed | FORCED
-    reason: Mapped[str | None] = mapped_column(String(1000))
+    reason: Mapped[str | None] = mapped_column(String(PROMOTION_REASON_MAX))
     promoted_by: Mapped[str] = mapped_column(String(100))
     promoted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # The gate's rows: metric, challenger, champion, floor, ok, note.

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from zerodefect.problems import errors
 from zerodefect.quality.deps import DB, Viewer
-from zerodefect.quality.models import ModelPromotion
+from zerodefect.quality.models import PROMOTION_REASON_MAX, ModelPromotion
 
 
 class PromotionOut(BaseModel):
@@ -46,6 +46,11 @@ def add_promotion(
     gate_rows: list[dict[str, Any]],
 ) -> ModelPromotion:
     """Store one promotion (append-only) and commit it."""
+    if reason is not None and len(reason) > PROMOTION_REASON_MAX:
+        # PostgreSQL refuses it (SQLite would keep it): one rule for both, named.
+        raise ValueError(
+            f"a promotion's reason takes at most {PROMOTION_REASON_MAX} characters, not {len(reason)}"
+        )
     row = ModelPromotion(
         model_name=model_name,
         model_version=model_version,

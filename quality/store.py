@@ -8,17 +8,19 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.apikeys import hash_key, mint_key
+from zerodefect.configfile import describe
 from zerodefect.inference.heatmap import decode_heatmap
 from zerodefect.inference.imagecheck import InputError
 from zerodefect.inference.wire import InspectionIn, LinkStateIn, to_utc
 from zerodefect.quality.images import EXTENSIONS, ImageStore
 from zerodefect.quality.models import Defect, Inspection, Line, Review, Station, StationLink, User, utcnow
-from zerodefect.quality.schemas import DefectOut, InspectionOut, ReviewIn, ReviewOut
+from zerodefect.quality.schemas import DefectOut, InspectionOut, ReviewIn, ReviewOut, StationIn
 
 # The fields of a part that go from the wire to its row, and from its row to readers, as they are.
 PART_FIELDS = (
@@ -59,6 +61,10 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 def add_station(session: Session, name: str, line: str | None = None) -> tuple[Station, str]:
     """Create a station and return it with its new API key (stored only as a hash)."""
+    try:  # the API's rules for the command line too (PostgreSQL refused a longer name: a crash)
+        StationIn(name=name, line=line)
+    except ValidationError as exc:
+        raise RecordError(f"station: {describe(exc)}") from None
     if session.scalar(select(Station).where(Station.name == name)) is not None:
         raise RecordError(f"station {name!r} exists", 409)
     line_row = None
@@ -276,6 +282,8 @@ def to_out(row: Inspection) -> InspectionOut:
 
 # Which review decisions fit which line verdict.
 DECISIONS = {"reject": ("confirmed", "false_reject"), "pass": ("good", "escape")}
+# The reviews table's column for redrawn boxes (a VARCHAR of this length on PostgreSQL).
+BOXES_JSON_MAX = Review.__table__.c.boxes_json.type.length
 
 
 def add_review(session: Session, inspection_id: int, user: User, review: ReviewIn) -> Review:
@@ -288,6 +296,13 @@ def add_review(session: Session, inspection_id: int, user: User, review: ReviewI
         raise RecordError(f"a {row.verdict}ed part is reviewed as one of {allowed}, not {review.decision!r}")
     if review.decision == "escape" and not review.label:
         raise RecordError("an escape needs the defect's class in `label`")
+    boxes_json = Review.boxes_to_json(review.boxes)
+    if boxes_json is not None and len(boxes_json) > BOXES_JSON_MAX:
+        # PostgreSQL enforces the column's length (SQLite does not): a 4xx, never a 500.
+        raise RecordError(
+            f"the review's boxes take {len(boxes_json)} characters stored, over the {BOXES_JSON_MAX} "
+            "a review keeps: send fewer boxes or shorter class names"
+        )
     # Only a label the reviewer gave: a plain confirmation keeps each defect's own class.
     label = review.label
     entry = Review(
@@ -295,7 +310,7 @@ def add_review(session: Session, inspection_id: int, user: User, review: ReviewI
         user_id=user.id,
         decision=review.decision,
         label=label,
-        boxes_json=Review.boxes_to_json(review.boxes),
+        boxes_json=boxes_json,
         note=review.note,
         created_at=utcnow(),
     )

@@ -1,9 +1,10 @@
-"""The review app's pages over real HTTP: login, queues and filters, dashboard charts, alerts."""
+"""The review app's pages over real HTTP: login, queues and filters, dashboard charts, alerts.
+
+Every test here runs twice: on SQLite and on PostgreSQL (the `module_record_db` fixture)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,8 +18,10 @@ from .people import PASSWORD, add_user
 from .servers import serve
 
 
-@pytest.fixture
-def app_with_parts(data_dir: Path):
+@pytest.fixture(scope="module")
+def app_with_parts(module_record_db: str):
+    """One record per backend for the module (posting its parts is the slow part). The tests read
+    it; the one review they post confirms a reject, which changes none of the others' counts."""
     app = create_app(get_settings())
     with app.state.sessions() as session:
         _, key1 = add_station(session, "st-01", line="L1")

@@ -6,18 +6,18 @@ reject by posting A's key first; a key reused for another part is a 409, never a
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import text
 
 from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.station import PartMeta, idempotency_key
 from zerodefect.quality.app import create_app
-from zerodefect.quality.db import MIGRATIONS, make_engine, migrate
+from zerodefect.quality.db import make_engine, migrate
 from zerodefect.quality.store import add_station
 from zerodefect.settings import get_settings
 
@@ -27,7 +27,8 @@ from .test_record import part
 
 
 @pytest.fixture
-def record(data_dir: Path):
+def record(record_db: str):
+    """The record on SQLite and on PostgreSQL (a unique violation ends a PostgreSQL transaction)."""
     app = create_app(get_settings())
     with app.state.sessions() as session:
         _, key_a = add_station(session, "st-01")
@@ -74,25 +75,46 @@ def test_another_stations_key_neither_reads_nor_blocks_a_record(record) -> None:
     ]
 
 
-def test_the_migration_scopes_existing_keys_to_their_station(data_dir: Path) -> None:
-    url = get_settings().record_database_url
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url)
-    command.upgrade(config, "0004")
+def test_concurrent_deliveries_of_one_key_store_one_row(record) -> None:
+    """A station's retries can race (a timeout, then the outbox's next try): one 201, the rest
+    the same row as 200s. On PostgreSQL the losers wait on the unique index, then replay."""
+    url, key_a, _, app = record
+    body = part("k-race-0001", "RACE", "reject", defects=[{"class_name": "crack", "score": 0.9}])
+    start = threading.Barrier(8)
+
+    def deliver(_: int) -> httpx.Response:
+        start.wait(timeout=30)
+        return httpx.post(f"{url}/v1/inspections", json=body, headers={"X-API-Key": key_a}, timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(deliver, range(8)))
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [201], [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    reader = client_for(app, url, "viewer")
+    assert reader.get("/v1/inspections", params={"serial": "RACE"}).json()["total"] == 1
+    reader.close()
+
+
+def test_the_migration_scopes_existing_keys_to_their_station(empty_db: str, monkeypatch) -> None:
+    """On both backends: SQLite's unnamed unique constraint and PostgreSQL's inspections_key_key."""
+    url = empty_db
+    monkeypatch.setenv("ZD_RECORD_URL", url)
+    get_settings.cache_clear()
+    migrate(url, "0004")
     engine = make_engine(url)
     with engine.begin() as db:
         db.execute(
             text(
-                "INSERT INTO stations (id, name, api_key_hash, created_at)"
-                " VALUES (1, 'st-01', 'h1', '2026-11-24 07:00:00.000000')"
+                "INSERT INTO stations (name, api_key_hash, created_at)"
+                " VALUES ('st-01', 'h1', '2026-11-24 07:00:00.000000')"
             )
         )
         db.execute(
             text(
                 "INSERT INTO inspections (key, station_id, serial, captured_at, received_at, model_name,"
-                " model_version, threshold, verdict, failsafe) VALUES ('k-old-0001', 1, 'OLD',"
-                " '2026-11-24 08:00:00.000000', '2026-11-24 08:00:01.000000', 'm', '1', 0.5, 'reject', 0)"
+                " model_version, threshold, verdict, failsafe) SELECT 'k-old-0001', id, 'OLD',"
+                " '2026-11-24 08:00:00.000000', '2026-11-24 08:00:01.000000', 'm', '1', 0.5, 'reject',"
+                " false FROM stations WHERE name = 'st-01'"
             )
         )
     engine.dispose()

@@ -205,6 +205,13 @@ def promote(
 
     if force and not (reason and reason.strip()):
         raise ValueError("--force needs --reason: say why this version must serve despite the gate")
+    from zerodefect.quality.models import PROMOTION_REASON_MAX
+
+    if force and len(reason.strip()) > PROMOTION_REASON_MAX:
+        # Checked before the alias moves: the record's audit copy of the reason must fit.
+        raise ValueError(
+            f"--reason takes at most {PROMOTION_REASON_MAX} characters, not {len(reason.strip())}"
+        )
     settings = settings or get_settings()
     client = mlflow.MlflowClient()
     candidate = client.get_model_version(name, version) if version else alias_version(name, CHALLENGER)
