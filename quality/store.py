@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -293,6 +293,7 @@ def record_batch(
             continue
         outcomes[index] = Outcome(part.data.key, 200, replay.inspection.id)
     if new:
+        _number(session, list(new.values()))
         station.last_seen_at = utcnow()
         session.add_all(new.values())
         try:
@@ -307,6 +308,23 @@ def record_batch(
         if outcome is not None and outcome.status == 200 and outcome.id is None:
             outcome.id = known[outcome.key].id
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _number(session: Session, rows: list[Inspection]) -> None:
+    """On PostgreSQL, give new rows their ids from the table's sequence in one query.
+
+    Why: rows whose ids are known are inserted with one executemany (psycopg pipelines it); rows
+    that need their ids back go as one multi-row INSERT ... RETURNING, whose text psycopg parses
+    again on every batch (it caches statements up to 4 KB only): half the record's time in a
+    batch of 200 was that parsing. SQLite returns ids cheaply and keeps its own numbering."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    ids = session.scalars(
+        text("SELECT nextval(pg_get_serial_sequence('inspections', 'id')) FROM generate_series(1, :n)"),
+        {"n": len(rows)},
+    ).all()
+    for row, row_id in zip(rows, ids, strict=True):
+        row.id = row_id
 
 
 def _one_by_one(
