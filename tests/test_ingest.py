@@ -8,6 +8,7 @@ import base64
 import sqlite3
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -53,10 +54,14 @@ def record(record_db: str):
         yield url, key_a, key_b, app, commits
 
 
-def jpeg() -> str:
-    ok, data = cv2.imencode(".jpg", np.full((32, 32, 3), 128, np.uint8))
+def jpeg_of(gray: int) -> str:
+    ok, data = cv2.imencode(".jpg", np.full((32, 32, 3), gray, np.uint8))
     assert ok
     return base64.b64encode(data.tobytes()).decode()
+
+
+def jpeg() -> str:
+    return jpeg_of(128)
 
 
 def stored(app) -> int:
@@ -236,3 +241,75 @@ def test_concurrent_batches_with_one_key_store_it_once(record) -> None:
         outcomes = {(a["items"][position]["status"], a["items"][position]["id"]) for a in answers}
         assert {status for status, _ in outcomes} <= {200, 201}
         assert len({row_id for _, row_id in outcomes}) == 1
+
+
+def test_prune_deletes_old_parts_in_short_transactions_and_keeps_shared_images(record) -> None:
+    from typer.testing import CliRunner
+
+    from zerodefect.cli import app as cli
+    from zerodefect.quality.auth import create_user
+    from zerodefect.quality.models import Defect, Review
+
+    url, key_a, _, app, _ = record
+    now = datetime.now(UTC)
+    shared, own = jpeg(), jpeg_of(200)
+    old = [
+        part("k-old-00001", "O1", captured_at=(now - timedelta(days=100)).isoformat()),
+        part(
+            "k-old-00002",
+            "O2",
+            "reject",
+            image_b64=own,
+            image_type="image/jpeg",
+            defects=[{"class_name": "crack", "score": 0.9}],
+            captured_at=(now - timedelta(days=95)).isoformat(),
+        ),
+        part(
+            "k-old-00003",
+            "O3",
+            "reject",
+            image_b64=shared,
+            image_type="image/jpeg",
+            captured_at=(now - timedelta(days=91)).isoformat(),
+        ),
+    ]
+    new = [
+        part("k-new-00001", "N1", captured_at=(now - timedelta(days=89)).isoformat()),
+        part(
+            "k-new-00002",
+            "N2",
+            "reject",
+            image_b64=shared,
+            image_type="image/jpeg",
+            captured_at=(now - timedelta(days=1)).isoformat(),
+        ),
+    ]
+    r = httpx.post(f"{url}/v1/inspections/batch", json={"items": old + new}, headers={"X-API-Key": key_a})
+    assert [o["status"] for o in r.json()["items"]] == [201] * 5
+    ids = [o["id"] for o in r.json()["items"]]
+    images = app.state.images
+    with app.state.sessions() as session:
+        user = create_user(session, "rita", "a long enough password", "reviewer")
+        session.add(Review(inspection_id=ids[1], user_id=user.id, decision="confirmed", created_at=now))
+        session.commit()
+        own_sha, shared_sha = (session.get(Inspection, i).image_sha256 for i in ids[1:3])
+    assert images.find(own_sha) and images.find(shared_sha)
+
+    runner = CliRunner()
+    dry = runner.invoke(cli, ["record", "prune", "--older-than", "90d", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would delete 3 parts" in dry.output and "2 of them with an image" in dry.output
+    assert stored(app) == 5
+
+    done = runner.invoke(cli, ["record", "prune", "--older-than", "90d", "--batch", "2"])
+    assert done.exit_code == 0, done.output
+    assert "deleted 3 parts" in done.output and "2 transactions" in done.output
+    with app.state.sessions() as session:
+        assert sorted(session.scalars(select(Inspection.serial))) == ["N1", "N2"]
+        assert session.scalar(select(func.count()).select_from(Defect)) == 0
+        assert session.scalar(select(func.count()).select_from(Review)) == 0
+    assert images.find(own_sha) is None  # its part is gone and no other part names it
+    assert images.find(shared_sha) is not None  # a part that stays still shows it
+
+    bad = runner.invoke(cli, ["record", "prune", "--older-than", "90"])
+    assert bad.exit_code != 0 and "90d" in bad.output
