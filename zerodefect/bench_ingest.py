@@ -46,6 +46,26 @@ REJECT_RATE = 0.02
 PASS_SAMPLE_RATE = 0.02  # edge.config pass_sample_rate's default
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process `pid` so far, from /proc (Linux)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def _cpu(record_pid: int, into: dict) -> Iterator[None]:
+    """Add to `into` the CPU the record and this process (the simulated stations) used: the
+    record's CPU per part is the figure that scales to a plant's server, whatever else shares
+    this machine."""
+    record, here = _cpu_seconds(record_pid), time.process_time()
+    yield
+    into["record_cpu_s"] = round(_cpu_seconds(record_pid) - record, 2)
+    into["stations_cpu_s"] = round(time.process_time() - here, 2)
+    into["record_cpu_ms_per_part"] = round(1000 * into["record_cpu_s"] / into["parts"], 3)
+
+
 @dataclass
 class Station:
     name: str
@@ -207,9 +227,11 @@ def live(
 
 
 @contextmanager
-def _record(root: Path, stations: int) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+def _record(
+    root: Path, stations: int, andon: bool = True
+) -> Iterator[tuple[str, list[tuple[str, str]], int]]:
     """A durable PostgreSQL cluster with a migrated record and `stations` stations, served by
-    `zerodefect serve record` in its own process: yields (url, [(name, key)])."""
+    `zerodefect serve record` in its own process: yields (url, [(name, key)], its pid)."""
     import os
 
     from zerodefect.pgcluster import postgres_cluster
@@ -225,12 +247,15 @@ def _record(root: Path, stations: int) -> Iterator[tuple[str, list[tuple[str, st
                 keys.append((station.name, key))
         port = free_port()
         env = dict(os.environ, ZD_RECORD_URL=db_url, ZD_DATA_DIR=str(root / "record"))
+        if not andon:  # the andon evaluated once a day: the record's ingest cost alone
+            (root / "andon.yaml").write_text("interval_seconds: 86400\n")
+            env["ZD_ANDON_CONFIG"] = str(root / "andon.yaml")
         log = root / "record.log"
         proc = start_zerodefect(["serve", "record", "--port", str(port)], log, env)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(proc, lambda: answers_healthz(url), "the record", log)
-            yield url, keys
+            yield url, keys, proc.pid
         finally:
             stop_process(proc)
             KEPT_LOG.parent.mkdir(parents=True, exist_ok=True)
@@ -244,16 +269,21 @@ def run_ingest_bench(
     live_seconds: float = 20.0,
     batch_size: int = 200,
     batch_wait_ms: float = 50.0,
+    andon: bool = True,
 ) -> dict:
     """All three measurements on one record; returns the figures (docs/results/ingest-bench.json)."""
     images = _images()
     with tempfile.TemporaryDirectory(prefix="zd-ingest-") as tmp:
         root = Path(tmp)
-        with _record(root, stations) as (url, keys):
+        with _record(root, stations, andon) as (url, keys, pid):
             fleet = [Station(name, key, Outbox(root / "outboxes" / f"{name}.db")) for name, key in keys]
-            batched = drain("drain", fleet, url, backlog_per_station, batch_size, images)
-            single = drain("single", fleet, url, single_per_station, 1, images)
-            plant = live(fleet, url, PLANT_RATE, live_seconds, batch_wait_ms, images)
+            batched, single, plant = {}, {}, {}
+            with _cpu(pid, batched):
+                batched.update(drain("drain", fleet, url, backlog_per_station, batch_size, images))
+            with _cpu(pid, single):
+                single.update(drain("single", fleet, url, single_per_station, 1, images))
+            with _cpu(pid, plant):
+                plant.update(live(fleet, url, PLANT_RATE, live_seconds, batch_wait_ms, images))
             for s in fleet:
                 s.outbox.close()
     rate = batched["parts_per_s"]
@@ -268,6 +298,9 @@ def run_ingest_bench(
         "backlog_drain_minutes": round(backlog / catching_up / 60, 1) if catching_up > 0 else None,
         "backlog_drain_minutes_if_stopped": round(backlog / rate / 60, 1),
         "backlog_parts": int(backlog),
+        # What one core of the record's server takes, from the record's own CPU time per part.
+        "record_parts_per_cpu_s_batched": round(1000 / batched["record_cpu_ms_per_part"]),
+        "record_parts_per_cpu_s_single": round(1000 / single["record_cpu_ms_per_part"]),
         "drain": batched,
         "single": single,
         "live": plant,
@@ -277,6 +310,7 @@ def run_ingest_bench(
             "batch_wait_ms": batch_wait_ms,
             "postgresql": "throw-away cluster, fsync and synchronous_commit on (pgcluster durable=True)",
             "record": "zerodefect serve record (one uvicorn process), same machine",
+            "andon": "every 10 s (its default)" if andon else "off (evaluated once a day)",
             "images": f"JPEG 320x240 on rejects ({REJECT_RATE:.0%}) and sampled passes ({PASS_SAMPLE_RATE:.0%})",
         },
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -23,6 +23,9 @@ def bench_ingest(
     seconds: Annotated[float, typer.Option(min=1, help="Length of the 1,500 parts/s run.")] = 20.0,
     batch_size: Annotated[int, typer.Option(min=2, max=1000, help="Forwarder batch size.")] = 200,
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="Forwarder batch wait.")] = 50.0,
+    andon: Annotated[
+        bool, typer.Option(help="Run the record's andon at its default interval; --no-andon: ingest alone.")
+    ] = True,
     out: Annotated[Path, typer.Option(help="Where the figures go.")] = Path("docs/results/ingest-bench.json"),
 ) -> None:
     """Simulated stations post to one record on a durable throw-away PostgreSQL: the batched and
@@ -31,7 +34,7 @@ def bench_ingest(
     from zerodefect.pgcluster import PostgresError
 
     try:
-        figures = run_ingest_bench(stations, backlog, single, seconds, batch_size, batch_wait_ms)
+        figures = run_ingest_bench(stations, backlog, single, seconds, batch_size, batch_wait_ms, andon)
     except (PostgresError, RuntimeError) as exc:
         raise fail(f"ingest bench: {exc}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
