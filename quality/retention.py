@@ -4,7 +4,7 @@ Why batched deletes and not one DELETE: a plant writes about 130 M rows a day; o
 over a day of them would hold its locks and grow one transaction for minutes while stations
 post. Each batch here is a short transaction of at most `batch` parts found through the
 captured_at index, so ingest and reviews go on between batches, on SQLite and PostgreSQL alike
-(the documented equivalent of dropping a day's partition; see docs/deploy.md).
+(the documented equivalent of dropping a day's partition: README, "Plant rate").
 
 An image is content-addressed and may be shared by a part that stays (the same bytes posted
 twice): its file is deleted only once no remaining part names it. Files go after their rows'
