@@ -66,8 +66,13 @@ lint: $(STAMP)
 # keeping the others: make bench BENCH_ARGS="--run '' --detector-run ''"; without the PLC rows
 # (OPC UA and Modbus, keeping the last ones): BENCH_ARGS=--no-plc
 BENCH_ARGS ?=
+# The record's ingest rate on a durable throw-away PostgreSQL (docs/results/ingest-bench.json,
+# about 2 minutes); skip it with make bench INGEST_BENCH=0.
+INGEST_BENCH ?= 1
+INGEST_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m zerodefect bench $(BENCH_ARGS)
+	if [ "$(INGEST_BENCH)" = 1 ]; then $(BIN)/python -m zerodefect bench-ingest $(INGEST_ARGS); fi
 
 # Stop the record service that `make demo` leaves running.
 stop:

@@ -97,7 +97,14 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         batcher.start()
         forwarder = None
         if config.record_url:
-            forwarder = Forwarder(outbox, config.record_url, config.record_api_key(), metrics=metrics)
+            forwarder = Forwarder(
+                outbox,
+                config.record_url,
+                config.record_api_key(),
+                metrics=metrics,
+                batch_size=config.record_batch_size,
+                batch_wait_ms=config.record_batch_wait_ms,
+            )
             forwarder.start()
         plc = None
         if config.plc is not None:

@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,44 @@ class Outbox:
             self._db.execute(
                 "UPDATE outbox SET delivered = ?, attempts = attempts + 1 WHERE key = ?", (time.time(), key)
             )
+
+    def due_count(self, limit: int) -> int:
+        """How many results are due, counted up to `limit` (the forwarder's batch fill check)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM outbox WHERE delivered IS NULL AND dead IS NULL "
+                "AND next_try <= ? LIMIT ?)",
+                (time.time(), limit),
+            ).fetchone()
+        return int(row[0])
+
+    def settle(
+        self,
+        delivered: Sequence[str] = (),
+        retried: Sequence[tuple[str, float]] = (),
+        dead: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """A batch's outcomes in one transaction: one fsync for the batch, not one per result."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "UPDATE outbox SET delivered = ?, attempts = attempts + 1 WHERE key = ?",
+                    [(now, key) for key in delivered],
+                )
+                self._db.executemany(
+                    "UPDATE outbox SET attempts = attempts + 1, next_try = ? WHERE key = ?",
+                    [(now + delay, key) for key, delay in retried],
+                )
+                self._db.executemany(
+                    "UPDATE outbox SET dead = ?, attempts = attempts + 1 WHERE key = ?",
+                    [(reason[:500], key) for key, reason in dead],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def retry(self, key: str, delay: float) -> None:
         with self._lock:

@@ -38,6 +38,9 @@ from zerodefect.quality.deps import DB, Admin, CallingStation, Reviewer, Viewer,
 from zerodefect.quality.images import ImageStore, draw_overlay
 from zerodefect.quality.models import Alert, Station
 from zerodefect.quality.schemas import (
+    BatchItemOut,
+    InspectionBatchIn,
+    InspectionBatchOut,
     InspectionOut,
     InspectionPage,
     LoginIn,
@@ -54,6 +57,7 @@ from zerodefect.quality.store import (
     add_station,
     as_utc,
     query_inspections,
+    record_batch,
     record_inspection,
     record_link,
     review_history,
@@ -112,7 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.login_throttle = LoginThrottle()
 
     # Bytes counted as they stream: JSON endpoints get a small limit, posted parts their image.
-    app.add_middleware(BodyLimit, routes={"/v1/inspections": MAX_BODY_BYTES})
+    app.add_middleware(
+        BodyLimit, routes={"/v1/inspections": MAX_BODY_BYTES, "/v1/inspections/batch": MAX_BODY_BYTES}
+    )
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -160,6 +166,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not stored.created:
             response.status_code = 200
         return to_out(stored.inspection)
+
+    @app.post(
+        "/v1/inspections/batch",
+        response_model=InspectionBatchOut,
+        responses=errors(400, 401, 403, 413, 422),
+    )
+    def post_inspection_batch(
+        body: InspectionBatchIn, session: DB, who: CallingStation
+    ) -> InspectionBatchOut:
+        """Up to MAX_BATCH_ITEMS parts in one transaction, each judged as POST /v1/inspections
+        would judge it: the answer has one outcome per item, in order (201, 200 for a replay, or
+        that item's 4xx and reason), so a refused part never refuses its neighbours."""
+        outcomes = record_batch(session, who, body.items, images)
+        statuses = [o.status for o in outcomes]
+        return InspectionBatchOut(
+            items=[BatchItemOut(**vars(o)) for o in outcomes],
+            created=statuses.count(201),
+            replayed=statuses.count(200),
+            refused=sum(s >= 400 for s in statuses),
+        )
 
     @app.put("/v1/links/{link}", status_code=204, responses=errors(400, 401, 403, 413, 422))
     def put_link(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from pathlib import Path
 
 from zerodefect.inference.draw import blend_heatmap, draw_detections
@@ -39,7 +40,9 @@ class ImageStore:
         path = self.path_for(sha, ext)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            # Its own temporary name per writer: two requests storing one image at once (a
+            # replay racing its first delivery) each rename a whole file, never a missing one.
+            tmp = path.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
             with tmp.open("wb") as fh:
                 fh.write(data)
                 fh.flush()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from zerodefect.inference.wire import DefectIn
@@ -100,6 +100,21 @@ class Inspection(Base):
         Index("ix_inspections_station_time", "station_id", "captured_at"),
         Index("ix_inspections_serial", "serial"),
         Index("ix_inspections_verdict_time", "verdict", "captured_at"),
+        # Retention (quality.retention): the oldest parts first, and whether an image or heatmap
+        # is still used by a part that stays (partial: most parts have none).
+        Index("ix_inspections_captured_at", "captured_at"),
+        Index(
+            "ix_inspections_image_sha256",
+            "image_sha256",
+            postgresql_where=text("image_sha256 IS NOT NULL"),
+            sqlite_where=text("image_sha256 IS NOT NULL"),
+        ),
+        Index(
+            "ix_inspections_heatmap_sha256",
+            "heatmap_sha256",
+            postgresql_where=text("heatmap_sha256 IS NOT NULL"),
+            sqlite_where=text("heatmap_sha256 IS NOT NULL"),
+        ),
         UniqueConstraint("station_id", "key", name="uq_inspection_station_key"),
     )
 

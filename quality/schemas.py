@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -109,3 +109,32 @@ class ReviewOut(BaseModel):
 class StationIn(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     line: Text | None = Field(default=None, max_length=100)
+
+
+# Parts per POST /v1/inspections/batch: a forwarder's batch (edge.config record_batch_size, at
+# most this) in one request and one transaction.
+MAX_BATCH_ITEMS = 1000
+
+
+class InspectionBatchIn(BaseModel):
+    """A station's results in one request. Each item is an InspectionIn, checked on its own, so
+    one bad item is refused alone (its outcome says why) and never refuses its neighbours."""
+
+    items: list[Any] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+class BatchItemOut(BaseModel):
+    """One item's outcome: 201 stored, 200 already stored under its key, or a 4xx with `detail`
+    (what a single POST of it would have answered)."""
+
+    key: str | None
+    status: int
+    id: int | None = None
+    detail: str | None = None
+
+
+class InspectionBatchOut(BaseModel):
+    items: list[BatchItemOut]
+    created: int
+    replayed: int
+    refused: int

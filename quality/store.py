@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -118,31 +118,30 @@ def _same_part(row: Inspection, data: InspectionIn, image_sha: str | None, heatm
     ]
 
 
-def _replay(
-    session: Session, station: Station, data: InspectionIn, image_sha: str | None, heatmap_sha: str | None
-) -> Stored | None:
+def _replay(session: Session, station: Station, part: _Checked) -> Stored | None:
     """The station's own record under this key if it is this part (an idempotent replay);
     None if the key is new for the station; a 409 if the station used it for another part."""
     existing = session.scalar(
-        select(Inspection).where(Inspection.station_id == station.id, Inspection.key == data.key)
+        select(Inspection).where(Inspection.station_id == station.id, Inspection.key == part.data.key)
     )
     if existing is None:
         return None
-    if not _same_part(existing, data, image_sha, heatmap_sha):
-        raise RecordError(
-            f"key {data.key!r} is already recorded for another part of this station "
-            f"(inspection {existing.id}); an idempotency key names one part only",
-            409,
-        )
-    return Stored(existing, False)
+    return _judge_replay(existing, part)
 
 
-def record_inspection(session: Session, station: Station, data: InspectionIn, images: ImageStore) -> Stored:
-    """Store one result exactly once per (station, idempotency key); its image under its sha256.
+@dataclass
+class _Checked:
+    """A posted part with its image and heatmap decoded and checked, ready to compare or store."""
 
-    Keys belong to the station that posted them: another station using the same key writes
-    its own row and never sees or blocks this one. The same key with the same part again is
-    the stored row (a retry); with a different part it is a 409, never a silent success."""
+    data: InspectionIn
+    raw: bytes | None
+    image_sha: str | None
+    heatmap: bytes | None
+    heatmap_sha: str | None
+
+
+def _check(data: InspectionIn, images: ImageStore) -> _Checked:
+    """Decode and check a part's image and heatmap (a RecordError, 4xx, with the reason if bad)."""
     image_sha, raw = data.image_sha256, None
     if data.image_b64 is not None:
         if data.image_type is None:
@@ -162,23 +161,26 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
             raise RecordError(f"image_b64: {exc.reason}", 413 if exc.status == 413 else 422) from None
     heatmap = _heatmap_bytes(data.heatmap_b64)
     heatmap_sha = hashlib.sha256(heatmap).hexdigest() if heatmap is not None else None
-    replay = _replay(session, station, data, image_sha, heatmap_sha)
-    if replay is not None:
-        return replay
+    return _Checked(data, raw, image_sha, heatmap, heatmap_sha)
+
+
+def _new_row(station: Station, part: _Checked, images: ImageStore) -> Inspection:
+    """The part's new row (not yet added), its image and heatmap written to the image store."""
+    data = part.data
     image_path = None
-    if raw is not None:
-        _, path = images.put(raw, EXTENSIONS[data.image_type])
+    if part.raw is not None:
+        _, path = images.put(part.raw, EXTENSIONS[data.image_type])
         image_path = str(path.relative_to(images.root))
-    if heatmap is not None:
-        images.put(heatmap, "png")
-    row = Inspection(
+    if part.heatmap is not None:
+        images.put(part.heatmap, "png")
+    return Inspection(
         key=data.key,
         station=station,
         **data.model_dump(include=set(PART_FIELDS)),
         captured_at=as_utc(data.captured_at),
-        image_sha256=image_sha,
+        image_sha256=part.image_sha,
         image_path=image_path,
-        heatmap_sha256=heatmap_sha,
+        heatmap_sha256=part.heatmap_sha,
         **(
             {f"image_{name}": value for name, value in data.image_stats.model_dump().items()}
             if data.image_stats
@@ -193,6 +195,30 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
             for d in data.defects
         ],
     )
+
+
+def _judge_replay(existing: Inspection, part: _Checked) -> Stored:
+    """A key the station used before: the stored row if it is this part, else a 409."""
+    if not _same_part(existing, part.data, part.image_sha, part.heatmap_sha):
+        raise RecordError(
+            f"key {part.data.key!r} is already recorded for another part of this station "
+            f"(inspection {existing.id}); an idempotency key names one part only",
+            409,
+        )
+    return Stored(existing, False)
+
+
+def record_inspection(session: Session, station: Station, data: InspectionIn, images: ImageStore) -> Stored:
+    """Store one result exactly once per (station, idempotency key); its image under its sha256.
+
+    Keys belong to the station that posted them: another station using the same key writes
+    its own row and never sees or blocks this one. The same key with the same part again is
+    the stored row (a retry); with a different part it is a 409, never a silent success."""
+    part = _check(data, images)
+    replay = _replay(session, station, part)
+    if replay is not None:
+        return replay
+    row = _new_row(station, part, images)
     station.last_seen_at = utcnow()
     session.add(row)
     try:
@@ -200,11 +226,123 @@ def record_inspection(session: Session, station: Station, data: InspectionIn, im
     except IntegrityError:
         # Two deliveries of one key by this station raced; the winner is judged like a retry.
         session.rollback()
-        replay = _replay(session, station, data, image_sha, heatmap_sha)
+        replay = _replay(session, station, part)
         if replay is None:
             raise
         return replay
     return Stored(row, True)
+
+
+@dataclass
+class Outcome:
+    """What became of one item of a batch: 201 stored, 200 already stored under its key (a
+    replay), or the 4xx a single POST of it would have had, with the reason."""
+
+    key: str | None
+    status: int
+    id: int | None = None
+    detail: str | None = None
+
+
+def _key_of(item: object) -> str | None:
+    key = item.get("key") if isinstance(item, dict) else None
+    return key[:64] if isinstance(key, str) else None
+
+
+def record_batch(
+    session: Session, station: Station, items: list[object], images: ImageStore
+) -> list[Outcome]:
+    """Store a batch of a station's results in one transaction: one outcome per item, in order.
+
+    Why: one commit per part caps PostgreSQL at about 520 parts/s, a plant posts 1,500. Each
+    item is judged as `record_inspection` judges a single post (the same checks, the same
+    idempotency per (station, key)), so a bad item gets its own 4xx and its neighbours are
+    stored. The station's earlier rows under the batch's keys come in one query. If another
+    delivery of one of these keys commits first (a race), the new items are stored one by one
+    through `record_inspection`, which judges the winner as a replay."""
+    outcomes: list[Outcome | None] = [None] * len(items)
+    checked: dict[int, _Checked] = {}
+    for index, item in enumerate(items):
+        try:
+            checked[index] = _check(InspectionIn.model_validate(item), images)
+        except ValidationError as exc:
+            outcomes[index] = Outcome(_key_of(item), 422, detail=describe(exc))
+        except RecordError as exc:
+            outcomes[index] = Outcome(_key_of(item), exc.status, detail=str(exc))
+    keys = {part.data.key for part in checked.values()}
+    known: dict[str, Inspection] = {}
+    if keys:
+        known = {
+            row.key: row
+            for row in session.scalars(
+                select(Inspection)
+                .options(selectinload(Inspection.defects))
+                .where(Inspection.station_id == station.id, Inspection.key.in_(keys))
+            )
+        }
+    new: dict[int, Inspection] = {}
+    for index, part in checked.items():
+        existing = known.get(part.data.key)
+        if existing is None:  # a new key, or the batch's own earlier item under it
+            known[part.data.key] = new[index] = _new_row(station, part, images)
+            continue
+        try:
+            replay = _judge_replay(existing, part)
+        except RecordError as exc:
+            outcomes[index] = Outcome(part.data.key, exc.status, detail=str(exc))
+            continue
+        outcomes[index] = Outcome(part.data.key, 200, replay.inspection.id)
+    if new:
+        _number(session, list(new.values()))
+        station.last_seen_at = utcnow()
+        session.add_all(new.values())
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return _one_by_one(session, station, checked, outcomes, images)
+    for index, row in new.items():
+        outcomes[index] = Outcome(row.key, 201, row.id)
+    # Items repeating a new key of this batch are replays of it: their ids are known now.
+    for outcome in outcomes:
+        if outcome is not None and outcome.status == 200 and outcome.id is None:
+            outcome.id = known[outcome.key].id
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _number(session: Session, rows: list[Inspection]) -> None:
+    """On PostgreSQL, give new rows their ids from the table's sequence in one query.
+
+    Why: rows whose ids are known are inserted with one executemany (psycopg pipelines it); rows
+    that need their ids back go as one multi-row INSERT ... RETURNING, whose text psycopg parses
+    again on every batch (it caches statements up to 4 KB only): half the record's time in a
+    batch of 200 was that parsing. SQLite returns ids cheaply and keeps its own numbering."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    ids = session.scalars(
+        text("SELECT nextval(pg_get_serial_sequence('inspections', 'id')) FROM generate_series(1, :n)"),
+        {"n": len(rows)},
+    ).all()
+    for row, row_id in zip(rows, ids, strict=True):
+        row.id = row_id
+
+
+def _one_by_one(
+    session: Session,
+    station: Station,
+    checked: dict[int, _Checked],
+    outcomes: list[Outcome | None],
+    images: ImageStore,
+) -> list[Outcome]:
+    """The batch's checked items stored one per transaction (after a lost race on a key)."""
+    for index, part in checked.items():
+        try:
+            stored = record_inspection(session, station, part.data, images)
+        except RecordError as exc:
+            outcomes[index] = Outcome(part.data.key, exc.status, detail=str(exc))
+            continue
+        outcomes[index] = Outcome(part.data.key, 201 if stored.created else 200, stored.inspection.id)
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def _heatmap_bytes(heatmap_b64: str | None) -> bytes | None:

@@ -8,7 +8,7 @@ it has.
 
 from __future__ import annotations
 
-from zerodefect.cli import bench, rescore, serve, train  # noqa: F401  (their commands register on `app`)
+from zerodefect.cli import bench, bench_ingest, rescore, serve, train  # noqa: F401  (their commands register on `app`)
 from zerodefect.cli.datasets import datasets_app
 from zerodefect.cli.models import models_app
 from zerodefect.cli.record import keys_app, record_app, users_app

@@ -81,6 +81,53 @@ def record_rotate_key(name: Annotated[str, typer.Argument(help="Existing station
     print(key)
 
 
+@record_app.command("prune")
+def record_prune(
+    older_than: Annotated[
+        str, typer.Option(help="Retention: parts captured longer ago go, e.g. 90d, 12h, 6w.")
+    ],
+    dry_run: Annotated[bool, typer.Option(help="Only say what would be deleted.")] = False,
+    batch: Annotated[int, typer.Option(min=1, max=50_000, help="Parts per transaction.")] = 2000,
+) -> None:
+    """Delete parts captured before the retention window, with their defects, reviews and images
+    (those no remaining part names), in short transactions that never hold up ingest."""
+    from datetime import UTC, datetime
+
+    from zerodefect.quality.db import make_engine, migrate, session_factory
+    from zerodefect.quality.images import ImageStore
+    from zerodefect.quality.retention import parse_age, prune, survey
+    from zerodefect.settings import get_settings
+
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        raise fail(f"--older-than: {exc}") from None
+    settings = get_settings()
+    cutoff = datetime.now(UTC) - age
+    migrate(settings.record_database_url)
+    engine = make_engine(settings.record_database_url)
+    try:
+        sessions = session_factory(engine)
+        if dry_run:
+            with sessions() as session:
+                report = survey(session, cutoff)
+        else:
+            report = prune(sessions, ImageStore(settings.image_dir), cutoff, batch)
+    finally:
+        engine.dispose()
+    oldest = f", the oldest captured {report.oldest:%Y-%m-%d %H:%M}" if report.oldest else ""
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        f"{verb} {report.parts:,} parts captured before {cutoff:%Y-%m-%d %H:%M} UTC ({older_than} ago){oldest}; "
+        f"{report.images:,} of them with an image"
+    )
+    if not dry_run:
+        console.print(
+            f"{report.batches} transactions; {report.files_deleted:,} image files deleted, "
+            f"{len(report.files_kept)} kept (still named by a newer part)"
+        )
+
+
 @keys_app.command("new")
 def keys_new(
     out: Annotated[Path, typer.Option(help="Folder for NAME.key (private, mode 0600) and NAME.pub.")],
