@@ -83,6 +83,7 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
                 settings.data_dir / "registry-cache",
                 config.threads,
                 trusted_keys=config.trusted_public_keys(),
+                scopes=(config.station, config.line or ""),
             )
         except (BundleError, StationConfigError) as exc:
             log.error("station %s cannot start: %s", config.station, exc)
