@@ -86,6 +86,9 @@ class StationConfig(BaseModel):
     # How often to check whether the alias moved (a promotion), and swap to its new version
     # without a restart; None checks only on POST /v1/model/reload.
     model_poll_seconds: float | None = Field(default=60.0, gt=0)
+    # Shadow mode: a challenger (e.g. models:/NAME@challenger) scores each part after the
+    # line's verdict is given; its verdicts go to the record only (zerodefect.edge.shadow).
+    shadow: str | None = None
     # Base URL of the quality record service; None keeps results in the outbox only.
     record_url: str | None = None
     # The record API key is a secret: read from this environment variable, never from YAML.
@@ -122,6 +125,12 @@ class StationConfig(BaseModel):
     mqtt: MqttConfig | None = None
     # Results to QMS / no-code webhooks, each from the same outbox.
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _shadow_needs_a_record(self) -> StationConfig:
+        if self.shadow and not self.record_url:
+            raise ValueError("shadow needs record_url: the challenger's verdicts go to the record only")
+        return self
 
     @model_validator(mode="after")
     def _mqtt_topic_is_valid(self) -> StationConfig:
