@@ -52,6 +52,8 @@ class ShadowReport:
     by_station: dict[str, int] = field(default_factory=dict)
     by_class: dict[str, int] = field(default_factory=dict)
     reviewed: int = 0
+    reviewed_defective: int = 0
+    reviewed_good: int = 0
     serving_escapes: int = 0
     challenger_escapes: int = 0
     serving_false_rejects: int = 0
@@ -90,10 +92,12 @@ def compare(session: Session, model_name: str, version: str) -> ShadowReport:
             classes[f"{serving} -> {challenger} ({challenger_class or label or '-'})"] += 1
         if review in DEFECTIVE:
             report.reviewed += 1
+            report.reviewed_defective += 1
             report.serving_escapes += serving == "pass"
             report.challenger_escapes += challenger == "pass"
         elif review in GOOD:
             report.reviewed += 1
+            report.reviewed_good += 1
             report.serving_false_rejects += serving == "reject"
             report.challenger_false_rejects += challenger == "reject"
     report.by_station, report.by_class = dict(stations), dict(classes)

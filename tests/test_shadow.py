@@ -10,6 +10,8 @@ from sqlalchemy import select
 
 from zerodefect.edge.app import create_app as create_edge
 from zerodefect.quality.models import Inspection, ShadowVerdict
+from zerodefect.settings import get_settings
+from zerodefect.training.registry import shadow_rows
 
 from .people import client_for
 from .servers import record_for_station, serve
@@ -66,12 +68,19 @@ def test_the_challenger_is_recorded_apart_and_never_changes_the_line(
             "by_station": {"st-01": PARTS},
             "by_class": None,
             "reviewed": 4,
+            "reviewed_defective": 2,
+            "reviewed_good": 2,
             "serving_escapes": 0,
             "challenger_escapes": 2,  # it would have passed the two defective parts
             "serving_false_rejects": 2,
             "challenger_false_rejects": 0,
         }
         reviewer.close()
+        # The promotion gate reads the same comparison: the challenger would let defects out.
+        rows = {r.metric: r for r in shadow_rows("test-model", shadow_version, 0.005, get_settings())}
+        escape, false_reject = rows["shadow_escape_rate"], rows["shadow_false_reject_rate"]
+        assert (escape.challenger, escape.champion, escape.ok) == (1.0, 0.0, False)
+        assert (false_reject.challenger, false_reject.champion, false_reject.ok) == (0.0, 1.0, True)
 
         # A resent batch is stored once; a bad item is refused with the reason.
         headers = {"X-API-Key": _station_key(monkeypatch)}

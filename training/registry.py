@@ -229,6 +229,8 @@ def promote(
             fetch_bundle(f"models:/{name}/{champion.version}", cache), manifest, split, timing_images=0
         )
     passed, rows = judge(new_report, old_report, gate_floors(read_meta(bundle)), tolerance)
+    evidence = shadow_rows(name, str(candidate.version), tolerance, settings)
+    passed, rows = passed and all(row.ok for row in evidence), rows + evidence
     result = GateResult(
         passed,
         str(candidate.version),
@@ -402,3 +404,45 @@ def _audit(
         log.error("%s of %s v%s not written to the quality record: %s", gate, name, version, exc)
         return False
     return True
+
+
+def shadow_rows(name: str, version: str, tolerance: float, settings: Settings) -> list[GateRow]:
+    """Gate rows from shadow mode, when the version ran as a shadow on the line: its escape and
+    false-reject rates on reviewed parts, against the verdicts the line gave the same parts.
+    No row without reviewed parts of that kind; a record that cannot be read is logged, and
+    the gate decides on the test split alone."""
+    from zerodefect.quality.db import record_session
+    from zerodefect.quality.shadow import compare
+
+    try:
+        with record_session(settings.record_database_url) as session:
+            report = compare(session, name, version)
+    except Exception as exc:
+        log.error("shadow evidence for %s v%s not read from the record: %s", name, version, exc)
+        return []
+    rows = []
+    for metric, errors, line_errors, parts in (
+        ("shadow_escape_rate", report.challenger_escapes, report.serving_escapes, report.reviewed_defective),
+        (
+            "shadow_false_reject_rate",
+            report.challenger_false_rejects,
+            report.serving_false_rejects,
+            report.reviewed_good,
+        ),
+    ):
+        if parts:
+            new, old = errors / parts, line_errors / parts
+            ok = new <= old + tolerance
+            note = f"{parts} reviewed parts, {report.disagreements}/{report.parts} disagreements"
+            rows.append(
+                GateRow(
+                    metric,
+                    new,
+                    old,
+                    old + tolerance,
+                    False,
+                    ok,
+                    note if ok else f"worse than the line; {note}",
+                )
+            )
+    return rows
