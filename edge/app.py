@@ -25,6 +25,7 @@ from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.plc import PlcLink
 from zerodefect.edge.shadow import ShadowScorer
 from zerodefect.edge.station import Inspector, PartMeta
+from zerodefect.edge.status import report_status
 from zerodefect.edge.webhooks import WebhookSender, destination
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.bundle import BundleError
@@ -166,6 +167,17 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             state["shadow_poller"] = asyncio.create_task(
                 follow_alias(shadow.holder, None, config.model_poll_seconds)
             )
+        if config.record_url and config.status_seconds:
+            state["status_reporter"] = asyncio.create_task(
+                report_status(
+                    config.record_url,
+                    config.record_api_key(),
+                    holder,
+                    outbox,
+                    shadow.holder if shadow else None,
+                    config.status_seconds,
+                )
+            )
         puller = None
         if source:
             from zerodefect.edge.sources import pull_loop
@@ -173,7 +185,7 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             puller = asyncio.create_task(pull_loop(state["inspector"], source, serial_prefix))
             state["puller"] = puller
         yield
-        for task in (puller, poller, state.get("shadow_poller")):
+        for task in (puller, poller, state.get("shadow_poller"), state.get("status_reporter")):
             if task and not task.done():
                 task.cancel()
         if plc:

@@ -89,6 +89,9 @@ class StationConfig(BaseModel):
     # Shadow mode: a challenger (e.g. models:/NAME@challenger) scores each part after the
     # line's verdict is given; its verdicts go to the record only (zerodefect.edge.shadow).
     shadow: str | None = None
+    # How often the station reports its model and outbox backlog to the record (fleet status);
+    # None: never.
+    status_seconds: float | None = Field(default=30.0, gt=0)
     # Base URL of the quality record service; None keeps results in the outbox only.
     record_url: str | None = None
     # The record API key is a secret: read from this environment variable, never from YAML.

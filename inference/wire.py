@@ -181,3 +181,18 @@ class ShadowBatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     items: list[ShadowVerdictIn] = Field(min_length=1, max_length=500)
+
+
+class StationStatusIn(BaseModel):
+    """A station's periodic report to the record, for `zerodefect fleet status`: what it serves
+    and how far behind its outbox is (parts the record has not received yet)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model_name: Text = Field(min_length=1, max_length=200)
+    model_version: Text = Field(min_length=1, max_length=100)
+    shadow_version: Text | None = Field(default=None, max_length=100)
+    outbox_pending: int = Field(ge=0)
+    outbox_dead: int = Field(ge=0)
+    # How often the station reports: the record calls it stale after a few missed reports.
+    every_seconds: float = Field(gt=0, le=86_400)

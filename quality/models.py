@@ -270,3 +270,17 @@ class ShadowVerdict(Base):
         UniqueConstraint("station_id", "key", "model_version", name="uq_shadow_station_key_version"),
         Index("ix_shadow_model_version", "model_name", "model_version"),
     )
+
+
+class StationStatus(Base):
+    """A station's latest periodic report (model, shadow, outbox backlog): one row per station."""
+
+    __tablename__ = "station_status"
+    station_id: Mapped[int] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(100))
+    shadow_version: Mapped[str | None] = mapped_column(String(100))
+    outbox_pending: Mapped[int] = mapped_column(Integer)
+    outbox_dead: Mapped[int] = mapped_column(Integer)
+    every_seconds: Mapped[float] = mapped_column(Float)
+    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

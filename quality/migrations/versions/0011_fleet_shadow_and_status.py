@@ -1,4 +1,5 @@
-"""shadow mode: a challenger's verdicts, recorded apart from the line's
+"""fleet: a challenger's verdicts in shadow mode, recorded apart from the line's, and each
+station's latest status report
 
 Revision ID: 0011
 Revises: 0009
@@ -37,9 +38,23 @@ def upgrade() -> None:
         sa.UniqueConstraint("station_id", "key", "model_version", name="uq_shadow_station_key_version"),
     )
     op.create_index("ix_shadow_model_version", "shadow_verdicts", ["model_name", "model_version"])
+    op.create_table(
+        "station_status",
+        sa.Column("station_id", sa.Integer(), nullable=False),
+        sa.Column("model_name", sa.String(length=200), nullable=False),
+        sa.Column("model_version", sa.String(length=100), nullable=False),
+        sa.Column("shadow_version", sa.String(length=100), nullable=True),
+        sa.Column("outbox_pending", sa.Integer(), nullable=False),
+        sa.Column("outbox_dead", sa.Integer(), nullable=False),
+        sa.Column("every_seconds", sa.Float(), nullable=False),
+        sa.Column("reported_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["station_id"], ["stations.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("station_id"),
+    )
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    op.drop_table("station_status")
     op.drop_index("ix_shadow_model_version", table_name="shadow_verdicts")
     op.drop_table("shadow_verdicts")
