@@ -95,4 +95,5 @@ def test_every_command_keeps_its_name_after_the_split_into_modules() -> None:
         "bench-eager-server", "datasets import", "datasets from-reviews", "datasets validate",
         "models list", "models promote", "serve record", "serve edge", "record add-station",
         "record rotate-key", "users create", "keys new", "keys sign",
+        "models rollback", "serve mlflow", "fleet status",
     }  # fmt: skip

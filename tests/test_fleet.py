@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from zerodefect.cli import app as cli
@@ -15,7 +16,9 @@ from zerodefect.cli.root import console
 from zerodefect.edge.app import create_app as create_edge
 from zerodefect.quality.fleet import fleet_status
 from zerodefect.quality.store import add_station
+from zerodefect.settings import get_settings
 
+from .bundles import register
 from .people import client_for
 from .servers import record_for_station, serve
 from .test_edge import png, post, station, wait_for
@@ -85,3 +88,45 @@ def test_fleet_status_lists_every_station_with_its_model_backlog_and_health(
     assert as_json.exit_code == 1
     rows = [(r["station"], r["model_version"], r["outbox_dead"]) for r in json.loads(as_json.output)]
     assert rows == [("st-01", version, 0), ("st-02", "7", 3), ("st-03", None, None)]
+
+
+def test_canary_aliases_win_for_their_scope_and_rollbacks_step_back(data_dir: Path, bundles) -> None:
+    import mlflow
+
+    from zerodefect.inference.registry import UnknownModel, resolve_alias
+    from zerodefect.quality.db import record_session
+    from zerodefect.quality.promotions import add_promotion
+    from zerodefect.training.registry import move_alias, rollback
+
+    uri = "models:/fleet-model@champion"
+    v1 = register(bundles["reject"], "fleet-model", "champion")
+    v2 = register(bundles["pass"], "fleet-model", "challenger")
+    v3 = register(bundles["pass"], "fleet-model", "challenger")
+    # A canary for line L2, and one for a single station of line L1.
+    move_alias("fleet-model", "champion-L2", v2)
+    move_alias("fleet-model", "champion-st-09", v3)
+    assert resolve_alias(uri, ("st-01", "L1")) == ("fleet-model", v1)
+    assert resolve_alias(uri, ("st-05", "L2")) == ("fleet-model", v2)
+    assert resolve_alias(uri, ("st-09", "L2")) == ("fleet-model", v3)  # the station's own wins
+    with pytest.raises(UnknownModel, match="no alias 'nothing'"):
+        resolve_alias("models:/fleet-model@nothing", ("st-01", "L1"))
+
+    ended = rollback("fleet-model", canary="L2")
+    assert (ended.alias, ended.from_version, ended.to_version) == ("champion-L2", v2, v1)
+    assert resolve_alias(uri, ("st-05", "L2")) == ("fleet-model", v1)
+
+    # Promotions move @champion step by step; rollbacks walk them back the same way.
+    assert move_alias("fleet-model", "champion", v2) == v1
+    assert move_alias("fleet-model", "champion", v3) == v2
+    assert rollback("fleet-model").to_version == v2
+    assert rollback("fleet-model").to_version == v1
+    with pytest.raises(ValueError, match=f"v{v1} has no previous @champion"):
+        rollback("fleet-model")
+
+    # A version promoted before the registry kept `previous.champion`: the record knows.
+    mlflow.MlflowClient().delete_model_version_tag("fleet-model", v2, "previous.champion")
+    mlflow.MlflowClient().set_registered_model_alias("fleet-model", "champion", v2)
+    with record_session(get_settings().record_database_url) as session:
+        add_promotion(session, "fleet-model", v2, "champion", v1, "passed", None, "someone", [])
+    assert rollback("fleet-model").to_version == v1
+    assert mlflow.MlflowClient().get_model_version_by_alias("fleet-model", "champion").version == int(v1)
