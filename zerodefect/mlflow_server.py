@@ -22,15 +22,19 @@ def server_command(
     host: str = "127.0.0.1",
     port: int = 5000,
     workers: int = 2,
+    allowed_hosts: str | None = None,
     settings: Settings | None = None,
 ) -> list[str]:
     """The argv of `mlflow server` (this interpreter's MLflow) for the given stores; the
-    defaults are the embedded store's, so a single machine's runs carry over to its server."""
+    defaults are the embedded store's, so a single machine's runs carry over to its server.
+    `allowed_hosts` feeds MLflow's DNS-rebinding check: without it, only loopback and private
+    addresses may name the server in their Host header."""
     settings = settings or get_settings()
     backend = backend_store_uri or f"sqlite:///{(settings.data_dir / 'mlflow.db').resolve()}"
     if backend.startswith("sqlite:///"):
         Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     artifacts = artifacts_destination or str(settings.artifact_root)
+    extra = ["--allowed-hosts", allowed_hosts] if allowed_hosts else []
     return [
         sys.executable,
         "-m",
@@ -47,6 +51,7 @@ def server_command(
         str(port),
         "--workers",
         str(workers),
+        *extra,
     ]
 
 

@@ -155,6 +155,10 @@ def serve_mlflow(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(help="Host names clients use beyond loopback, e.g. mlflow.plant.local,10.0.0.5:5000."),
+    ] = None,
 ) -> None:
     """Run the plant's central MLflow tracking server (runs, registry, artifacts) with `mlflow server`.
 
@@ -165,7 +169,7 @@ def serve_mlflow(
 
     from zerodefect.mlflow_server import server_command
 
-    command = server_command(backend_store_uri, artifacts_destination, host, port, workers)
+    command = server_command(backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts)
     console.print(f"MLflow server on http://{host}:{port}: {' '.join(command[3:])}", soft_wrap=True)
     # Replaced, not wrapped: a supervisor (systemd, the tests) stops the server by this pid.
     os.execv(command[0], command)
