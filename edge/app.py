@@ -77,7 +77,7 @@ def start_shadow(config: StationConfig, cache_dir, metrics: EdgeMetrics) -> Shad
         holder = ModelHolder(
             config.shadow,
             cache_dir,
-            config.threads,
+            1,  # one ONNX Runtime thread: the shadow batcher's own, which runs niced
             trusted_keys=config.trusted_public_keys(),
             scopes=(config.station, config.line or ""),
         )

@@ -6,7 +6,8 @@ ModelHolder (it follows its alias, e.g. `models:/NAME@challenger`, signature che
 and its own MicroBatcher, the station's one scoring path. Its verdicts go to the record's
 POST /v1/shadow-verdicts in batches, retried while the record is away.
 
-What it costs: one more inference per part on the station's CPU. What it may lose: parts that
+What it costs: one more inference per part, on one core, at the lowest CPU priority (nice 19)
+so the serving model comes first. What it may lose: parts that
 arrive while the challenger is `queue_size` parts behind, and verdicts not yet delivered when
 the station stops or more than `max_pending` wait for the record; all counted in
 zd_shadow_dropped_total. Evidence for a promotion, not a record of the line: a lost shadow
@@ -53,7 +54,9 @@ class ShadowScorer:
         self.queue_size = queue_size
         self.max_pending = max_pending
         self.max_backoff = max_backoff
-        self.batcher = MicroBatcher(holder, max_batch=8, wait_ms=0.0)
+        # Niced, with a one-thread engine (start_shadow): ONNX Runtime then computes in this
+        # thread alone, and the line's model takes the CPU whenever it needs it.
+        self.batcher = MicroBatcher(holder, max_batch=8, wait_ms=0.0, nice=19)
         self._scoring: queue.Queue[tuple[str, str, Future]] = queue.Queue()
         self._pending: deque[dict] = deque()
         self._stop = threading.Event()
