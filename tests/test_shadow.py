@@ -13,6 +13,7 @@ from zerodefect.quality.models import Inspection, ShadowVerdict
 from zerodefect.settings import get_settings
 from zerodefect.training.registry import shadow_rows
 
+from .bundles import register
 from .people import client_for
 from .servers import record_for_station, serve
 from .test_edge import png, post, station, wait_for
@@ -109,3 +110,29 @@ def _station_key(monkeypatch) -> str:
     import os
 
     return os.environ["ZD_RECORD_API_KEY"]
+
+
+def test_the_shadow_follows_its_alias_and_a_missing_one_never_stops_the_station(
+    data_dir: Path, tmp_path: Path, bundles, monkeypatch
+) -> None:
+    record_app = record_for_station(monkeypatch)
+    with serve(record_app) as record_url:
+        # No @challenger yet: the station serves without a shadow, and says so.
+        alone = station(
+            tmp_path, str(bundles["reject"]), record_url=record_url, shadow="models:/shadowed@challenger"
+        )
+        with serve(create_edge(alone)) as url:
+            assert post(url, png(), serial="A-1", frame_id="a1").json()["verdict"] == "reject"
+            assert "shadow" not in httpx.get(f"{url}/readyz").json()
+
+        first = register(bundles["pass"], "shadowed", "challenger")
+        config = alone.model_copy(update={"model_poll_seconds": 0.1})
+        with serve(create_edge(config)) as url:
+            assert httpx.get(f"{url}/readyz").json()["shadow"]["model_version"] == first
+            second = register(bundles["reject"], "shadowed", "challenger")
+            wait_for(lambda: httpx.get(f"{url}/readyz").json()["shadow"]["model_version"] == second)
+            post(url, png(), serial="A-2", frame_id="a2")
+            wait_for(lambda: _count(record_app, ShadowVerdict) == 1)
+        with record_app.state.sessions() as session:
+            versions = session.scalars(select(ShadowVerdict.model_version)).all()
+    assert versions == [second]
