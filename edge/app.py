@@ -23,7 +23,9 @@ from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.mqtt import MqttPublisher
 from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.plc import PlcLink
+from zerodefect.edge.shadow import ShadowScorer
 from zerodefect.edge.station import Inspector, PartMeta
+from zerodefect.edge.status import report_status
 from zerodefect.edge.webhooks import WebhookSender, destination
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.bundle import BundleError
@@ -52,19 +54,47 @@ class Verdict(BaseModel):
     code_read: bool | None = None
 
 
-async def follow_alias(holder: ModelHolder, metrics: EdgeMetrics, every: float) -> None:
+async def follow_alias(holder: ModelHolder, metrics: EdgeMetrics | None, every: float) -> None:
     """Swap to the version an alias points at once it moves (a promotion), without a restart.
     A registry that cannot be reached leaves the current model serving."""
     while True:
         await asyncio.sleep(every)
         try:
             new = await run_in_threadpool(holder.follow)
-            if new is not None:
+            if new is not None and metrics is not None:
                 metrics.set_model(holder.current.name, new)
         except BundleError:  # refused (unsigned, tampered...) and logged by the holder
-            metrics.model_refusals.inc()
+            if metrics is not None:
+                metrics.model_refusals.inc()
         except Exception as exc:  # the line keeps running on the model it has
             log.warning("could not check %s for a new version: %s", holder.uri, exc)
+
+
+def start_shadow(config: StationConfig, cache_dir, metrics: EdgeMetrics) -> ShadowScorer | None:
+    """The challenger beside the serving model, started; None (logged) when it cannot load:
+    a shadow never keeps a station from serving."""
+    try:
+        holder = ModelHolder(
+            config.shadow,
+            cache_dir,
+            1,  # one ONNX Runtime thread: the shadow batcher's own, which runs niced
+            trusted_keys=config.trusted_public_keys(),
+            scopes=(config.station, config.line or ""),
+        )
+    except Exception as exc:
+        log.error(
+            "station %s: shadow model %s not loaded, serving without it: %s",
+            config.station,
+            config.shadow,
+            exc,
+        )
+        return None
+    shadow = ShadowScorer(holder, config.record_url, config.record_api_key(), metrics.registry)
+    shadow.start()
+    log.info(
+        "station %s: shadow mode with %s v%s", config.station, holder.current.name, holder.current.version
+    )
+    return shadow
 
 
 def create_app(config: StationConfig, source: str | None = None, serial_prefix: str = "PART") -> FastAPI:
@@ -83,6 +113,7 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
                 settings.data_dir / "registry-cache",
                 config.threads,
                 trusted_keys=config.trusted_public_keys(),
+                scopes=(config.station, config.line or ""),
             )
         except (BundleError, StationConfigError) as exc:
             log.error("station %s cannot start: %s", config.station, exc)
@@ -121,7 +152,11 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
         senders = [WebhookSender(outbox, target, config.station, config.line) for target in config.webhooks]
         for sender in senders:
             sender.start()
+        shadow = (
+            start_shadow(config, settings.data_dir / "registry-cache", metrics) if config.shadow else None
+        )
         state.update(
+            shadow=shadow,
             plc=plc,
             mqtt=publisher,
             holder=holder,
@@ -129,12 +164,27 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             batcher=batcher,
             metrics=metrics,
             forwarder=forwarder,
-            inspector=Inspector(config, holder, batcher, outbox, metrics, plc),
+            inspector=Inspector(config, holder, batcher, outbox, metrics, plc, shadow),
         )
         log.info("station %s serving %s v%s", config.station, holder.current.name, holder.current.version)
         poller = None
         if config.model_poll_seconds and config.model.startswith("models:/"):
             poller = asyncio.create_task(follow_alias(holder, metrics, config.model_poll_seconds))
+        if shadow is not None and config.model_poll_seconds and config.shadow.startswith("models:/"):
+            state["shadow_poller"] = asyncio.create_task(
+                follow_alias(shadow.holder, None, config.model_poll_seconds)
+            )
+        if config.record_url and config.status_seconds:
+            state["status_reporter"] = asyncio.create_task(
+                report_status(
+                    config.record_url,
+                    config.record_api_key(),
+                    holder,
+                    outbox,
+                    shadow.holder if shadow else None,
+                    config.status_seconds,
+                )
+            )
         puller = None
         if source:
             from zerodefect.edge.sources import pull_loop
@@ -142,7 +192,7 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             puller = asyncio.create_task(pull_loop(state["inspector"], source, serial_prefix))
             state["puller"] = puller
         yield
-        for task in (puller, poller):
+        for task in (puller, poller, state.get("shadow_poller"), state.get("status_reporter")):
             if task and not task.done():
                 task.cancel()
         if plc:
@@ -153,6 +203,8 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             publisher.stop()
         for sender in senders:
             sender.stop()
+        if shadow:
+            shadow.stop()
         batcher.stop()
         outbox.close()
 
@@ -228,6 +280,9 @@ def create_app(config: StationConfig, source: str | None = None, serial_prefix: 
             # A PLC link that is down never makes the station unready: it judges and records on.
             "plc": state["plc"].state() if state.get("plc") else None,
         }
+        if ready and state.get("shadow"):
+            shadow = state["shadow"]
+            body["shadow"] = {"model_version": shadow.holder.current.version, "pending": shadow.pending}
         if ready and state.get("mqtt"):
             body["mqtt"] = {"connected": state["mqtt"].connected, "pending": state["mqtt"].pending()}
         return JSONResponse(body, status_code=200 if ready else 503)

@@ -9,7 +9,9 @@ camera is never held back waiting for partners.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -33,8 +35,10 @@ class Scored:
 
 
 class MicroBatcher:
-    def __init__(self, holder: ModelHolder, max_batch: int = 8, wait_ms: float = 2.0):
+    def __init__(self, holder: ModelHolder, max_batch: int = 8, wait_ms: float = 2.0, nice: int = 0):
         self.holder = holder
+        # Linux niceness of the worker thread (the shadow's: 19, so the line's model comes first).
+        self.nice = nice
         self.max_batch = max_batch
         self.wait = wait_ms / 1000.0
         self._queue: queue.Queue[tuple[np.ndarray, Future] | None] = queue.Queue()
@@ -58,6 +62,8 @@ class MicroBatcher:
         return future
 
     def _run(self) -> None:
+        if self.nice and sys.platform == "linux":  # per thread on Linux; per process elsewhere
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
         while True:
             item = self._queue.get()
             if item is None:

@@ -86,6 +86,12 @@ class StationConfig(BaseModel):
     # How often to check whether the alias moved (a promotion), and swap to its new version
     # without a restart; None checks only on POST /v1/model/reload.
     model_poll_seconds: float | None = Field(default=60.0, gt=0)
+    # Shadow mode: a challenger (e.g. models:/NAME@challenger) scores each part after the
+    # line's verdict is given; its verdicts go to the record only (zerodefect.edge.shadow).
+    shadow: str | None = None
+    # How often the station reports its model and outbox backlog to the record (fleet status);
+    # None: never.
+    status_seconds: float | None = Field(default=30.0, gt=0)
     # Base URL of the quality record service; None keeps results in the outbox only.
     record_url: str | None = None
     # The forwarder ships up to this many results per request (POST /v1/inspections/batch, one
@@ -128,6 +134,12 @@ class StationConfig(BaseModel):
     mqtt: MqttConfig | None = None
     # Results to QMS / no-code webhooks, each from the same outbox.
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _shadow_needs_a_record(self) -> StationConfig:
+        if self.shadow and not self.record_url:
+            raise ValueError("shadow needs record_url: the challenger's verdicts go to the record only")
+        return self
 
     @model_validator(mode="after")
     def _mqtt_topic_is_valid(self) -> StationConfig:

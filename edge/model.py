@@ -22,6 +22,11 @@ from zerodefect.inference.source import fetch_bundle
 
 log = logging.getLogger(__name__)
 
+# One download-and-verify at a time in a process: two stations sharing a data dir (two lines
+# on one box, the tests) follow the same promotion into the same cache folder, and one must
+# never verify a bundle while the other rewrites it (seen as a "tampered" refusal).
+_DOWNLOADS = threading.Lock()
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -32,19 +37,25 @@ class LoadedModel:
 
 
 def resolve_and_load(
-    uri: str, cache_dir: Path, threads: int | None, trusted_keys: Sequence[Ed25519PublicKey]
+    uri: str,
+    cache_dir: Path,
+    threads: int | None,
+    trusted_keys: Sequence[Ed25519PublicKey],
+    scopes: Sequence[str] = (),
 ) -> LoadedModel:
     """Load a bundle signed by one of `trusted_keys`; for `models:/NAME@ALIAS`, pin the alias to
     its version first, so the version recorded is exactly the one downloaded even if the alias
-    moves meanwhile. Raises BundleError (SignatureError) for a bundle the station must refuse."""
-    pinned = resolve_alias(uri)
-    if pinned is not None:
-        name, version = pinned
-        folder = fetch_bundle(f"models:/{name}/{version}", cache_dir)
+    moves meanwhile; `scopes` (station, line) let a canary alias ALIAS-<scope> win. Raises
+    BundleError (SignatureError) for a bundle the station must refuse."""
+    pinned = resolve_alias(uri, scopes)
+    with _DOWNLOADS:
+        if pinned is not None:
+            name, version = pinned
+            folder = fetch_bundle(f"models:/{name}/{version}", cache_dir)
+            engine = Engine.from_bundle(folder, threads, trusted_keys)
+            return LoadedModel(engine, name, version, uri)
+        folder = fetch_bundle(uri, cache_dir)
         engine = Engine.from_bundle(folder, threads, trusted_keys)
-        return LoadedModel(engine, name, version, uri)
-    folder = fetch_bundle(uri, cache_dir)
-    engine = Engine.from_bundle(folder, threads, trusted_keys)
     return LoadedModel(engine, engine.meta.name, f"sha-{engine.meta.onnx_sha256[:12]}", uri)
 
 
@@ -56,8 +67,10 @@ class ModelHolder:
         threads: int | None = None,
         *,
         trusted_keys: Sequence[Ed25519PublicKey],
+        scopes: Sequence[str] = (),
     ):
         self.uri = uri
+        self.scopes = tuple(scopes)
         self.cache_dir = cache_dir
         self.threads = threads
         self.trusted_keys = list(trusted_keys)
@@ -66,7 +79,7 @@ class ModelHolder:
         self.current = self._load()
 
     def _load(self) -> LoadedModel:
-        return resolve_and_load(self.uri, self.cache_dir, self.threads, self.trusted_keys)
+        return resolve_and_load(self.uri, self.cache_dir, self.threads, self.trusted_keys, self.scopes)
 
     def follow(self) -> str | None:
         """Swap to the version the alias points at if it moved; returns the new version.
@@ -75,7 +88,7 @@ class ModelHolder:
         broken promotion costs one attempt, not one per poll.
         """
         with self._lock:
-            pinned = resolve_alias(self.uri)
+            pinned = resolve_alias(self.uri, self.scopes)
             if pinned is None or pinned[1] in (self.current.version, self._failed):
                 return None
             try:

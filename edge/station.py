@@ -27,6 +27,7 @@ from zerodefect.edge.metrics import EdgeMetrics
 from zerodefect.edge.model import ModelHolder
 from zerodefect.edge.outbox import Outbox
 from zerodefect.edge.plc import PlcLink
+from zerodefect.edge.shadow import ShadowScorer
 from zerodefect.inference.heatmap import encode_heatmap
 from zerodefect.inference.imagecheck import InputError, decode_checked
 from zerodefect.inference.imagestats import image_stats
@@ -97,8 +98,10 @@ class Inspector:
         outbox: Outbox,
         metrics: EdgeMetrics,
         plc: PlcLink | None = None,
+        shadow: ShadowScorer | None = None,
     ):
         self.config = config
+        self.shadow = shadow
         self.plc = plc
         self.holder = holder
         self.batcher = batcher
@@ -158,6 +161,8 @@ class Inspector:
         # The verdict is final once recorded; a camera's retry of a frame is not a second part.
         if self.plc is not None and created:
             self.plc.signal(response, started)
+        if self.shadow is not None and created and scored is not None:
+            self.shadow.submit(image, key, response["verdict"])  # after the line has its verdict
         self.metrics.observe(response, latency_ms, scored.batch_size if scored else None)
         return response
 

@@ -8,6 +8,7 @@ the MLflow client is needed (mlflow-skinny is enough), never torch. Writing to t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ PREFIX = "models:/"
 
 
 class UnknownModel(LookupError):
-    """A registered model name the registry does not know."""
+    """A registered model name (or alias) the registry does not know."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,27 @@ def alias_version(name: str, alias: str) -> ModelVersion | None:
         return None
 
 
-def resolve_alias(uri: str) -> tuple[str, str] | None:
+def canary_aliases(alias: str, scopes: Sequence[str]) -> list[str]:
+    """The aliases a station tries, most specific first: `ALIAS-<scope>` for each of its scopes
+    (its station name, then its line), then ALIAS itself. A canary promotion moves
+    `champion-line2` before `champion`, so one line or station serves a version first."""
+    return [f"{alias}-{scope}" for scope in scopes if scope] + [alias]
+
+
+def resolve_alias(uri: str, scopes: Sequence[str] = ()) -> tuple[str, str] | None:
     """(name, version) an alias URI `models:/NAME@ALIAS` points at now; None for other URIs.
+    With `scopes` (a station's name and line), a canary alias `ALIAS-<scope>` wins over ALIAS.
     Raises the client's error when the alias is unknown or the registry cannot be reached."""
     if not (uri.startswith(PREFIX) and "@" in uri):
         return None
     name, alias = uri.removeprefix(PREFIX).split("@", 1)
-    return name, str(client().get_model_version_by_alias(name, alias).version)
+    if not scopes:
+        return name, str(client().get_model_version_by_alias(name, alias).version)
+    aliases = client().get_registered_model(name).aliases  # one call, every alias of the model
+    for candidate in canary_aliases(alias, scopes):
+        if candidate in aliases:
+            return name, str(aliases[candidate])
+    raise UnknownModel(f"{uri}: model {name!r} has no alias {alias!r}")
 
 
 def download_bundle(uri: str, cache_dir: Path | None = None) -> Path:

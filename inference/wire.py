@@ -159,3 +159,40 @@ class LinkStateIn(BaseModel):
     up: bool
     since: CaptureTime
     detail: Text = Field(default="", max_length=300, description="The protocol and the last error")
+
+
+class ShadowVerdictIn(BaseModel):
+    """A challenger's verdict on a part the serving model judged (shadow mode): recorded apart
+    from the part's own verdict, which it never changes; `key` is the part's idempotency key."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    key: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    model_name: Text = Field(min_length=1, max_length=200)
+    model_version: Text = Field(min_length=1, max_length=100)
+    verdict: Literal["pass", "reject"]
+    score: float | None = None
+    defect_class: Text | None = Field(default=None, max_length=100)
+
+
+class ShadowBatchIn(BaseModel):
+    """Shadow verdicts from one station, sent in batches (one request per batch, not per part)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ShadowVerdictIn] = Field(min_length=1, max_length=500)
+
+
+class StationStatusIn(BaseModel):
+    """A station's periodic report to the record, for `zerodefect fleet status`: what it serves
+    and how far behind its outbox is (parts the record has not received yet)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model_name: Text = Field(min_length=1, max_length=200)
+    model_version: Text = Field(min_length=1, max_length=100)
+    shadow_version: Text | None = Field(default=None, max_length=100)
+    outbox_pending: int = Field(ge=0)
+    outbox_dead: int = Field(ge=0)
+    # How often the station reports: the record calls it stale after a few missed reports.
+    every_seconds: float = Field(gt=0, le=86_400)

@@ -22,7 +22,7 @@ from zerodefect.inference.imagecheck import InputError
 from zerodefect.inference.result import Detections
 from zerodefect.inference.wire import LINK_PATTERN, InspectionIn, LinkStateIn
 from zerodefect.problems import MAX_INT, errors, invalid_request
-from zerodefect.quality import promotions, web
+from zerodefect.quality import fleet, promotions, shadow, web
 from zerodefect.quality.andon import AndonWorker, alert_json, load_config
 from zerodefect.quality.auth import (
     SESSION_COOKIE,
@@ -117,7 +117,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Bytes counted as they stream: JSON endpoints get a small limit, posted parts their image.
     app.add_middleware(
-        BodyLimit, routes={"/v1/inspections": MAX_BODY_BYTES, "/v1/inspections/batch": MAX_BODY_BYTES}
+        BodyLimit,
+        routes={
+            "/v1/inspections": MAX_BODY_BYTES,
+            "/v1/inspections/batch": MAX_BODY_BYTES,
+            "/v1/shadow-verdicts": 1024 * 1024,
+        },
     )
 
     @app.middleware("http")
@@ -130,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(web.router)
     app.include_router(promotions.router)
+    app.include_router(shadow.router)
+    app.include_router(fleet.router)
 
     @app.exception_handler(web.LoginRequired)
     async def to_login(request: Request, _exc: web.LoginRequired) -> Response:

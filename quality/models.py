@@ -266,3 +266,41 @@ class ModelPromotion(Base):
     promoted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # The gate's rows: metric, challenger, champion, floor, ok, note.
     gate_rows_json: Mapped[str] = mapped_column(String(4000), default="[]")
+
+
+class ShadowVerdict(Base):
+    """A challenger's verdict on a part, scored beside the serving model in shadow mode.
+
+    Apart from `inspections` on purpose: it never was the line's verdict. Joined to the part by
+    (station, key); it may arrive before the part itself, so there is no foreign key to it.
+    """
+
+    __tablename__ = "shadow_verdicts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    station_id: Mapped[int] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(100))
+    verdict: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float)
+    defect_class: Mapped[str | None] = mapped_column(String(100))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("station_id", "key", "model_version", name="uq_shadow_station_key_version"),
+        Index("ix_shadow_model_version", "model_name", "model_version"),
+    )
+
+
+class StationStatus(Base):
+    """A station's latest periodic report (model, shadow, outbox backlog): one row per station."""
+
+    __tablename__ = "station_status"
+    station_id: Mapped[int] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(100))
+    shadow_version: Mapped[str | None] = mapped_column(String(100))
+    outbox_pending: Mapped[int] = mapped_column(Integer)
+    outbox_dead: Mapped[int] = mapped_column(Integer)
+    every_seconds: Mapped[float] = mapped_column(Float)
+    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -96,4 +96,5 @@ def test_every_command_keeps_its_name_after_the_split_into_modules() -> None:
         "models list", "models promote", "serve record", "serve edge", "record add-station",
         "record rotate-key", "users create", "keys new", "keys sign", "rescore",
         "bench-ingest", "record prune",
+        "models rollback", "serve mlflow", "fleet status",
     }  # fmt: skip

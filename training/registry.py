@@ -126,6 +126,8 @@ class GateResult:
     manifest: str = ""
     reason: str | None = None
     recorded: bool = False
+    # `champion`, or a canary's `champion-<line or station>`.
+    alias: str = CHAMPION
 
     @property
     def failures(self) -> list[GateRow]:
@@ -217,8 +219,13 @@ def promote(
     settings: Settings | None = None,
     reason: str | None = None,
     evidence: Path | None = None,
+    canary: str | None = None,
 ) -> GateResult:
     """Move `champion` to the challenger (or `version`) if the gate passes, or if forced.
+
+    With `canary` (a line or station name), only `champion-<canary>` moves: the stations of
+    that line or station serve the version first (see inference.registry.canary_aliases). A
+    later promotion for all ends the canaries of that version.
 
     The gate holds the version to its absolute floors (the `gate:` section it was trained
     with), and, when a champion exists, to "no worse than the champion". Both models are
@@ -270,6 +277,8 @@ def promote(
         extra = evidence_rows(report, name, str(candidate.version), tolerance)
         rows += extra
         passed = passed and all(row.ok for row in extra)
+    shadow = shadow_rows(name, str(candidate.version), tolerance, settings)
+    passed, rows = passed and all(row.ok for row in shadow), rows + shadow
     result = GateResult(
         passed,
         str(candidate.version),
@@ -279,9 +288,12 @@ def promote(
         split=split,
         manifest=str(manifest_file),
         reason=reason.strip() if force and reason else None,
+        alias=f"{CHAMPION}-{canary}" if canary else CHAMPION,
     )
     if passed or force:
-        client.set_registered_model_alias(name, CHAMPION, candidate.version)
+        result.champion = move_alias(name, result.alias, str(candidate.version)) or result.champion
+        if not canary:
+            end_canaries(name, str(candidate.version))
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         gate = "passed" if passed else "FORCED"
         tags = {"promoted_at": stamp, "promotion_gate": gate, "promoted_by": _who()}
@@ -313,25 +325,172 @@ def _who() -> str:
 
 
 def record_promotion(name: str, result: GateResult, settings: Settings) -> bool:
-    """Write the promotion into the quality record's audit trail (ZD_RECORD_URL); a record that
-    cannot be reached is logged loudly, and the promotion in MLflow stands."""
+    """Write the promotion into the quality record's audit trail (ZD_RECORD_URL)."""
+    gate = "FORCED" if result.forced else "passed"
+    rows = [row.as_dict() for row in result.rows]
+    return _audit(name, result.challenger, result.alias, result.champion, gate, result.reason, rows, settings)
+
+
+def move_alias(name: str, alias: str, version: str) -> str | None:
+    """Point `alias` at `version`; returns the version it held before. That version is kept on
+    the new one as the tag `previous.<alias>`: the step a rollback takes back."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    before = alias_version(name, alias)
+    client.set_registered_model_alias(name, alias, version)
+    previous = str(before.version) if before is not None else None
+    if previous is not None and previous != version:
+        client.set_model_version_tag(name, version, f"previous.{alias}", previous)
+    return previous
+
+
+def end_canaries(name: str, version: str) -> list[str]:
+    """Remove the canary aliases (`champion-*`) that point at `version`, now that it serves
+    everywhere; returns them. Canaries of other versions stay where they are."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    ended = [
+        alias
+        for alias, held in client.get_registered_model(name).aliases.items()
+        if alias.startswith(f"{CHAMPION}-") and str(held) == version
+    ]
+    for alias in ended:
+        client.delete_registered_model_alias(name, alias)
+    return ended
+
+
+@dataclass
+class RollbackResult:
+    alias: str
+    from_version: str
+    # The version the alias's stations serve now: the previous champion, or, when a canary
+    # ends, @champion's version.
+    to_version: str | None
+    recorded: bool = False
+
+
+def rollback(
+    name: str, canary: str | None = None, reason: str | None = None, settings: Settings | None = None
+) -> RollbackResult:
+    """Move `champion` back to the version it held before the current one (its
+    `previous.champion` tag, else the record's promotions), or, with `canary`, remove the canary
+    alias so its stations follow `champion` again. No gate: the previous version already served.
+    Stations following the alias swap at their next poll (model_poll_seconds)."""
+    import mlflow
+
+    settings = settings or get_settings()
+    client = mlflow.MlflowClient()
+    alias = f"{CHAMPION}-{canary}" if canary else CHAMPION
+    current = alias_version(name, alias)
+    if current is None:
+        raise ValueError(f"model {name!r} has no {alias!r} alias to roll back")
+    if canary:
+        client.delete_registered_model_alias(name, alias)
+        champion = alias_version(name, CHAMPION)
+        target = str(champion.version) if champion is not None else None
+    else:
+        target = current.tags.get(f"previous.{CHAMPION}") or _previous_in_record(
+            name, str(current.version), settings
+        )
+        if target is None:
+            raise ValueError(f"{name} v{current.version} has no previous @{CHAMPION} to roll back to")
+        # Not move_alias: the target keeps its own `previous.champion`, so rollbacks step back.
+        client.set_registered_model_alias(name, CHAMPION, target)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        client.set_model_version_tag(name, current.version, "rolled_back_at", stamp)
+    log.warning("%s @%s rolled back from v%s to %s", name, alias, current.version, target or "(none)")
+    result = RollbackResult(alias, str(current.version), target)
+    result.recorded = _audit(
+        name, target or "-", alias, result.from_version, "ROLLBACK", reason, [], settings
+    )
+    return result
+
+
+def _previous_in_record(name: str, version: str, settings: Settings) -> str | None:
+    """The version `champion` held before `version` was promoted, from the record's audit trail
+    (promotions made before the registry kept `previous.champion`)."""
+    from sqlalchemy import select
+
+    from zerodefect.quality.db import record_session
+    from zerodefect.quality.models import ModelPromotion
+
+    with record_session(settings.record_database_url) as session:
+        return session.scalar(
+            select(ModelPromotion.previous_version)
+            .where(
+                ModelPromotion.model_name == name,
+                ModelPromotion.model_version == version,
+                ModelPromotion.alias == CHAMPION,
+                ModelPromotion.gate != "ROLLBACK",
+            )
+            .order_by(ModelPromotion.id.desc())
+            .limit(1)
+        )
+
+
+def _audit(
+    name: str,
+    version: str,
+    alias: str,
+    previous: str | None,
+    gate: str,
+    reason: str | None,
+    rows: list[dict[str, Any]],
+    settings: Settings,
+) -> bool:
+    """One row of the record's promotions audit trail; a record that cannot be reached is
+    logged loudly, and the registry's move stands."""
     from zerodefect.quality.db import record_session
     from zerodefect.quality.promotions import add_promotion
 
     try:
         with record_session(settings.record_database_url) as session:
-            add_promotion(
-                session,
-                name,
-                result.challenger,
-                CHAMPION,
-                result.champion,
-                "FORCED" if result.forced else "passed",
-                result.reason,
-                _who(),
-                [row.as_dict() for row in result.rows],
-            )
+            add_promotion(session, name, version, alias, previous, gate, reason, _who(), rows)
     except Exception as exc:  # the registry's decision is made; the audit copy must not undo it
-        log.error("promotion of %s v%s not written to the quality record: %s", name, result.challenger, exc)
+        log.error("%s of %s v%s not written to the quality record: %s", gate, name, version, exc)
         return False
     return True
+
+
+def shadow_rows(name: str, version: str, tolerance: float, settings: Settings) -> list[GateRow]:
+    """Gate rows from shadow mode, when the version ran as a shadow on the line: its escape and
+    false-reject rates on reviewed parts, against the verdicts the line gave the same parts.
+    No row without reviewed parts of that kind; a record that cannot be read is logged, and
+    the gate decides on the test split alone."""
+    from zerodefect.quality.db import record_session
+    from zerodefect.quality.shadow import compare
+
+    try:
+        with record_session(settings.record_database_url) as session:
+            report = compare(session, name, version)
+    except Exception as exc:
+        log.error("shadow evidence for %s v%s not read from the record: %s", name, version, exc)
+        return []
+    rows = []
+    for metric, errors, line_errors, parts in (
+        ("shadow_escape_rate", report.challenger_escapes, report.serving_escapes, report.reviewed_defective),
+        (
+            "shadow_false_reject_rate",
+            report.challenger_false_rejects,
+            report.serving_false_rejects,
+            report.reviewed_good,
+        ),
+    ):
+        if parts:
+            new, old = errors / parts, line_errors / parts
+            ok = new <= old + tolerance
+            note = f"{parts} reviewed parts, {report.disagreements}/{report.parts} disagreements"
+            rows.append(
+                GateRow(
+                    metric,
+                    new,
+                    old,
+                    old + tolerance,
+                    False,
+                    ok,
+                    note if ok else f"worse than the line; {note}",
+                )
+            )
+    return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from zerodefect.cli import bench, bench_ingest, rescore, serve, train  # noqa: F401  (their commands register on `app`)
 from zerodefect.cli.datasets import datasets_app
+from zerodefect.cli.fleet import fleet_app
 from zerodefect.cli.models import models_app
 from zerodefect.cli.record import keys_app, record_app, users_app
 from zerodefect.cli.root import app
@@ -21,5 +22,6 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(record_app, name="record")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+app.add_typer(fleet_app, name="fleet")
 
 __all__ = ["app"]

@@ -55,6 +55,10 @@ def models_promote(
             help="A `zerodefect rescore --out` report of this version: its errors on reviewed parts."
         ),
     ] = None,
+    canary: Annotated[
+        str | None,
+        typer.Option(help="A line or station name: move only @champion-CANARY; its stations serve it first."),
+    ] = None,
 ) -> None:
     """Move @champion to the challenger if it passes the gate on the test split.
 
@@ -64,18 +68,49 @@ def models_promote(
     exists, no metric worse than the champion's by more than --tolerance on the same split.
     With --evidence, also its error rate on the record's reviewed parts no worse than the
     line's (by --tolerance). Every promotion is written to the quality record (GET /v1/model-promotions).
+    With --canary L2, only the stations of line (or station) L2 move; promoting without --canary
+    then moves every station and ends that version's canaries.
     """
     from zerodefect.settings import configure_mlflow
     from zerodefect.training.registry import promote
 
     configure_mlflow()
     try:
-        result = promote(name, version, force, tolerance, manifest, reason=reason, evidence=evidence)
+        result = promote(
+            name, version, force, tolerance, manifest, reason=reason, evidence=evidence, canary=canary
+        )
     except (*user_errors(), ValueError) as exc:
         raise fail(str(exc)) from None
     _print_gate(name, result)
     if not result.promoted:
         raise typer.Exit(code=1)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    canary: Annotated[
+        str | None, typer.Option(help="End the canary of this line or station instead (@champion-CANARY).")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why; kept in the record's promotions.")] = None,
+) -> None:
+    """Move @champion back to the version it held before; stations follow at their next poll.
+
+    No gate: the previous version already served. Each rollback steps back once more. With
+    --canary, the canary alias is removed and its stations follow @champion again.
+    """
+    from zerodefect.settings import configure_mlflow
+    from zerodefect.training.registry import rollback
+
+    configure_mlflow()
+    try:
+        result = rollback(name, canary, reason)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    to = f"v{result.to_version}" if result.to_version else "no version"
+    console.print(f"{name} @{result.alias}: v{result.from_version} -> {to}", soft_wrap=True)
+    if not result.recorded:
+        console.print("[red]the rollback was not written to the quality record (see the log)[/]")
 
 
 def _print_gate(name: str, result) -> None:
@@ -104,7 +139,7 @@ def _print_gate(name: str, result) -> None:
             if result.forced
             else "gate passed"
         )
-        console.print(f"{name} v{result.challenger} is now @champion ({how})", soft_wrap=True)
+        console.print(f"{name} v{result.challenger} is now @{result.alias} ({how})", soft_wrap=True)
         if not result.recorded:
             console.print("[red]the promotion was not written to the quality record (see the log)[/]")
     else:

@@ -133,3 +133,43 @@ def _print_tally(tally) -> None:
         )
     if tally.errors:
         console.print(f"[red]refused: {dict(tally.errors)}[/]")
+
+
+@serve_app.command("mlflow")
+def serve_mlflow(
+    backend_store_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="Runs and registry: postgresql+psycopg://USER@HOST/mlflow in a plant "
+            "(default: the data dir's SQLite store, var/mlflow.db)."
+        ),
+    ] = None,
+    artifacts_destination: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the server keeps bundles and plots (a folder or s3://...; default var/mlartifacts)."
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0 for the plant network).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(help="Host names clients use beyond loopback, e.g. mlflow.plant.local,10.0.0.5:5000."),
+    ] = None,
+) -> None:
+    """Run the plant's central MLflow tracking server (runs, registry, artifacts) with `mlflow server`.
+
+    Artifacts are proxied by the server (mlflow-artifacts:/), so training machines and stations
+    need only its URL in MLFLOW_TRACKING_URI, never the artifact store's credentials or paths.
+    """
+    import os
+
+    from zerodefect.mlflow_server import server_command
+
+    command = server_command(backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts)
+    console.print(f"MLflow server on http://{host}:{port}: {' '.join(command[3:])}", soft_wrap=True)
+    # Replaced, not wrapped: a supervisor (systemd, the tests) stops the server by this pid.
+    os.execv(command[0], command)
