@@ -78,19 +78,6 @@ def regroup(
     return [(label, n, d) for label, (n, d) in sorted(counts.items())]
 
 
-def reject_counts(
-    parts: Iterable[tuple[datetime, str]], bucket: Callable[[datetime], str] = hour_label
-) -> list[tuple[str, int, int]]:
-    """(label, parts, rejects) per bucket of (captured_at, verdict) pairs, oldest first: the
-    subgroups of a p-chart (zerodefect.quality.spc.p_chart), for parts already in hand."""
-    counts: dict[str, list[int]] = {}
-    for captured, verdict in parts:
-        tally = counts.setdefault(bucket(captured), [0, 0])
-        tally[0] += 1
-        tally[1] += verdict == "reject"
-    return [(label, n, d) for label, (n, d) in sorted(counts.items())]
-
-
 def hourly_percentile(
     session: Session,
     value: ColumnElement[float],
