@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,7 +47,7 @@ from zerodefect.configfile import load_yaml_model
 from zerodefect.inference.wire import UNREAD_PREFIX
 from zerodefect.mqtt import MqttConfig
 from zerodefect.quality.alert_mqtt import AlertPublisher
-from zerodefect.quality.buckets import dialect_of, hour_bucket, hour_end
+from zerodefect.quality.buckets import count_where, dialect_of, hour_bucket, hour_end
 from zerodefect.quality.drift import DriftCheck, check
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station, StationLink
 from zerodefect.quality.spc import p_chart
@@ -210,7 +210,7 @@ def above_control_limit(session: Session, station: Station, rules: Rules, now: d
     since = now - timedelta(hours=rules.ucl_window_hours)
     hour = hour_bucket(Inspection.captured_at, dialect_of(session))
     rows = session.execute(
-        select(hour, func.count(), func.sum(case((Inspection.verdict == "reject", 1), else_=0)))
+        select(hour, func.count(), count_where(Inspection.verdict == "reject"))
         .where(Inspection.station_id == station.id, Inspection.captured_at >= since)
         .group_by(hour)
         .order_by(hour)
@@ -242,7 +242,7 @@ def false_reject_rate(session: Session, station: Station, rules: Rules, now: dat
         return []
     since = now - timedelta(hours=rules.review_window_hours)
     reviewed, false = session.execute(
-        select(func.count(), _count_where(Inspection.review_status == "false_reject")).where(
+        select(func.count(), count_where(Inspection.review_status == "false_reject")).where(
             Inspection.station_id == station.id,
             Inspection.verdict == "reject",
             Inspection.review_status.in_(("confirmed", "false_reject")),
@@ -302,7 +302,7 @@ def unread_rate(session: Session, station: Station, rules: Rules, now: datetime)
     )
     # substr, not LIKE: SQLite's LIKE ignores case, and a serial "unread-..." was read.
     prefix = func.substr(last.c.serial, 1, len(UNREAD_PREFIX)) == UNREAD_PREFIX
-    seen, unread = session.execute(select(func.count(), _count_where(prefix))).one()
+    seen, unread = session.execute(select(func.count(), count_where(prefix))).one()
     rate = unread / seen if seen else 0.0
     return episode(
         session,
@@ -317,11 +317,6 @@ def unread_rate(session: Session, station: Station, rules: Rules, now: datetime)
         rules.unread_rate_above,
         now,
     )
-
-
-def _count_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    """The number of rows where `condition` holds (0, not NULL, over no rows)."""
-    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
 def silent(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:

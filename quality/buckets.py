@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Integer, and_, cast, func, literal_column, select
+from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from zerodefect.quality.store import as_utc
@@ -63,6 +63,12 @@ def hour_bucket(column: ColumnElement[datetime], dialect: str) -> ColumnElement[
 def dialect_of(session: Session) -> str:
     """The name of the database dialect behind `session` ('sqlite', 'postgresql')."""
     return session.get_bind().dialect.name
+
+
+def count_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    """SQL for the number of rows where `condition` holds (0, not NULL, over no rows); written
+    with CASE because PostgreSQL has no sum over booleans."""
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
 def regroup(
