@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from zerodefect.inference.wire import DefectIn
@@ -100,6 +100,17 @@ class Inspection(Base):
         Index("ix_inspections_station_time", "station_id", "captured_at"),
         Index("ix_inspections_serial", "serial"),
         Index("ix_inspections_verdict_time", "verdict", "captured_at"),
+        # The dashboard's and the andon's aggregation (migration 0012).
+        Index("ix_inspections_time", "captured_at"),
+        Index("ix_inspections_station_id", "station_id", "id"),
+        Index("ix_inspections_station_model", "station_id", "model_name", "model_version", "id"),
+        Index(
+            "ix_inspections_station_reviewed",
+            "station_id",
+            "reviewed_at",
+            postgresql_where=text("reviewed_at IS NOT NULL"),
+            sqlite_where=text("reviewed_at IS NOT NULL"),
+        ),
         UniqueConstraint("station_id", "key", name="uq_inspection_station_key"),
     )
 

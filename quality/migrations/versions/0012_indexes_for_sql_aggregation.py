@@ -1,0 +1,51 @@
+"""indexes for the dashboard's and the andon's SQL aggregation on a plant-size record
+
+Revision ID: 0012
+Revises: 0009
+Create Date: 2026-11-26 04:30:00
+
+The dashboard's window over every station and the record's newest part need captured_at first
+(ix_inspections_station_time and ix_inspections_verdict_time lead with another column); the
+andon's "last N parts of a station" needs (station_id, id); the drift watch's "first parts of
+the current model version" needs (station_id, model_name, model_version, id); the false-reject
+rule's reviews of the last hours need reviewed_at, only on reviewed rows (a partial index).
+
+Numbered 0012 beside 0010 (partitions) and 0011 (shadow verdicts) of other branches: when
+they merge, this revision's down_revision moves to the newest of them.
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0012"
+down_revision: str | Sequence[str] | None = "0009"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+REVIEWED = sa.text("reviewed_at IS NOT NULL")
+
+
+def upgrade() -> None:
+    """Upgrade schema."""
+    op.create_index("ix_inspections_time", "inspections", ["captured_at"])
+    op.create_index("ix_inspections_station_id", "inspections", ["station_id", "id"])
+    op.create_index(
+        "ix_inspections_station_model", "inspections", ["station_id", "model_name", "model_version", "id"]
+    )
+    op.create_index(
+        "ix_inspections_station_reviewed",
+        "inspections",
+        ["station_id", "reviewed_at"],
+        postgresql_where=REVIEWED,
+        sqlite_where=REVIEWED,
+    )
+
+
+def downgrade() -> None:
+    """Downgrade schema."""
+    op.drop_index("ix_inspections_station_reviewed", table_name="inspections")
+    op.drop_index("ix_inspections_station_model", table_name="inspections")
+    op.drop_index("ix_inspections_station_id", table_name="inspections")
+    op.drop_index("ix_inspections_time", table_name="inspections")
