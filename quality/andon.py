@@ -210,10 +210,10 @@ def above_control_limit(session: Session, station: Station, rules: Rules, now: d
     since = now - timedelta(hours=rules.ucl_window_hours)
     hour = hour_bucket(Inspection.captured_at, dialect_of(session))
     rows = session.execute(
-        select(hour, func.count(), count_where(Inspection.verdict == "reject"))
+        select(hour.label, func.count(), count_where(Inspection.verdict == "reject"))
         .where(Inspection.station_id == station.id, Inspection.captured_at >= since)
-        .group_by(hour)
-        .order_by(hour)
+        .group_by(hour.key)
+        .order_by(hour.key)
     ).all()
     chart = p_chart([(label, int(n), int(d)) for label, n, d in rows])
     breaches: list[Breach] = []

@@ -12,6 +12,7 @@ each database's time functions; `hour_label` is its Python twin, for times alrea
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal_column, select
@@ -44,19 +45,30 @@ def shift_label(value: datetime) -> str:
     return value.strftime(f"%Y-%m-%dT{start:02d}:00Z")
 
 
-def hour_bucket(column: ColumnElement[datetime], dialect: str) -> ColumnElement[str]:
+@dataclass(frozen=True)
+class HourBucket:
+    """An hour in SQL: GROUP BY `key`, SELECT `label` (hour_label's text, e.g. 2026-11-25T14:00Z)."""
+
+    key: ColumnElement
+    label: ColumnElement[str]
+
+
+def hour_bucket(column: ColumnElement[datetime], dialect: str) -> HourBucket:
     """SQL computing hour_label(column) in the database, so parts are grouped where they are.
 
     Stored times are UTC: SQLite keeps them as naive 'YYYY-MM-DD HH:MM:SS.ffffff' text, which
-    strftime reads; PostgreSQL keeps timestamptz, truncated in UTC whatever the session's zone.
-    The constants are literal SQL, not bound parameters, so the same expression in SELECT and
-    GROUP BY renders identically (PostgreSQL matches them by text)."""
+    strftime reads; PostgreSQL keeps timestamptz, truncated in UTC whatever the session's zone,
+    and grouped by the truncated time (formatting each row's label first costs twice as much:
+    measured in docs/query-plans.md), labelled once per group. The constants are literal SQL,
+    not bound parameters, so the key renders the same in SELECT and GROUP BY (PostgreSQL
+    matches them by text)."""
     if dialect == "postgresql":
         utc = func.timezone(literal_column("'UTC'"), column)
         hour = func.date_trunc(literal_column("'hour'"), utc)
-        return func.to_char(hour, literal_column('\'YYYY-MM-DD"T"HH24":00Z"\''))
+        return HourBucket(hour, func.to_char(hour, literal_column('\'YYYY-MM-DD"T"HH24":00Z"\'')))
     if dialect == "sqlite":
-        return func.strftime(literal_column(f"'{HOUR_FORMAT}'"), column)
+        label = func.strftime(literal_column(f"'{HOUR_FORMAT}'"), column)
+        return HourBucket(label, label)
     raise ValueError(f"no hour bucket for the {dialect} dialect (the record runs on sqlite or postgresql)")
 
 
@@ -101,13 +113,13 @@ def hourly_percentile(
     where = [*where, value.is_not(None)]
     if dialect == "postgresql":
         p = func.percentile_cont(literal_column(repr(float(q)))).within_group(value)
-        rows = session.execute(select(group, hour, p).where(*where).group_by(group, hour)).all()
+        rows = session.execute(select(group, hour.label, p).where(*where).group_by(group, hour.key)).all()
         return {(g, h): float(v) for g, h, v in rows}
-    parts = (group, hour)
+    parts = (group, hour.key)
     ranked = (
         select(
             group.label("g"),
-            hour.label("h"),
+            hour.label.label("h"),
             value.label("v"),
             (func.row_number().over(partition_by=parts, order_by=value) - 1).label("i"),
             func.count().over(partition_by=parts).label("n"),

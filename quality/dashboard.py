@@ -54,25 +54,26 @@ def build_dashboard(
         )
     board = Dashboard((start.isoformat(timespec="minutes"), end.isoformat(timespec="minutes")))
     groups = _groups(session, window)
+    names = dict(session.execute(select(Station.id, Station.name)).all())
 
     hourly: dict[str, dict[str, list[int]]] = defaultdict(dict)
     spans: dict[str, dict[str, list[datetime]]] = defaultdict(dict)
     reviews: dict[str, tuple[int, tuple[str, datetime]]] = {}
     verdicts: Counter[tuple[str, str | None]] = Counter()
     for g in groups:
-        tally = hourly[g.station].setdefault(g.hour, [0, 0])
+        name = names[g.station_id]
+        tally = hourly[name].setdefault(g.hour, [0, 0])
         tally[0] += g.n
         tally[1] += g.n if g.verdict == "reject" else 0
-        span = spans[g.station].setdefault(g.model_version, [g.first, g.last])
+        span = spans[name].setdefault(g.model_version, [g.first, g.last])
         span[0], span[1] = min(span[0], g.first), max(span[1], g.last)
         status = g.review_status or "unreviewed"
-        count, first = reviews.get(status, (0, (g.station, g.first)))
-        reviews[status] = (count + g.n, min(first, (g.station, g.first)))
+        count, first = reviews.get(status, (0, (name, g.first)))
+        reviews[status] = (count + g.n, min(first, (name, g.first)))
         verdicts[g.verdict, g.review_status] += g.n
     latency = hourly_percentile(
         session, Inspection.latency_ms, Inspection.captured_at, Inspection.station_id, window, 0.95
     )
-    names = dict(session.execute(select(Station.id, Station.name)).all())
     for name in sorted(hourly):
         counts = [(h, n, d) for h, (n, d) in sorted(hourly[name].items())]
         board.charts[name] = p_chart(regroup(counts, shift_label) if bucket == "shift" else counts)
@@ -96,13 +97,19 @@ def _stamp(value: datetime) -> str:
 
 def _groups(session: Session, window: list) -> list[Row]:
     """The window's parts counted per station, hour, verdict, review status and model version,
-    with each group's first and last capture time."""
+    with each group's first and last capture time (stations by id: names are joined after)."""
     hour = hour_bucket(Inspection.captured_at, dialect_of(session))
-    keys = (Station.name, hour, Inspection.verdict, Inspection.review_status, Inspection.model_version)
-    return session.execute(
+    keys = (
+        Inspection.station_id,
+        hour.key,
+        Inspection.verdict,
+        Inspection.review_status,
+        Inspection.model_version,
+    )
+    groups = session.execute(
         select(
-            Station.name.label("station"),
-            hour.label("hour"),
+            Inspection.station_id,
+            hour.label.label("hour"),
             Inspection.verdict,
             Inspection.review_status,
             Inspection.model_version,
@@ -110,10 +117,10 @@ def _groups(session: Session, window: list) -> list[Row]:
             func.min(Inspection.captured_at).label("first"),
             func.max(Inspection.captured_at).label("last"),
         )
-        .join(Station, Station.id == Inspection.station_id)
         .where(*window)
         .group_by(*keys)
     ).all()
+    return groups
 
 
 def _pareto(session: Session, window: list) -> dict[str, int]:

@@ -65,7 +65,7 @@ def test_sql_hours_shifts_and_p95_equal_pythons(record_db: str) -> None:
         if dialect_of(session) == "postgresql":  # hours are UTC's whatever the session's zone
             session.execute(text("SET TIME ZONE 'Asia/Kolkata'"))
         hour = hour_bucket(Inspection.captured_at, dialect_of(session))
-        labels = session.execute(select(Inspection.captured_at, hour)).all()
+        labels = session.execute(select(Inspection.captured_at, hour.label)).all()
         assert [label for _, label in labels] == [hour_label(t) for t, _ in labels]
         assert {label for _, label in labels} == {hour_label(t) for t in TIMES}
         assert "2026-11-25T21:00Z" in {label for _, label in labels}  # 03:10+05:30 is 21:40 UTC
@@ -78,9 +78,9 @@ def test_sql_hours_shifts_and_p95_equal_pythons(record_db: str) -> None:
             assert abs(p95[key] - float(np.percentile(values, 95))) < 1e-9, key
 
         counts = session.execute(
-            select(hour, func.count(), count_where(Inspection.verdict == "reject"))
-            .group_by(hour)
-            .order_by(hour)
+            select(hour.label, func.count(), count_where(Inspection.verdict == "reject"))
+            .group_by(hour.key)
+            .order_by(hour.key)
         ).all()
         hourly = [(label, int(n), int(d)) for label, n, d in counts]
     expected: dict[str, list[int]] = {}
