@@ -37,7 +37,11 @@ def make_engine(url: str) -> Engine:
     # PostgreSQL then may keep a generic plan for it; for the andon's "first parts of this
     # station's model version" that plan scans the primary key past millions of rows (measured:
     # 4 s for one evaluation on 200,000 parts, 0.9 s without; docs/query-plans.md).
-    connect_args = {"prepare_threshold": None} if url.startswith("postgresql+psycopg") else {}
+    # No JIT either: compiling took 68 ms of the Pareto query's 195 ms on 10 million parts,
+    # more than it saved; the record's queries are short.
+    connect_args = (
+        {"prepare_threshold": None, "options": "-c jit=off"} if url.startswith("postgresql+psycopg") else {}
+    )
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 

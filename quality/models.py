@@ -97,12 +97,16 @@ class Inspection(Base):
     )
 
     __table_args__ = (
-        Index("ix_inspections_station_time", "station_id", "captured_at"),
+        Index("ix_inspections_station_time_verdict", "station_id", "captured_at", "verdict"),
         Index("ix_inspections_serial", "serial"),
         Index("ix_inspections_verdict_time", "verdict", "captured_at"),
         # The dashboard's and the andon's aggregation (migration 0012).
-        Index("ix_inspections_time", "captured_at"),
-        Index("ix_inspections_station_id", "station_id", "id"),
+        Index(
+            "ix_inspections_time",
+            "captured_at",
+            postgresql_include=["station_id", "verdict", "review_status", "model_version", "latency_ms"],
+        ),
+        Index("ix_inspections_station_id", "station_id", "id", "verdict"),
         Index("ix_inspections_station_model", "station_id", "model_name", "model_version", "id"),
         Index(
             "ix_inspections_station_reviewed",
