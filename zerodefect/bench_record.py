@@ -159,7 +159,7 @@ def write_plans(path: Path, figures: dict, dashboard: list, andon: list) -> None
         "",
         "Made by `python -m zerodefect.bench_record --parts {parts} --plans docs/query-plans.md "
         "--json docs/results/record-queries.json`: a durable throw-away PostgreSQL 15 "
-        "(zerodefect/pgcluster.py, default settings but work_mem {work_mem}: 128 MB shared_buffers), seeded by zerodefect/seed.py "
+        "(zerodefect/pgcluster.py; PostgreSQL's defaults, 128 MB shared_buffers, but work_mem {work_mem}), seeded by zerodefect/seed.py "
         "with {parts:,} parts of {stations} stations over {days:g} days ({parts_in_24h_window:,} in the "
         "dashboard's 24-hour window), on the shared 2-core machine.".format(**figures, work_mem=WORK_MEM),
         "",
