@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,7 +47,7 @@ from zerodefect.configfile import load_yaml_model
 from zerodefect.inference.wire import UNREAD_PREFIX
 from zerodefect.mqtt import MqttConfig
 from zerodefect.quality.alert_mqtt import AlertPublisher
-from zerodefect.quality.buckets import hour_end, hour_label, reject_counts
+from zerodefect.quality.buckets import count_where, dialect_of, hour_bucket, hour_end
 from zerodefect.quality.drift import DriftCheck, check
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station, StationLink
 from zerodefect.quality.spc import p_chart
@@ -168,33 +168,39 @@ Rule = Callable[[Session, Station, Rules, datetime], list[Breach]]
 
 def consecutive_defects(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
     """Every run of N or more rejects among the recent parts, even one that a pass ended between
-    two evaluations; a run is named by its first part, so it is raised once."""
+    two evaluations; a run is named by its first part, so it is raised once.
+
+    The runs are found in the database (a running count of passes numbers each run of rejects),
+    so only the runs long enough leave it, not the CONSECUTIVE_SCAN parts."""
     if not rules.consecutive_defects:
         return []
     n = rules.consecutive_defects
-    recent = session.execute(
+    recent = (
         select(Inspection.id, Inspection.verdict)
         .where(Inspection.station_id == station.id)
         .order_by(Inspection.id.desc())
         .limit(CONSECUTIVE_SCAN)
+        .subquery()
+    )
+    passes_before = func.sum(case((recent.c.verdict != "reject", 1), else_=0)).over(order_by=recent.c.id)
+    runs = select(recent.c.id, recent.c.verdict, passes_before.label("run")).subquery()
+    first = func.min(runs.c.id)
+    starts = session.scalars(
+        select(first)
+        .where(runs.c.verdict == "reject")
+        .group_by(runs.c.run)
+        .having(func.count() >= n)
+        .order_by(first)
     ).all()
-    breaches: list[Breach] = []
-    run: list[int] = []
-    for part_id, verdict in reversed(recent):
-        if verdict == "reject":
-            run.append(part_id)
-            if len(run) == n:
-                breaches.append(
-                    Breach(
-                        f"streak from inspection {run[0]}",
-                        f"{n} rejects in a row (from inspection {run[0]})",
-                        float(n),
-                        float(n),
-                    )
-                )
-        else:
-            run = []
-    return breaches
+    return [
+        Breach(
+            f"streak from inspection {start}",
+            f"{n} rejects in a row (from inspection {start})",
+            float(n),
+            float(n),
+        )
+        for start in starts
+    ]
 
 
 def above_control_limit(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
@@ -202,12 +208,14 @@ def above_control_limit(session: Session, station: Station, rules: Rules, now: d
     if not rules.ucl:
         return []
     since = now - timedelta(hours=rules.ucl_window_hours)
+    hour = hour_bucket(Inspection.captured_at, dialect_of(session))
     rows = session.execute(
-        select(Inspection.captured_at, Inspection.verdict).where(
-            Inspection.station_id == station.id, Inspection.captured_at >= since
-        )
+        select(hour.label, func.count(), count_where(Inspection.verdict == "reject"))
+        .where(Inspection.station_id == station.id, Inspection.captured_at >= since)
+        .group_by(hour.key)
+        .order_by(hour.key)
     ).all()
-    chart = p_chart(reject_counts(rows, hour_label))
+    chart = p_chart([(label, int(n), int(d)) for label, n, d in rows])
     breaches: list[Breach] = []
     for point in chart.points:
         ended = hour_end(point.label)
@@ -233,23 +241,22 @@ def false_reject_rate(session: Session, station: Station, rules: Rules, now: dat
     if rules.false_reject_rate_above is None:
         return []
     since = now - timedelta(hours=rules.review_window_hours)
-    reviewed = session.execute(
-        select(Inspection.review_status).where(
+    reviewed, false = session.execute(
+        select(func.count(), count_where(Inspection.review_status == "false_reject")).where(
             Inspection.station_id == station.id,
             Inspection.verdict == "reject",
             Inspection.review_status.in_(("confirmed", "false_reject")),
             Inspection.reviewed_at >= since,
         )
-    ).all()
-    false = sum(1 for (status,) in reviewed if status == "false_reject")
-    rate = false / len(reviewed) if reviewed else 0.0
+    ).one()
+    rate = false / reviewed if reviewed else 0.0
     return episode(
         session,
         station,
         "false_reject_rate",
-        len(reviewed) >= rules.min_reviews and rate > rules.false_reject_rate_above,
+        reviewed >= rules.min_reviews and rate > rules.false_reject_rate_above,
         lambda: (
-            f"false-reject rate {rate:.3f} over the last {len(reviewed)} reviewed rejects is "
+            f"false-reject rate {rate:.3f} over the last {reviewed} reviewed rejects is "
             f"above {rules.false_reject_rate_above}"
         ),
         rate,
@@ -286,21 +293,24 @@ def unread_rate(session: Session, station: Station, rules: Rules, now: datetime)
     """Parts whose code the station could not read, above the limit among its last parts."""
     if rules.unread_rate_above is None:
         return []
-    serials = session.scalars(
+    last = (
         select(Inspection.serial)
         .where(Inspection.station_id == station.id)
         .order_by(Inspection.id.desc())
         .limit(rules.unread_window_parts)
-    ).all()
-    unread = sum(1 for serial in serials if serial.startswith(UNREAD_PREFIX))
-    rate = unread / len(serials) if serials else 0.0
+        .subquery()
+    )
+    # substr, not LIKE: SQLite's LIKE ignores case, and a serial "unread-..." was read.
+    prefix = func.substr(last.c.serial, 1, len(UNREAD_PREFIX)) == UNREAD_PREFIX
+    seen, unread = session.execute(select(func.count(), count_where(prefix))).one()
+    rate = unread / seen if seen else 0.0
     return episode(
         session,
         station,
         "unread_rate",
-        len(serials) >= rules.unread_window_parts and rate > rules.unread_rate_above,
+        seen >= rules.unread_window_parts and rate > rules.unread_rate_above,
         lambda: (
-            f"{unread} of the last {len(serials)} parts had no readable code ({rate:.3f}, "
+            f"{unread} of the last {seen} parts had no readable code ({rate:.3f}, "
             f"limit {rules.unread_rate_above})"
         ),
         rate,

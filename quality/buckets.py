@@ -3,12 +3,20 @@
 The dashboard's control charts and throughput, and the andon's control-limit rule, count parts
 per bucket; they must agree on where an hour starts and how it is named, or an alert would name
 an hour the dashboard does not show. So both count through here.
+
+The counting runs in the database (GROUP BY over `hour_bucket`), not in Python over the window's
+rows: a plant's record holds millions of parts a day. `hour_bucket` is the one place that knows
+each database's time functions; `hour_label` is its Python twin, for times already in hand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal_column, select
+from sqlalchemy.orm import Session
 
 from zerodefect.quality.store import as_utc
 
@@ -37,14 +45,104 @@ def shift_label(value: datetime) -> str:
     return value.strftime(f"%Y-%m-%dT{start:02d}:00Z")
 
 
-def reject_counts(
-    parts: Iterable[tuple[datetime, str]], bucket: Callable[[datetime], str] = hour_label
+@dataclass(frozen=True)
+class HourBucket:
+    """An hour in SQL: GROUP BY `key`, SELECT `label` (hour_label's text, e.g. 2026-11-25T14:00Z)."""
+
+    key: ColumnElement
+    label: ColumnElement[str]
+
+
+def hour_bucket(column: ColumnElement[datetime], dialect: str) -> HourBucket:
+    """SQL computing hour_label(column) in the database, so parts are grouped where they are.
+
+    Stored times are UTC: SQLite keeps them as naive 'YYYY-MM-DD HH:MM:SS.ffffff' text, which
+    strftime reads; PostgreSQL keeps timestamptz, truncated in UTC whatever the session's zone,
+    and grouped by the truncated time (formatting each row's label first costs twice as much:
+    measured in docs/query-plans.md), labelled once per group. The constants are literal SQL,
+    not bound parameters, so the key renders the same in SELECT and GROUP BY (PostgreSQL
+    matches them by text)."""
+    if dialect == "postgresql":
+        utc = func.timezone(literal_column("'UTC'"), column)
+        hour = func.date_trunc(literal_column("'hour'"), utc)
+        return HourBucket(hour, func.to_char(hour, literal_column('\'YYYY-MM-DD"T"HH24":00Z"\'')))
+    if dialect == "sqlite":
+        label = func.strftime(literal_column(f"'{HOUR_FORMAT}'"), column)
+        return HourBucket(label, label)
+    raise ValueError(f"no hour bucket for the {dialect} dialect (the record runs on sqlite or postgresql)")
+
+
+def dialect_of(session: Session) -> str:
+    """The name of the database dialect behind `session` ('sqlite', 'postgresql')."""
+    return session.get_bind().dialect.name
+
+
+def count_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    """SQL for the number of rows where `condition` holds (0, not NULL, over no rows); written
+    with CASE because PostgreSQL has no sum over booleans."""
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def regroup(
+    hourly: Iterable[tuple[str, int, int]], bucket: Callable[[datetime], str]
 ) -> list[tuple[str, int, int]]:
-    """(label, parts, rejects) per bucket of (captured_at, verdict) pairs, oldest first: the
-    subgroups of a p-chart (zerodefect.quality.spc.p_chart)."""
+    """Hourly (label, parts, rejects) summed into coarser buckets (shifts start on the hour, so
+    an hour lies in one shift), oldest first."""
     counts: dict[str, list[int]] = {}
-    for captured, verdict in parts:
-        tally = counts.setdefault(bucket(captured), [0, 0])
-        tally[0] += 1
-        tally[1] += verdict == "reject"
+    for label, n, d in hourly:
+        tally = counts.setdefault(bucket(hour_end(label) - timedelta(hours=1)), [0, 0])
+        tally[0] += n
+        tally[1] += d
     return [(label, n, d) for label, (n, d) in sorted(counts.items())]
+
+
+def hourly_percentile(
+    session: Session,
+    value: ColumnElement[float],
+    time: ColumnElement[datetime],
+    group: ColumnElement,
+    where: Iterable[ColumnElement[bool]],
+    q: float,
+) -> dict[tuple, float]:
+    """The q-quantile (0..1, linear interpolation, as numpy.percentile) of `value` per (group,
+    hour of `time`), computed in the database: percentile_cont on PostgreSQL; on SQLite, which
+    has none, each group's rows are ranked with window functions and only the two rows around
+    the quantile leave the database."""
+    dialect = dialect_of(session)
+    hour = hour_bucket(time, dialect)
+    where = [*where, value.is_not(None)]
+    if dialect == "postgresql":
+        p = func.percentile_cont(literal_column(repr(float(q)))).within_group(value)
+        rows = session.execute(select(group, hour.label, p).where(*where).group_by(group, hour.key)).all()
+        return {(g, h): float(v) for g, h, v in rows}
+    parts = (group, hour.key)
+    ranked = (
+        select(
+            group.label("g"),
+            hour.label.label("h"),
+            value.label("v"),
+            (func.row_number().over(partition_by=parts, order_by=value) - 1).label("i"),
+            func.count().over(partition_by=parts).label("n"),
+        )
+        .where(*where)
+        .subquery()
+    )
+    low = cast(literal_column(repr(float(q))) * (ranked.c.n - 1), Integer)
+    rows = session.execute(
+        select(ranked.c.g, ranked.c.h, ranked.c.n, ranked.c.i, ranked.c.v)
+        .where(and_(ranked.c.i >= low, ranked.c.i <= low + 1))
+        .order_by(ranked.c.g, ranked.c.h, ranked.c.i)
+    ).all()
+    near: dict[tuple, list] = {}
+    for g, h, n, _, v in rows:
+        near.setdefault((g, h), [n]).append(v)
+    return {key: _lerp(q * (n - 1), vs) for key, (n, *vs) in near.items()}
+
+
+def _lerp(virtual_index: float, values: list[float]) -> float:
+    """numpy's linear interpolation between the values at floor(index) and the next one."""
+    a = values[0]
+    if len(values) == 1:
+        return float(a)
+    b, t = values[1], virtual_index - int(virtual_index)
+    return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)

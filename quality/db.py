@@ -36,7 +36,16 @@ def make_engine(url: str) -> Engine:
     # As many pooled connections as the record's request threads (anyio's default: 40). With
     # SQLAlchemy's default (5, and 10 more closed on return), 50 stations posting at once made
     # the record open and close a PostgreSQL connection per request. Opened only when needed.
-    return create_engine(url, pool_pre_ping=True, pool_size=40, max_overflow=10)
+    # No server-side prepared statements: psycopg prepares a query after its 5th run, and
+    # PostgreSQL then may keep a generic plan for it; for the andon's "first parts of this
+    # station's model version" that plan scans the primary key past millions of rows (measured:
+    # 4 s for one evaluation on 200,000 parts, 0.9 s without; docs/query-plans.md).
+    # No JIT either: compiling took 68 ms of the Pareto query's 195 ms on 10 million parts,
+    # more than it saved; the record's queries are short.
+    connect_args = (
+        {"prepare_threshold": None, "options": "-c jit=off"} if url.startswith("postgresql+psycopg") else {}
+    )
+    return create_engine(url, pool_pre_ping=True, pool_size=40, max_overflow=10, connect_args=connect_args)
 
 
 def migrate(url: str, revision: str = "head") -> None:

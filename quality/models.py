@@ -97,12 +97,12 @@ class Inspection(Base):
     )
 
     __table_args__ = (
-        Index("ix_inspections_station_time", "station_id", "captured_at"),
+        Index("ix_inspections_station_time_verdict", "station_id", "captured_at", "verdict"),
         Index("ix_inspections_serial", "serial"),
         Index("ix_inspections_verdict_time", "verdict", "captured_at"),
-        # Retention (quality.retention): the oldest parts first, and whether an image or heatmap
-        # is still used by a part that stays (partial: most parts have none).
-        Index("ix_inspections_captured_at", "captured_at"),
+        # Retention (quality.retention) reads the oldest parts first through ix_inspections_time
+        # (below), and whether an image or heatmap is still used by a part that stays (partial:
+        # most parts have none).
         Index(
             "ix_inspections_image_sha256",
             "image_sha256",
@@ -114,6 +114,21 @@ class Inspection(Base):
             "heatmap_sha256",
             postgresql_where=text("heatmap_sha256 IS NOT NULL"),
             sqlite_where=text("heatmap_sha256 IS NOT NULL"),
+        ),
+        # The dashboard's and the andon's aggregation (migration 0012).
+        Index(
+            "ix_inspections_time",
+            "captured_at",
+            postgresql_include=["station_id", "verdict", "review_status", "model_version", "latency_ms"],
+        ),
+        Index("ix_inspections_station_id", "station_id", "id", "verdict"),
+        Index("ix_inspections_station_model", "station_id", "model_name", "model_version", "id"),
+        Index(
+            "ix_inspections_station_reviewed",
+            "station_id",
+            "reviewed_at",
+            postgresql_where=text("reviewed_at IS NOT NULL"),
+            sqlite_where=text("reviewed_at IS NOT NULL"),
         ),
         UniqueConstraint("station_id", "key", name="uq_inspection_station_key"),
     )

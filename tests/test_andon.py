@@ -27,7 +27,8 @@ _keys = itertools.count()
 
 
 @pytest.fixture
-def record(data_dir: Path):
+def record(record_db: str, data_dir: Path):
+    """The record service's app on SQLite and on PostgreSQL (record_db), its andon stopped."""
     app = create_app(get_settings())
     app.state.andon.stop()  # these tests evaluate by hand, at times they choose
     with app.state.sessions() as session:
