@@ -1,5 +1,5 @@
 """A central MLflow server, for real: `zerodefect serve mlflow` runs `mlflow server` in its own
-process; training logs to it, the gate promotes through it (a canary line first, then every
+process, on a PostgreSQL backend store as in a plant (the suite's throw-away cluster); training logs to it, the gate promotes through it (a canary line first, then every
 line), stations follow the alias from it, and a rollback moves them back."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import mlflow
+from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from zerodefect.cli import app as cli
@@ -32,11 +33,12 @@ POLL = 0.2  # seconds between a station's alias checks (a plant polls about once
 
 
 def test_a_real_mlflow_server_trains_promotes_a_canary_and_rolls_back(
-    data_dir: Path, tmp_path: Path, folder_dataset: Path, monkeypatch
+    data_dir: Path, tmp_path: Path, folder_dataset: Path, monkeypatch, postgres
 ) -> None:
     server = tmp_path / "mlflow-server"
     url = f"http://127.0.0.1:{free_port()}"
-    args = ["serve", "mlflow", "--backend-store-uri", f"sqlite:///{server / 'mlflow.db'}"]
+    backend = postgres.create_database("mlflow_server_test")
+    args = ["serve", "mlflow", "--backend-store-uri", backend]
     args += ["--artifacts-destination", str(server / "artifacts"), "--port", url.rsplit(":", 1)[1]]
     started = time.monotonic()
     proc = start_zerodefect([*args, "--workers", "1"], server / "server.log")
@@ -122,6 +124,14 @@ def test_a_real_mlflow_server_trains_promotes_a_canary_and_rolls_back(
             ("champion", v2.version, v1, "passed", None),
             ("champion", v1, v2.version, "ROLLBACK", "escapes on L1"),
         ]
+        # The registry the stations followed is the PostgreSQL store's, read there directly.
+        engine = create_engine(backend)
+        with engine.connect() as db:
+            aliases = db.execute(
+                text("SELECT alias, version FROM registered_model_aliases WHERE name = :n"), {"n": MODEL}
+            )
+            assert dict(aliases.all()).get("champion") == int(v1)
+        engine.dispose()
     finally:
         stop_process(proc)
 
