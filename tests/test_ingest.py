@@ -41,7 +41,10 @@ def record(record_db: str):
     inserting: dict[int, int] = {}
 
     def executed(conn, _cursor, statement: str, *_args) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO INSPECTIONS"):
+        # On PostgreSQL the rows go in by COPY on the driver's cursor (quality.store._insert),
+        # after one query that numbers them: that query marks the inserting transaction.
+        head = statement.lstrip().upper()
+        if head.startswith("INSERT INTO INSPECTIONS") or "PG_GET_SERIAL_SEQUENCE('INSPECTIONS'" in head:
             inserting[id(conn)] = inserting.get(id(conn), 0) + 1
 
     def committed(conn) -> None:
@@ -241,6 +244,66 @@ def test_concurrent_batches_with_one_key_store_it_once(record) -> None:
         outcomes = {(a["items"][position]["status"], a["items"][position]["id"]) for a in answers}
         assert {status for status, _ in outcomes} <= {200, 201}
         assert len({row_id for _, row_id in outcomes}) == 1
+
+
+def test_a_key_stored_by_another_delivery_mid_batch_is_judged_a_replay(record) -> None:
+    """The race the batch's one-by-one fallback is for, made deterministic: between the batch
+    looking its keys up and inserting them, another request commits one of them. The insert
+    (COPY on PostgreSQL, INSERT on SQLite) fails on the unique key as a whole, and each item is
+    then stored alone: the raced key is a replay (200, the winner's id), the others are new."""
+    url, key_a, _, app, _ = record
+    items = [part(f"k-mid-{i:05d}", f"S{i}") for i in range(5)]
+    raced: list[dict] = []
+    racing = threading.Lock()  # held from the first insert on: the racing request's own
+    # insert passes through this hook too, and must not race again
+
+    def race(conn, _cursor, statement: str, *_args) -> None:
+        head = statement.lstrip().upper()
+        marks = ("INSERT INTO INSPECTIONS", "PG_GET_SERIAL_SEQUENCE('INSPECTIONS'")
+        if any(mark in head for mark in marks) and racing.acquire(blocking=False):
+            raced.append(
+                httpx.post(
+                    f"{url}/v1/inspections", json=items[2], headers={"X-API-Key": key_a}, timeout=30
+                ).json()
+            )
+
+    event.listen(app.state.engine, "before_cursor_execute", race)
+    try:
+        r = httpx.post(
+            f"{url}/v1/inspections/batch", json={"items": items}, headers={"X-API-Key": key_a}, timeout=60
+        )
+    finally:
+        event.remove(app.state.engine, "before_cursor_execute", race)
+    assert r.status_code == 200, r.text
+    outcomes = r.json()["items"]
+    assert len(raced) == 1 and "id" in raced[0], raced
+    assert [o["status"] for o in outcomes] == [201, 201, 200, 201, 201]
+    assert outcomes[2]["id"] == raced[0]["id"]
+    assert stored(app) == 5
+
+
+def test_the_forwarder_posts_one_by_one_to_a_record_without_the_batch_endpoint(
+    record_db: str, tmp_path: Path
+) -> None:
+    """A record from before batching (its app without POST /v1/inspections/batch, so it answers
+    404 or 405 there): the forwarder says so in the log, falls back to one result per request,
+    and delivers everything."""
+    app = create_app(get_settings())
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/v1/inspections/batch"]
+    with app.state.sessions() as session:
+        _, key = add_station(session, "st-old", line="line-1")
+    outbox = Outbox(tmp_path / "outbox.db")
+    for i in range(6):
+        payload = part(f"k-old-{i:05d}", f"S{i}")
+        outbox.put(payload["key"], payload, {})
+    with serve(app) as url:
+        forwarder = Forwarder(outbox, url, key, batch_size=4, batch_wait_ms=0)
+        with httpx.Client(timeout=10) as client:
+            sizes = sent_batches(client)
+            delivered = sum(iter(lambda: forwarder.flush_once(client), 0))
+    assert sizes == [4] and forwarder.batch_size == 1  # one refused batch, then single posts
+    assert delivered == 6 and outbox.counts()["delivered"] == 6 and stored(app) == 6
+    outbox.close()
 
 
 def test_prune_deletes_old_parts_in_short_transactions_and_keeps_shared_images(record) -> None:
