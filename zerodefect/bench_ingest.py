@@ -267,12 +267,33 @@ def _live_group(
     return latencies, made, time.process_time()
 
 
+def prune_all(db_url: str, image_root: Path) -> dict:
+    """`record prune` over everything the bench stored (while nothing posts): the retention
+    rate, to set against a plant day of 130 M parts."""
+    from zerodefect.quality.db import make_engine, session_factory
+    from zerodefect.quality.images import ImageStore
+    from zerodefect.quality.retention import prune
+
+    engine = make_engine(db_url)
+    start = time.monotonic()
+    report = prune(session_factory(engine), ImageStore(image_root), datetime.now(UTC))
+    seconds = time.monotonic() - start
+    engine.dispose()
+    return {
+        "parts": report.parts,
+        "seconds": round(seconds, 2),
+        "parts_per_s": round(report.parts / seconds, 1),
+        "files_deleted": report.files_deleted,
+    }
+
+
 @contextmanager
 def _record(
     root: Path, stations: int, andon: bool = True
-) -> Iterator[tuple[str, list[tuple[str, str]], int]]:
+) -> Iterator[tuple[str, list[tuple[str, str]], int, str, Path]]:
     """A durable PostgreSQL cluster with a migrated record and `stations` stations, served by
-    `zerodefect serve record` in its own process: yields (url, [(name, key)], its pid)."""
+    `zerodefect serve record` in its own process: yields (url, [(name, key)], its pid, the
+    database's URL, the record's image folder)."""
     import os
 
     from zerodefect.pgcluster import postgres_cluster
@@ -296,7 +317,7 @@ def _record(
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(proc, lambda: answers_healthz(url), "the record", log)
-            yield url, keys, proc.pid
+            yield url, keys, proc.pid, db_url, root / "record" / "images"
         finally:
             stop_process(proc)
             KEPT_LOG.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +337,7 @@ def run_ingest_bench(
     images = _images()
     with tempfile.TemporaryDirectory(prefix="zd-ingest-") as tmp:
         root = Path(tmp)
-        with _record(root, stations, andon) as (url, keys, pid):
+        with _record(root, stations, andon) as (url, keys, pid, db_url, image_root):
             fleet = [Station(name, key, Outbox(root / "outboxes" / f"{name}.db")) for name, key in keys]
             batched, single, plant = {}, {}, {}
             with _cpu(pid, batched):
@@ -327,6 +348,7 @@ def run_ingest_bench(
                 plant.update(live(fleet, url, PLANT_RATE, live_seconds, batch_wait_ms, images))
             for s in fleet:
                 s.outbox.close()
+            pruned = prune_all(db_url, image_root)
     rate = batched["parts_per_s"]
     backlog = PLANT_RATE * BACKLOG_MINUTES * 60
     # While it drains, the plant keeps making parts: the backlog shrinks at rate - 1,500/s.
@@ -342,7 +364,9 @@ def run_ingest_bench(
         # What one core of the record's server takes, from the record's own CPU time per part.
         "record_parts_per_cpu_s_batched": round(1000 / batched["record_cpu_ms_per_part"]),
         "record_parts_per_cpu_s_single": round(1000 / single["record_cpu_ms_per_part"]),
+        "prune_parts_per_s": pruned["parts_per_s"],
         "drain": batched,
+        "prune": pruned,
         "single": single,
         "live": plant,
         "setup": {

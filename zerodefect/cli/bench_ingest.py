@@ -29,7 +29,8 @@ def bench_ingest(
     out: Annotated[Path, typer.Option(help="Where the figures go.")] = Path("docs/results/ingest-bench.json"),
 ) -> None:
     """Simulated stations post to one record on a durable throw-away PostgreSQL: the batched and
-    single-row rates, p99 outbox-to-commit at 1,500 parts/s, and the backlog drain time."""
+    single-row rates, p99 outbox-to-commit at 1,500 parts/s, the backlog drain time, and the
+    retention rate (`record prune` over everything stored)."""
     from zerodefect.bench_ingest import run_ingest_bench
     from zerodefect.pgcluster import PostgresError
 
@@ -45,5 +46,6 @@ def bench_ingest(
         f"p99 outbox-to-commit at 1,500 parts/s: {figures['p99_commit_ms_at_1500']:,.0f} ms "
         f"(offered {figures['live']['offered_parts_per_s']:,.0f}/s); 10-minute backlog of 50 stations: "
         f"{figures['backlog_drain_minutes']} min while the plant runs, "
-        f"{figures['backlog_drain_minutes_if_stopped']} min if stopped -> {out}"
+        f"{figures['backlog_drain_minutes_if_stopped']} min if stopped; retention (record prune) "
+        f"{figures['prune_parts_per_s']:,.0f} parts/s -> {out}"
     )
