@@ -23,6 +23,8 @@ from zerodefect.datasets.validate import clip_boxes, clip_note
 from zerodefect.inference.result import Detections
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+# A mask must keep its exact values: never a JPEG.
+LOSSLESS_SUFFIXES = {".png", ".bmp", ".tif", ".tiff"}
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
@@ -97,14 +99,14 @@ def _selected(rel: Path, include: list[str], exclude: list[str]) -> bool:
 def _attached_mask(image: Path, root: Path, images: set[Path]) -> Path | None:
     """The mask of `image` in the layouts data sets ship, nearest first:
 
-    - beside it: x_mask.<ext>, or x.<other ext> when that file is not imported as an image
-      (a folder of x.jpg images and x.png masks, with --include '*.jpg');
+    - beside it: x_mask.<ext>, or x.<other lossless ext> when that file is not imported as an
+      image (a folder of x.jpg images and x.png masks, with --include '*.jpg');
     - in a masks/ or ground_truth/ sibling tree of the image's folder or of any folder above it,
       at the same relative path or with its first folder dropped (ROOT/test/crack/x.png has its
       mask at ROOT/ground_truth/crack/x_mask.png, as MVTec ships; ROOT/crack/images/x.png at
       ROOT/crack/masks/x.png), as x_mask.<ext> or x.<ext>.
     """
-    for suffix in sorted(IMAGE_SUFFIXES):
+    for suffix in sorted(LOSSLESS_SUFFIXES):
         candidate = image.with_suffix(suffix)
         if candidate != image and candidate not in images and candidate.is_file():
             return candidate

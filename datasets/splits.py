@@ -122,9 +122,22 @@ def split_dataset(
                 f"drop {option}{name}"
                 + (", or pass --no-keep-splits to split everything anew" if option == "--" else "")
             )
+    given_seed = seed
     seed = 0 if seed is None else seed
     test_share = DEFAULT_TEST if test is None else test
     val_share = DEFAULT_VAL if val is None else val
+    # The seed and stratification act only on images the split decides: unassigned ones, or a
+    # split carved out of train.
+    decided = sum(not s.split for s in manifest.samples) if keep_existing else len(manifest.samples)
+    decided += sum(share > 0 and not own[name] for name, share in (("val", val_share), ("test", test_share)))
+    if own and not decided:
+        unused = [f"{option}seed {given_seed}"] if given_seed is not None else []
+        unused += [f"{option}stratify{'-' if option == '--' else '_'}on {k}" for k in stratify_on]
+        if unused:
+            raise DatasetError(
+                f"{', '.join(unused)} cannot apply: the source gives every image its split "
+                f"({', '.join(n for n in SPLITS if own[n])})"
+            )
     assign_splits(manifest, test_share, val_share, seed, stratify, keep_existing=keep_existing)
     notes = []
     if own:

@@ -158,8 +158,13 @@ def test_val_is_carved_out_of_train_when_the_tree_has_train_and_test(tmp_path: P
     assert answer.exit_code == 2 and "--masks applies to format yolo-seg only, not folders" in answer.output
     answer = run("datasets", "import", "coco", root, "--include", "*.png", "--out", out)
     assert answer.exit_code == 2 and "--include applies to format folders only, not coco" in answer.output
+    for label in ("good", "scratch"):  # with its own val too, the seed has nothing to decide
+        grey(root / "val" / label / "v.png", 16, 16)
+    answer = run("datasets", "import", "folders", root, "--seed", "3", "--out", out)
+    assert answer.exit_code == 2
+    assert "--seed 3 cannot apply: the source gives every image its split (train, val, test)" in answer.output
     split_csv = tmp_path / "split.csv"
-    split_csv.write_text("split,image\n" + "".join(f"train,{s.path}\n" for s in manifest.samples))
+    split_csv.write_text("split,image\n" + "".join(f"train,{s.path}\n" for s in import_folders(root).samples))
     answer = run(
         "datasets", "import", "folders", root, "--split-file", split_csv, "--val", "0.1", "--out", out
     )

@@ -67,9 +67,7 @@ class Report:
         return self.plant.false_reject_rate
 
     def to_json(self) -> dict[str, Any]:
-        """The report's JSON, with the calibrated operating point as its own block (derived, so
-        reading it back ignores it)."""
-        return {**self.data, "task": self.task, "operating_point": operating_point(self)}
+        return {**self.data, "task": self.task}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
@@ -96,8 +94,11 @@ def binary_plant(data: dict[str, Any]) -> Plant:
 
 
 def write_report(report: Report, path: Path) -> Path:
+    """The report's JSON file, with the calibrated operating point as its own block (derived
+    from the plant block: a reader that knows only the old keys loses nothing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
+    data = {**report.to_json(), "operating_point": operating_point(report)}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
 
 
