@@ -393,7 +393,10 @@ def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -
         names, found = boxes[i]
         if not found:
             continue
-        size = (int(im.get("width") or 0), int(im.get("height") or 0))
+        try:
+            size = (int(im.get("width") or 0), int(im.get("height") or 0))
+        except (TypeError, ValueError):
+            size = (0, 0)  # a bad size in the JSON: the image's header tells
         if min(size) <= 0:
             size = image_size(images_dir / str(im["file_name"])) or (0, 0)
         if min(size) <= 0:

@@ -178,7 +178,7 @@ def suggest(
     native_p10 = worst.p10_px or 0.0
     tile_px = max(SIZE_STEP, int(native_p10 * min(input_hw) / MIN_BOX_PX) // SIZE_STEP * SIZE_STEP)
     tiled = (
-        f"--set model.tiling.tile={tile_px} model.tiling.overlap={TILE_OVERLAP} "
+        f"--set model.tiling.tile={tile_px} --set model.tiling.overlap={TILE_OVERLAP} "
         f"({tiles_per_image(width, height, tile_px)} tiles of {tile_px} px per {width}x{height} image, "
         f"each resized to {input_hw[1]} px)"
     )

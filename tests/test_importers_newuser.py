@@ -361,7 +361,7 @@ def test_inspect_measures_boxes_at_the_input_and_suggests_a_size_or_tiles(tmp_pa
     assert scratch.median_at_input == pytest.approx(48, abs=0.01)
     # 6 px at 320 px input: 448 px input brings the small boxes to 8 px (under 640: suggested first).
     assert "Suggested: --set model.input_size=448" in found.suggestion
-    assert "or tiles: --set model.tiling.tile=480 model.tiling.overlap=0.2 (4 tiles" in found.suggestion
+    assert "or tiles: --set model.tiling.tile=480 --set model.tiling.overlap=0.2 (4 tiles" in found.suggestion
     assert "no change needed" in inspect_manifest(manifest, (448, 448)).suggestion
 
     # 6 px boxes on 640 px boards need an 864 px input: over 640 px, tiles are suggested first.
@@ -379,8 +379,12 @@ def test_inspect_measures_boxes_at_the_input_and_suggests_a_size_or_tiles(tmp_pa
     line = " ".join(answer.output.split())
     assert "model input 320 x 320 px" in line
     assert re.search(r"pit │ 2 │ 2 │ 6\.0 │ 6\.0 │ 3\.0 │ 3\.0", line), line
-    tiles = "Suggested: --set model.tiling.tile=224 model.tiling.overlap=0.2 (16 tiles of 224 px per 640x640 image"
+    tiles = "Suggested: --set model.tiling.tile=224 --set model.tiling.overlap=0.2 (16 tiles of 224 px per 640x640 image"
     assert tiles in line and "or --set model.input_size=864" in line
+    # The suggested override, given back as train would take it, is enough.
+    larger = re.search(r"--set (model\.input_size=\d+)", line).group(1)
+    answer = run("datasets", "inspect", tmp_path / "c.yaml", "--set", larger)
+    assert "no change needed" in answer.output and "pit 8.1 px" in answer.output
     answer = run("datasets", "inspect", tmp_path / "c.yaml", "--input-size", "640")
     assert answer.exit_code == 2 and "--input-size applies to a manifest" in answer.output
 
