@@ -7,18 +7,58 @@ name the file and the problem.
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
+from fnmatch import fnmatch
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from zerodefect.datasets.manifest import SPLITS, DatasetError, Manifest, Sample
+from zerodefect.datasets.manifest import FOLDED_KEY, SPLITS, DatasetError, Manifest, Sample
 from zerodefect.datasets.masks import rasterise, read_mask
 from zerodefect.datasets.splits import assign_splits
+from zerodefect.datasets.validate import clip_boxes, clip_note
 from zerodefect.inference.result import Detections
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+# A mask must keep its exact values: never a JPEG.
+LOSSLESS_SUFFIXES = {".png", ".bmp", ".tif", ".tiff"}
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the image's header (Pillow reads no pixels), or None when it cannot
+    be read: importers and `datasets inspect` need sizes of many images, not their pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError):
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # formats Pillow lacks
+        return None if image is None else (image.shape[1], image.shape[0])
+
+
+class _Clipping:
+    """Counts the boxes an importer clipped, for its note."""
+
+    def __init__(self) -> None:
+        self.boxes = 0
+        self.images = 0
+
+    def check(
+        self, boxes: list[list[float]], labels: list[str], size: tuple[int, int], where: str, problems: list
+    ) -> np.ndarray:
+        """The image's boxes clipped; problems (box really outside) appended under `where`."""
+        result = clip_boxes(np.asarray(boxes, np.float64), labels, *size)
+        problems.extend((where, problem) for problem in result.problems)
+        self.boxes += result.clipped
+        self.images += bool(result.clipped)
+        return result.boxes
+
+    def notes(self) -> list[str]:
+        return [clip_note(self.boxes, self.images)] if self.boxes else []
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -35,27 +75,112 @@ def _split_tree(images_root: Path) -> list[tuple[Path, Path, str | None]]:
     return out
 
 
-def import_folders(root: str | Path, good_class: str | None = "good") -> Manifest:
+# Folder names that hold masks, not images (MVTec's ground_truth/, the common masks/), matched
+# without case, and the file-name suffix of a mask beside its image (x.png, x_mask.png).
+MASK_DIRS = frozenset({"masks", "mask", "ground_truth", "groundtruth", "gt"})
+MASK_SUFFIX = "_mask"
+
+
+def _is_mask_file(rel: Path) -> bool:
+    """A file in a mask tree or named <stem>_mask: never an image to import."""
+    return rel.stem.lower().endswith(MASK_SUFFIX) or any(p.lower() in MASK_DIRS for p in rel.parts[:-1])
+
+
+def _selected(rel: Path, include: list[str], exclude: list[str]) -> bool:
+    """Whether `rel` passes the globs: a pattern with / matches the path relative to the source
+    (fnmatch, so * crosses folders), one without matches the file name."""
+
+    def hit(pattern: str) -> bool:
+        return fnmatch(rel.as_posix(), pattern) if "/" in pattern else fnmatch(rel.name, pattern)
+
+    return (not include or any(hit(p) for p in include)) and not any(hit(p) for p in exclude)
+
+
+def _attached_mask(image: Path, root: Path, images: set[Path]) -> Path | None:
+    """The mask of `image` in the layouts data sets ship, nearest first:
+
+    - beside it: x_mask.<ext>, or x.<other lossless ext> when that file is not imported as an
+      image (a folder of x.jpg images and x.png masks, with --include '*.jpg');
+    - in a masks/ or ground_truth/ sibling tree of the image's folder or of any folder above it,
+      at the same relative path or with its first folder dropped (ROOT/test/crack/x.png has its
+      mask at ROOT/ground_truth/crack/x_mask.png, as MVTec ships; ROOT/crack/images/x.png at
+      ROOT/crack/masks/x.png), as x_mask.<ext> or x.<ext>.
+    """
+    for suffix in sorted(LOSSLESS_SUFFIXES):
+        candidate = image.with_suffix(suffix)
+        if candidate != image and candidate not in images and candidate.is_file():
+            return candidate
+    beside = _mask_beside(image.parent, image.stem, names=(image.stem + MASK_SUFFIX,))
+    if beside is not None:
+        return beside
+    folders = image.parent.relative_to(root).parts
+    for depth in range(len(folders), -1, -1):
+        ancestor, rest = root.joinpath(*folders[:depth]), folders[depth:]
+        for tree in _mask_trees(ancestor):
+            for sub in (rest, rest[1:]) if rest else (rest,):
+                found = _mask_beside(tree.joinpath(*sub), image.stem)
+                if found is not None:
+                    return found
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _mask_trees(folder: Path) -> list[Path]:
+    """The mask trees (masks/, ground_truth/...) directly under `folder`; cached, as every image
+    of a folder asks."""
+    return sorted(
+        folder / name for name in os.listdir(folder) if name.lower() in MASK_DIRS and (folder / name).is_dir()
+    )
+
+
+def import_folders(
+    root: str | Path,
+    good_class: str | None = "good",
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    fold_classes: str | None = None,
+) -> Manifest:
     """Class-per-folder trees: ROOT/<class>/*.png, or ROOT/<split>/<class>/*.png.
 
     `good_class` names the folder of good parts; it is listed first among the classes.
+    `include`/`exclude` are globs (see `_selected`) choosing the images. Masks are recognised
+    (`_attached_mask`: <stem>_mask files, masks/ and ground_truth/ trees) and attached to their
+    image, never imported as images, so a part and its mask always share a split.
+    `fold_classes` names one defective class that every class but the good one becomes (a
+    binary good/defective classifier), the original class kept as metadata `defect_type`.
     """
     root = Path(root)
+    include, exclude = list(include or []), list(exclude or [])
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    top = sorted(p for p in root.iterdir() if p.is_dir())
-    split_layout = bool(top) and all(p.name in SPLITS for p in top)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    mask_files = {p for p in files if _is_mask_file(p.relative_to(root))}
+    images = [p for p in files if p not in mask_files and _selected(p.relative_to(root), include, exclude)]
+    top = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.lower() not in MASK_DIRS)
+    split_layout = bool(top) and all(name in SPLITS for name in top)
+    depth = 3 if split_layout else 2  # split/class/file or class/file, at least
+    outside = [p for p in images if len(p.relative_to(root).parts) < depth]
+    images = [p for p in images if len(p.relative_to(root).parts) >= depth]
+    problems = _same_stem(images, root)
+    if problems:
+        raise DatasetError(f"{root}: images that share a name", problems)
+    chosen = set(images)
+    _mask_trees.cache_clear()
     samples: list[Sample] = []
-    for split_dir in top if split_layout else [root]:
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            for image in _images_in(class_dir):
-                samples.append(
-                    Sample(
-                        path=str(image.relative_to(root)),
-                        labels=[class_dir.name],
-                        split=split_dir.name if split_layout else None,
-                    )
-                )
+    attached: set[Path] = set()
+    for image in images:
+        rel = image.relative_to(root)
+        mask = _attached_mask(image, root, chosen)
+        if mask is not None:
+            attached.add(mask)
+        samples.append(
+            Sample(
+                path=str(rel),
+                labels=[rel.parts[1] if split_layout else rel.parts[0]],
+                split=rel.parts[0] if split_layout else None,
+                mask=None if mask is None else str(mask.relative_to(root)),
+            )
+        )
     if not samples:
         raise DatasetError(f"{root}: no images found in class folders")
     classes = sorted({s.labels[0] for s in samples})
@@ -63,7 +188,56 @@ def import_folders(root: str | Path, good_class: str | None = "good") -> Manifes
         classes = [good_class] + [c for c in classes if c != good_class]
     else:
         good_class = None
-    return Manifest("classification", classes, samples, root, good_class, root.name)
+    notes = []
+    if fold_classes:
+        classes = _fold(samples, classes, good_class, fold_classes, root)
+        notes.append(
+            f"classes folded to {good_class}/{fold_classes}; the original class is kept as meta "
+            f"{FOLDED_KEY!r} (per-type reports, stratified splits)"
+        )
+    if attached:
+        notes.append(f"{len(attached)} masks attached to their images (not imported as images)")
+    orphans = mask_files - attached
+    if orphans:
+        notes.append(f"{len(orphans)} mask files match no imported image, e.g. {sorted(orphans)[0]}")
+    if outside:
+        notes.append(f"{len(outside)} images outside the class folders were left out, e.g. {outside[0]}")
+    manifest = Manifest("classification", classes, samples, root, good_class, root.name)
+    manifest.notes = notes
+    return manifest
+
+
+def _same_stem(images: list[Path], root: Path) -> list[tuple[str, str]]:
+    """Images of one folder that share a name (x.jpg and x.png): usually an image and its mask,
+    which must not both be imported as parts."""
+    by_stem: dict[Path, list[Path]] = {}
+    for image in images:
+        by_stem.setdefault(image.with_suffix(""), []).append(image)
+    # Masks are lossless; a photo next to one is usually the JPEG.
+    return [
+        (
+            str(paths[0].parent),
+            f"{' and '.join(p.name for p in paths)} share a name: if one is the other's mask, import "
+            f"only the images (--include '*{min(paths, key=lambda p: p.suffix.lower() not in ('.jpg', '.jpeg')).suffix}') "
+            "and it is attached as the mask",
+        )
+        for paths in by_stem.values()
+        if len(paths) > 1
+    ]
+
+
+def _fold(
+    samples: list[Sample], classes: list[str], good_class: str | None, folded: str, root: Path
+) -> list[str]:
+    """Relabel every non-good sample `folded`, keeping its class in meta[FOLDED_KEY]."""
+    if good_class is None:
+        raise DatasetError(f"{root}: folding classes needs a good class folder; classes found: {classes}")
+    if folded == good_class:
+        raise DatasetError(f"{root}: the folded class may not be the good class {good_class!r}")
+    for sample in samples:
+        sample.meta[FOLDED_KEY] = sample.labels[0]
+        sample.labels = [good_class if sample.labels[0] == good_class else folded]
+    return [good_class, folded]
 
 
 def elpv_data_dir() -> Path:
@@ -126,6 +300,7 @@ def import_voc(
     ann = Path(annotations_dir) if annotations_dir else _first_dir(root, "Annotations", "annotations")
     img = Path(images_dir) if images_dir else _first_dir(root, "JPEGImages", "images")
     problems: list[tuple[str, str]] = []
+    clipping = _Clipping()
     found: list[tuple[str, list[str], list[list[float]]]] = []  # path, box labels, boxes
     for xml_path in sorted(ann.glob("*.xml")):
         try:
@@ -148,13 +323,20 @@ def import_voc(
                 x1, y1, x2, y2 = (_voc_number(bb, t, str(xml_path)) for t in ("xmin", "ymin", "xmax", "ymax"))
                 names.append(name)
                 boxes.append([x1 - 1, y1 - 1, x2, y2])
+            size = _voc_size(tree, xml_path) if boxes else None
+            if boxes and size is None:
+                size = image_size(image_path)
+                if size is None:
+                    raise DatasetError(f"{xml_path}: no <size> and image {image_path} unreadable")
         except DatasetError as exc:
             problems.append((str(xml_path), str(exc).split(": ", 1)[-1]))
             continue
+        if boxes:
+            boxes = clipping.check(boxes, names, size, str(xml_path), problems).tolist()
         path = str(image_path.relative_to(root)) if image_path.is_relative_to(root) else str(image_path)
         found.append((path, names, boxes))
     if problems:
-        raise DatasetError(f"{ann}: {len(problems)} bad annotation files", problems)
+        raise DatasetError(f"{ann}: {len({p for p, _ in problems})} bad annotation files", problems)
     if not found:
         raise DatasetError(f"{ann}: no VOC annotations found")
     class_list = _class_list(classes, sorted({n for _, names, _ in found for n in names}), ann)
@@ -162,7 +344,19 @@ def import_voc(
         Sample(path, sorted(set(names)), boxes=Detections.from_labels(names, boxes, class_list))
         for path, names, boxes in found
     ]
-    return Manifest("detection", class_list, samples, root, None, root.name)
+    manifest = Manifest("detection", class_list, samples, root, None, root.name)
+    manifest.notes = clipping.notes()
+    return manifest
+
+
+def _voc_size(tree: ET.Element, xml_path: Path) -> tuple[int, int] | None:
+    """(width, height) of a VOC annotation's <size>, or None when absent or zero (some tools
+    write 0): the image's header tells then."""
+    size = tree.find("size")
+    if size is None or size.findtext("width") is None or size.findtext("height") is None:
+        return None
+    width, height = (int(_voc_number(size, t, str(xml_path))) for t in ("width", "height"))
+    return (width, height) if width > 0 and height > 0 else None
 
 
 def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -> Manifest:
@@ -179,7 +373,7 @@ def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -
         images = {im["id"]: im for im in data["images"]}
         classes = [categories[k] for k in sorted(categories)]
         boxes: dict[int, tuple[list[str], list[list[float]]]] = {i: ([], []) for i in images}
-        problems = []
+        problems: list[tuple[str, str]] = []
         for a in data.get("annotations", []):
             if a["category_id"] not in categories or a["image_id"] not in images:
                 problems.append(
@@ -194,6 +388,22 @@ def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -
             boxes[a["image_id"]][1].append([x, y, x + w, y + h])
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetError(f"{annotations}: not COCO detection JSON ({exc!r})") from exc
+    clipping = _Clipping()
+    for i, im in images.items():
+        names, found = boxes[i]
+        if not found:
+            continue
+        try:
+            size = (int(im.get("width") or 0), int(im.get("height") or 0))
+        except (TypeError, ValueError):
+            size = (0, 0)  # a bad size in the JSON: the image's header tells
+        if min(size) <= 0:
+            size = image_size(images_dir / str(im["file_name"])) or (0, 0)
+        if min(size) <= 0:
+            problems.append((str(images_dir / str(im["file_name"])), "no width/height and unreadable"))
+            continue
+        where = f"{annotations} image {im['id']} ({im['file_name']})"
+        boxes[i] = (names, clipping.check(found, names, size, where, problems).tolist())
     if problems:
         raise DatasetError(f"{annotations}: bad annotations", problems)
     samples = [
@@ -204,7 +414,9 @@ def import_coco(annotations: str | Path, images_dir: str | Path | None = None) -
         )
         for i, im in sorted(images.items())
     ]
-    return Manifest("detection", classes, samples, images_dir, None, annotations.stem)
+    manifest = Manifest("detection", classes, samples, images_dir, None, annotations.stem)
+    manifest.notes = clipping.notes()
+    return manifest
 
 
 def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
@@ -219,17 +431,18 @@ def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
         raise DatasetError(f"{root}: no images/ folder")
     names = classes or _yolo_names(root)
     problems: list[tuple[str, str]] = []
+    clipping = _Clipping()
     samples = []
     for image_path, rel, split in _split_tree(images_root):
         label_path = (labels_root / rel).with_suffix(".txt")
         ids: list[int] = []
         boxes: list[list[float]] = []
         if label_path.exists():
-            image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
-            if image is None:
+            size = image_size(image_path)
+            if size is None:
                 problems.append((str(image_path), "unreadable image"))
                 continue
-            height, width = image.shape[:2]
+            width, height = size
             for number, line in enumerate(label_path.read_text().splitlines(), start=1):
                 if not line.strip():
                     continue
@@ -247,9 +460,16 @@ def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
                 except (ValueError, IndexError):
                     problems.append((f"{label_path}:{number}", f"bad YOLO row {line!r}"))
                     continue
+                box = clipping.check(
+                    [[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]],
+                    [names[cid]],
+                    size,
+                    f"{label_path}:{number}",
+                    problems,
+                )
                 ids.append(cid)
-                boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
-        found = Detections(np.asarray(boxes, np.float32), np.ones(len(ids)), ids)
+                boxes.append(box[0].tolist())
+        found = Detections(np.asarray(boxes, np.float32).reshape(-1, 4), np.ones(len(ids)), ids)
         samples.append(
             Sample(str(image_path.relative_to(root)), sorted(set(found.labels(names))), split, found)
         )
@@ -257,7 +477,9 @@ def import_yolo(root: str | Path, classes: list[str] | None = None) -> Manifest:
         raise DatasetError(f"{root}: bad YOLO labels", problems)
     if not samples:
         raise DatasetError(f"{images_root}: no images found")
-    return Manifest("detection", list(names), samples, root, None, root.name)
+    manifest = Manifest("detection", list(names), samples, root, None, root.name)
+    manifest.notes = clipping.notes()
+    return manifest
 
 
 def import_mvtec(root: str | Path, val: float = 0.1, seed: int = 0) -> Manifest:
@@ -391,9 +613,9 @@ def import_mask_folders(root: str | Path) -> Manifest:
     return Manifest("anomaly", ["good", "defect"], samples, root, "good", root.name)
 
 
-def _mask_beside(folder: Path, stem: str) -> Path | None:
-    """The mask of image `stem` in `folder`: <stem>_mask.<ext> or <stem>.<ext>, or None."""
-    for name in (f"{stem}_mask", stem):
+def _mask_beside(folder: Path, stem: str, names: tuple[str, ...] | None = None) -> Path | None:
+    """The mask of image `stem` in `folder`: <stem>_mask.<ext> or <stem>.<ext> (or `names`), or None."""
+    for name in names or (f"{stem}{MASK_SUFFIX}", stem):
         for suffix in sorted(IMAGE_SUFFIXES):
             if (folder / (name + suffix)).is_file():
                 return folder / (name + suffix)
@@ -449,15 +671,30 @@ def import_dataset(
     masks: str | Path | None = None,
     val: float = 0.1,
     seed: int = 0,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    fold_classes: str | None = None,
 ) -> Manifest:
     """The manifest of `source` read by the importer of `fmt` (a key of IMPORTERS).
 
     The one place that knows each importer's arguments (ELPV needs no source, COCO and VOC may
     name an images folder, YOLO polygons need a folder to write masks to, MVTec splits its good
-    training parts with `val` and `seed`), so the command line and tests import the same way.
+    training parts with `val` and `seed`, folders take globs and class folding), so the command
+    line and tests import the same way. An option the format does not take is an error naming
+    it, never silently ignored.
     """
     if fmt not in IMPORTERS:
         raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
+    given = {
+        "--images": (images, ("coco", "voc")),
+        "--masks": (masks, ("yolo-seg",)),
+        "--include": (include, ("folders",)),
+        "--exclude": (exclude, ("folders",)),
+        "--fold-classes": (fold_classes, ("folders",)),
+    }
+    for option, (value, formats) in given.items():
+        if value and fmt not in formats:
+            raise DatasetError(f"{option} applies to format {' and '.join(formats)} only, not {fmt}")
     if fmt == "elpv":
         return import_elpv(source) if source else import_elpv()
     if source is None:
@@ -470,4 +707,6 @@ def import_dataset(
         return import_yolo_seg(source, masks)
     if fmt == "mvtec":
         return import_mvtec(source, val, seed)
+    if fmt == "folders":
+        return import_folders(source, include=include, exclude=exclude, fold_classes=fold_classes)
     return IMPORTERS[fmt](source)

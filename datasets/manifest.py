@@ -22,6 +22,9 @@ from typing import Any
 from zerodefect.inference.result import Detections
 
 FORMAT_VERSION = 1
+# The metadata key that keeps a folded class's original name (`import_folders(fold_classes=)`),
+# for per-type splits and reports.
+FOLDED_KEY = "defect_type"
 TASKS = ("classification", "detection", "anomaly")
 SPLITS = ("train", "val", "test")
 
@@ -91,6 +94,9 @@ class Manifest:
     root: Path = Path(".")
     good_class: str | None = None
     name: str = "dataset"
+    # What the import did that the user should hear about (boxes clipped, masks attached, val
+    # carved out of train...): printed by `datasets import`, never written to the file.
+    notes: list[str] = field(default_factory=list, compare=False)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -17,6 +17,64 @@ from zerodefect.datasets.manifest import SPLITS, DatasetError, Manifest, file_sh
 from zerodefect.datasets.masks import mask_problem, read_mask
 from zerodefect.inference.preprocess import ImageDecodeError, read_image
 
+# A box edge may overshoot the image by up to 1 % of that side, or 2 px on small images, and is
+# then clipped to the edge: exporters round normalised coordinates (YOLO's six decimals give
+# -0.00032) and convert 1-based VOC pixels, so a box drawn to the border lands a little outside.
+# A box further out was drawn on another image size or is plainly wrong, and is refused.
+EDGE_TOLERANCE_SHARE = 0.01
+EDGE_TOLERANCE_PX = 2.0
+
+
+def edge_tolerance(side: int) -> float:
+    """How far (px) a box edge may overshoot an image side of `side` px and still be clipped."""
+    return max(EDGE_TOLERANCE_PX, EDGE_TOLERANCE_SHARE * side)
+
+
+@dataclass
+class ClippedBoxes:
+    """Boxes brought inside their image: `boxes` [K, 4] clipped, `clipped` how many moved,
+    `problems` one message per box really outside or empty (those boxes are left as given)."""
+
+    boxes: np.ndarray
+    clipped: int
+    problems: list[str]
+
+
+def clip_boxes(
+    xyxy: np.ndarray, labels: list[str], width: int, height: int, tolerate: bool = True
+) -> ClippedBoxes:
+    """The one box check: every box importer (YOLO, COCO, VOC) runs it on an image's boxes, and
+    `validate` (with tolerate=False: a manifest's boxes must already be inside) on every row.
+
+    A box overshooting an edge by at most `edge_tolerance` is clipped to it and counted; one
+    further out, or empty (x1 >= x2 or y1 >= y2 after clipping), is a problem naming it, so
+    the caller can refuse it with its file.
+    """
+    boxes = np.asarray(xyxy, np.float64).reshape(-1, 4)
+    tol_x, tol_y = (edge_tolerance(width), edge_tolerance(height)) if tolerate else (0.0, 0.0)
+    low = np.array([-tol_x, -tol_y, -tol_x, -tol_y])
+    high = np.array([width + tol_x, height + tol_y, width + tol_x, height + tol_y])
+    clipped = np.clip(boxes, 0, [width, height, width, height])
+    within = np.all((boxes >= low) & (boxes <= high), axis=1)
+    usable = within & (clipped[:, 0] < clipped[:, 2]) & (clipped[:, 1] < clipped[:, 3])
+    how_far = f" (by more than {tol_x:g} x {tol_y:g} px)" if tolerate else ""
+    problems = [
+        f"box {labels[i]} [{', '.join(map(str, boxes[i].astype(np.float32)))}] is outside the "
+        f"{width}x{height} image{how_far} or empty"
+        for i in np.flatnonzero(~usable)
+    ]
+    moved = usable & np.any(clipped != boxes, axis=1)
+    result = np.where(usable[:, None], clipped, boxes).astype(np.float32)
+    return ClippedBoxes(result, int(moved.sum()), problems)
+
+
+def clip_note(clipped: int, images: int) -> str:
+    """The import's line about clipped boxes."""
+    return (
+        f"{clipped} boxes in {images} images overshot the image edge by at most "
+        f"{EDGE_TOLERANCE_SHARE:.0%} of the side (or {EDGE_TOLERANCE_PX:g} px) and were clipped to it"
+    )
+
 
 @dataclass
 class ValidationReport:
@@ -60,11 +118,9 @@ def validate(manifest: Manifest, require_splits: bool = True) -> ValidationRepor
             problems.append((where, "missing file" if not path.exists() else str(exc).split(": ")[-1]))
             continue
         height, width = image.shape[:2]
-        x1, y1, x2, y2 = sample.boxes.xyxy.T
-        outside = ~((x1 >= 0) & (x1 < x2) & (x2 <= width) & (y1 >= 0) & (y1 < y2) & (y2 <= height))
-        for i in np.flatnonzero(outside):
-            label, box = manifest.classes[sample.boxes.class_id[i]], ", ".join(map(str, sample.boxes.xyxy[i]))
-            problems.append((where, f"box {label} [{box}] is outside the {width}x{height} image or empty"))
+        names = sample.boxes.labels(manifest.classes)
+        checked = clip_boxes(sample.boxes.xyxy, names, width, height, tolerate=False)
+        problems.extend((where, problem) for problem in checked.problems)
         digest.update(json.dumps(sample.to_json(manifest.classes), sort_keys=True).encode())
         digest.update(file_sha256(path).encode())
         mask_path = manifest.resolve_mask(sample)

@@ -121,3 +121,34 @@ def list_versions(name: str) -> list[VersionInfo]:
         VersionInfo(str(v.version), aliases.get(str(v.version), []), dict(v.tags), v.run_id or None)
         for v in versions
     ]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registered model: its name, newest versions (newest first) and aliases."""
+
+    name: str
+    versions: int
+    latest: list[str]
+    aliases: dict[str, str]
+
+
+def list_models(latest: int = 3) -> list[ModelInfo]:
+    """Every registered model of the store, by name, with its `latest` newest versions and its
+    aliases: what `zerodefect models list` shows when no name is given."""
+    registry = client()
+    models, token = [], None
+    while True:
+        page = registry.search_registered_models(max_results=1000, page_token=token)
+        models.extend(page)
+        token = page.token
+        if not token:
+            break
+    out = []
+    for model in sorted(models, key=lambda m: m.name):
+        numbers = sorted(
+            (int(v.version) for v in registry.search_model_versions(f"name='{model.name}'")), reverse=True
+        )
+        aliases = {alias: str(version) for alias, version in sorted(model.aliases.items())}
+        out.append(ModelInfo(model.name, len(numbers), [str(n) for n in numbers[:latest]], aliases))
+    return out

@@ -92,7 +92,7 @@ def test_every_command_keeps_its_name_after_the_split_into_modules() -> None:
         paths |= {f"{name} {sub}" for sub in subcommands} if subcommands else {name}
     assert paths == {
         "train", "export", "evaluate", "quantize", "demo", "simulate", "new-key", "bench",
-        "bench-eager-server", "datasets import", "datasets from-reviews", "datasets validate",
+        "bench-eager-server", "datasets import", "datasets from-reviews", "datasets validate", "datasets inspect",
         "models list", "models promote", "serve record", "serve edge", "record add-station",
         "record rotate-key", "users create", "keys new", "keys sign", "rescore",
         "bench-ingest", "record prune",

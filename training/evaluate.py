@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from zerodefect.datasets.manifest import DatasetError, Manifest, Sample
+from zerodefect.datasets.manifest import FOLDED_KEY, DatasetError, Manifest, Sample
 from zerodefect.inference.bundle import BundleMeta, read_meta
 from zerodefect.inference.engine import Engine
 from zerodefect.training.report import Report
@@ -48,6 +48,16 @@ def split_samples(manifest: Manifest, split: str) -> list[Sample]:
     if not samples:
         raise DatasetError(f"{manifest.name}: split {split!r} is empty")
     return samples
+
+
+def default_group_by(meta: BundleMeta, samples: list[Sample]) -> list[str]:
+    """The metadata keys a report breaks its numbers down by when none are asked for: the
+    bundle's training group_by, plus the folded class (`defect_type`) when the samples carry
+    it, so a good/defective model of folded classes reports escapes per defect type."""
+    keys = list(meta.training.get("group_by", []))
+    if FOLDED_KEY not in keys and any(FOLDED_KEY in s.meta for s in samples):
+        keys.append(FOLDED_KEY)
+    return keys
 
 
 def refuse_unknown(manifest: Manifest, meta: BundleMeta, found: set[str], what: str = "labels") -> None:

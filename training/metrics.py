@@ -102,11 +102,19 @@ def plant_report(
     for key, values in (groups or {}).items():
         values = np.asarray(values).astype(str)
         report["groups"][key] = {
-            str(v): binary_report(defective[values == v], scores[values == v], threshold)
-            | {"accuracy_at_0.5": binary_report(defective[values == v], scores[values == v], 0.5)["accuracy"]}
+            str(v): _group(defective[values == v], scores[values == v], threshold)
             for v in sorted(set(values))
         }
     return report
+
+
+def _group(defective: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """One group's report at the threshold, its escape count (the per-type figure a plant acts
+    on) and its accuracy at 0.5."""
+    group = binary_report(defective, scores, threshold)
+    group["escapes"] = group["confusion"]["matrix"][1][0]
+    group["accuracy_at_0.5"] = binary_report(defective, scores, 0.5)["accuracy"]
+    return group
 
 
 def curves(defective: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:

@@ -233,7 +233,7 @@ def run_training(
                 bundle_dir,
                 manifest,
                 "test",
-                cfg.data.group_by,
+                None,  # the bundle's group_by (the config's), plus a folded class's defect_type
                 eval_dir,
                 progress=lambda n: progress.advance(bar, n),
             )

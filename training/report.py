@@ -94,23 +94,75 @@ def binary_plant(data: dict[str, Any]) -> Plant:
 
 
 def write_report(report: Report, path: Path) -> Path:
+    """The report's JSON file, with the calibrated operating point as its own block (derived
+    from the plant block: a reader that knows only the old keys loses nothing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
+    data = {**report.to_json(), "operating_point": operating_point(report)}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
 
 
+# Why the report leads with the calibrated operating point: one line, printed under it.
+ACCURACY_AT_05 = (
+    "accuracy at 0.5 misleads on imbalanced data: when few parts are defective, passing nearly "
+    "everything scores high accuracy while most defects escape; the line runs at the threshold "
+    "calibrated on val for the target escape rate"
+)
+
+# Rows the operating-point block shows, left out of the task's metric table below it.
+_OPERATING_ROWS = ("escape_rate", "false_reject_rate", "threshold")
+
+
+def operating_point(report: Report) -> dict[str, Any]:
+    """The calibrated operating point every report leads with: the threshold(s) the line runs
+    at, the escape and false-reject rates there (with their counts), the escape-rate target it
+    was calibrated for, and why not accuracy at 0.5 when the report has that figure."""
+    plant = report.plant
+    point: dict[str, Any] = {
+        "thresholds": dict(plant.thresholds),
+        "target_escape_rate": report.data.get("target_escape_rate"),
+        "escape_rate": plant.escape_rate,
+        "escapes": plant.escapes,
+        "defective": plant.defective,
+        "false_reject_rate": plant.false_reject_rate,
+        "false_rejects": plant.false_rejects,
+        "good": plant.good,
+    }
+    if "at_threshold_0.5" in report.data:
+        point["why_not_accuracy_at_0.5"] = ACCURACY_AT_05
+    return point
+
+
 def print_report(report: Report, console: Console) -> None:
-    """The report as tables: the task's metric rows, latency and training time, its own extra
-    tables (per group, per class), then the notes that qualify the rates."""
+    """The report as tables: first the calibrated operating point (threshold, escape and
+    false-reject rates, and why not accuracy at 0.5), then the task's metric rows (accuracy at
+    0.5 last), latency and training time, its own extra tables (per group, per class), then
+    the notes that qualify the rates."""
     from zerodefect.training.tasks import get_task
 
     task = get_task(report.task)
     data = report.data
-    table = Table(
-        "metric", "test", title=f"{data.get('model')} on {data.get('manifest')}/{data.get('split')}"
+    point = operating_point(report)
+    title = f"{data.get('model')} on {data.get('manifest')}/{data.get('split')}"
+    lead = Table("operating point", "value", title=f"{title}: at the calibrated threshold")
+    for name, value in point["thresholds"].items():
+        lead.add_row(name, f"{value:.4f}")
+    if point["target_escape_rate"] is not None:
+        lead.add_row("target escape rate", fmt_rate(point["target_escape_rate"]))
+    lead.add_row(
+        "escape rate", f"{fmt_rate(point['escape_rate'])} ({point['escapes']}/{point['defective']} defective)"
     )
+    lead.add_row(
+        "false-reject rate",
+        f"{fmt_rate(point['false_reject_rate'])} ({point['false_rejects']}/{point['good']} good)",
+    )
+    console.print(lead)
+    if "why_not_accuracy_at_0.5" in point:
+        console.print(f"why: {point['why_not_accuracy_at_0.5']}", soft_wrap=True)
+    table = Table("metric", "test", title=title)
     for label, value in task.summary_rows(report):
-        table.add_row(label, fmt_rate(value))
+        if label not in _OPERATING_ROWS:
+            table.add_row(label, fmt_rate(value))
     table.add_row("ms per image, 1 core", fmt_rate(data.get("ms_per_image_1core"), 1))
     if "training_minutes" in data:
         table.add_row("training minutes", fmt_rate(data.get("training_minutes"), 1))

@@ -15,7 +15,7 @@ import yaml
 
 from zerodefect.datasets.importers import IMPORTERS
 from zerodefect.datasets.manifest import DatasetError, Manifest
-from zerodefect.datasets.splits import apply_split_file, assign_splits
+from zerodefect.datasets.splits import split_dataset
 from zerodefect.settings import Settings
 from zerodefect.training.config import Config
 
@@ -31,12 +31,21 @@ def prepare_manifest(cfg: Config, extra_data: Path | None = None) -> Manifest:
         source = cfg.data.source
         manifest = IMPORTERS[source.format](**source.args)
         split = source.split
-        if split.file is not None:
-            apply_split_file(manifest, split.file)
-        else:
-            assign_splits(manifest, split.test, split.val, split.seed, split.stratify_on, keep_existing=True)
+        given = split.model_fields_set  # a share set in the config that cannot apply is an error
+        notes = split_dataset(
+            manifest,
+            split.test if "test" in given else None,
+            split.val if "val" in given else None,
+            split.seed if "seed" in given else None,
+            split.stratify_on,
+            keep_existing=True,
+            split_file=split.file,
+            option="data.source.split.",
+        )
         manifest.write(path)
         log.info("imported %s: %d images -> %s", source.format, len(manifest.samples), path)
+        for note in manifest.notes + notes:
+            log.info("import: %s", note)
     manifest = Manifest.read(path)
     if extra_data is not None:
         manifest = manifest.merged(Manifest.read(extra_data))

@@ -149,6 +149,7 @@ class Classification:
         from zerodefect.training.evaluate import (
             add_latency,
             bundle_fields,
+            default_group_by,
             refuse_unknown,
             save_score_plots,
             split_samples,
@@ -163,9 +164,7 @@ class Classification:
         paths = [manifest.resolve(s) for s in samples]
         scores = engine.defect_scores(engine.score_files(paths, progress=request.progress))
         defective = np.array([manifest.is_defective(s) for s in samples])
-        group_by = request.group_by
-        if group_by is None:
-            group_by = list(meta.training.get("group_by", []))
+        group_by = default_group_by(meta, samples) if request.group_by is None else request.group_by
         groups = {key: np.array([str(s.meta.get(key)) for s in samples]) for key in group_by}
         data = plant_report(defective, scores, meta.threshold, groups)
         data.update(bundle_fields(meta, manifest, request.split))
@@ -211,17 +210,27 @@ class Classification:
         tables = []
         for key, groups in report.data.get("groups", {}).items():
             table = Table(
-                key, "n", "accuracy", "acc at 0.5", "AUROC", "escape", "false reject", title=f"by {key}"
+                key,
+                "n",
+                "escapes",
+                "escape",
+                "false reject",
+                "AUROC",
+                "accuracy",
+                "acc at 0.5",
+                title=f"by {key}, at the calibrated threshold",
             )
             for name, g in groups.items():
+                (_, _), (escapes, _) = g["confusion"]["matrix"]
                 table.add_row(
                     name,
                     str(g["n"]),
-                    fmt_rate(g["accuracy"]),
-                    fmt_rate(g["accuracy_at_0.5"]),
-                    fmt_rate(g["auroc"]),
+                    f"{escapes}/{g['defective']}",
                     fmt_rate(g["escape_rate"]),
                     fmt_rate(g["false_reject_rate"]),
+                    fmt_rate(g["auroc"]),
+                    fmt_rate(g["accuracy"]),
+                    fmt_rate(g["accuracy_at_0.5"]),
                 )
             tables.append(table)
         return tables

@@ -16,10 +16,24 @@ models_app = typer.Typer(help="Registered model versions and their aliases (MLfl
 
 
 @models_app.command("list")
-def models_list(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
-    """List versions with their aliases and test metrics."""
-    from zerodefect.inference.registry import UnknownModel, list_versions
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Registered model name (default: every model).")] = None,
+) -> None:
+    """Without NAME: every registered model, its newest versions and aliases. With NAME: its
+    versions with their aliases and test metrics."""
+    from zerodefect.inference.registry import UnknownModel, list_models, list_versions
 
+    if name is None:
+        models = list_models()
+        if not models:
+            console.print("no registered models yet (zerodefect train registers one)")
+            return
+        table = Table("model", "versions", "latest", "aliases", title="registered models")
+        for m in models:
+            aliases = ", ".join(f"@{alias} v{version}" for alias, version in m.aliases.items())
+            table.add_row(m.name, str(m.versions), ", ".join(f"v{v}" for v in m.latest), aliases or "-")
+        console.print(table)
+        return
     try:
         versions = list_versions(name)
     except UnknownModel as exc:
