@@ -38,7 +38,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, literal, literal_column, select, union_all
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -399,47 +400,146 @@ DRIFT_SERIES: dict[str, tuple[dict, tuple]] = {
 }
 
 
+# The evaluation's drift series, read for every station at once (evaluate_all sets it in the
+# session's info for the duration of one pass; a rule called on its own reads its station alone).
+_WATCHED = "zd_andon_watched"
+# Members per statement: SQLite allows 500 in a compound SELECT.
+_MEMBERS_PER_STATEMENT = 240
+# A complete reference (the first parts of a model version, in id order) never changes: kept
+# per (record, station, model, version, series, size), so a pass reads only the recent parts.
+_REFERENCES: dict[tuple, np.ndarray] = {}
+_REFERENCES_KEPT = 4096
+
+
 def watch(session: Session, station: Station, rules: Rules, rule: str) -> list[Watched]:
     """Each series of a drift rule (DRIFT_SERIES) at one station, judged against the first
     parts of its current model version; a series whose reference is not complete is skipped."""
-    latest = session.execute(
+    cached = session.info.get(_WATCHED)
+    if cached is not None and (station.id, rule) in cached:
+        return cached[station.id, rule]
+    return watch_stations(session, [station], lambda _: rules, (rule,)).get((station.id, rule), [])
+
+
+def watch_stations(
+    session: Session,
+    stations: list[Station],
+    rules_for: Callable[[Station], Rules],
+    rules: tuple[str, ...] = tuple(DRIFT_SERIES),
+) -> dict[tuple[int, str], list[Watched]]:
+    """Every station's drift series (watch) in two statements, not two per series: the latest
+    model of each station, then each series' reference and recent parts as one UNION ALL of
+    small index reads (each an `ORDER BY id [DESC] LIMIT n` on ix_inspections_station_model). On 10
+    million parts the dashboard paid about 180 round trips for 20 stations: docs/query-plans.md.
+    Returns {(station id, rule): [Watched, ...]} for the rules enabled at each station."""
+    wanted = {s.id: s for s in stations}
+    if not wanted:
+        return {}
+    latest_of = (
         select(Inspection.model_name, Inspection.model_version)
-        .where(Inspection.station_id == station.id)
+        .where(Inspection.station_id == Station.id)
         .order_by(Inspection.id.desc())
         .limit(1)
-    ).first()
-    if latest is None:
-        return []
-    columns, where = DRIFT_SERIES[rule]
-    out: list[Watched] = []
-    for label, column in columns.items():
-        parts = select(Inspection.id, column).where(
-            Inspection.station_id == station.id,
-            Inspection.model_name == latest.model_name,
-            Inspection.model_version == latest.model_version,
-            column.is_not(None),
-            *where,
+        .correlate(Station)
+    )
+    latest = {
+        sid: (name, version)
+        for sid, name, version in session.execute(
+            select(
+                Station.id,
+                latest_of.with_only_columns(Inspection.model_name).scalar_subquery(),
+                latest_of.with_only_columns(Inspection.model_version).scalar_subquery(),
+            ).where(Station.id.in_(wanted))
         )
-        reference = session.execute(parts.order_by(Inspection.id).limit(rules.drift_reference_parts)).all()
-        if len(reference) < rules.drift_reference_parts:
-            continue  # still learning what this model version sees
-        recent = session.execute(
-            parts.where(Inspection.id > reference[-1][0])
-            .order_by(Inspection.id.desc())
-            .limit(rules.drift_window)
-        ).all()[::-1]
-        if not recent:
-            continue
+        if name is not None
+    }
+    record = str(session.get_bind().url)
+    series: list[tuple[int, str, str, Rules, tuple]] = []
+    parts: list = []
+    for sid, (name, version) in latest.items():
+        station_rules = rules_for(wanted[sid])
+        for rule in rules:
+            if not getattr(station_rules, rule):
+                continue
+            columns, where = DRIFT_SERIES[rule]
+            for label, column in columns.items():
+                k = len(series)
+                size = station_rules.drift_reference_parts
+                key = (record, sid, name, version, label, size)
+                series.append((sid, rule, label, station_rules, key))
+                base = select(Inspection.id.label("id"), column.label("v")).where(
+                    Inspection.station_id == sid,
+                    Inspection.model_name == name,
+                    Inspection.model_version == version,
+                    column.is_not(None),
+                    *where,
+                )
+                if key not in _REFERENCES:
+                    parts.append((k, 0, base.order_by(Inspection.id).limit(size).subquery()))
+                # The newest parts, cut after the reference below: with the reference's last id
+                # as a bound, PostgreSQL walked the primary key back through every station's parts.
+                parts.append(
+                    (k, 1, base.order_by(Inspection.id.desc()).limit(station_rules.drift_window).subquery())
+                )
+    values: dict[tuple[int, int], np.ndarray] = {}
+    for i in range(0, len(parts), _MEMBERS_PER_STATEMENT):
+        values |= _series_values(session, parts[i : i + _MEMBERS_PER_STATEMENT])
+    out: dict[tuple[int, str], list[Watched]] = {}
+    for k, (sid, rule, label, station_rules, key) in enumerate(series):
+        watched = out.setdefault((sid, rule), [])
+        reference = _REFERENCES.get(key)
+        if reference is None:
+            reference = values.get((k, 0), np.empty((0, 2)))
+            if len(reference) < station_rules.drift_reference_parts:
+                continue  # still learning what this model version sees
+            if len(_REFERENCES) >= _REFERENCES_KEPT:
+                _REFERENCES.clear()
+            _REFERENCES[key] = reference
+        recent = values.get((k, 1), np.empty((0, 2)))
+        recent = recent[recent[:, 0] > reference[-1, 0]]
+        if not len(recent):
+            continue  # nothing new since the reference
         result = check(
-            np.array([v for _, v in reference]),
-            np.array([v for _, v in recent]),
-            rules.drift_cusum_k,
-            rules.drift_cusum_h,
-            rules.drift_ewma_lambda,
-            rules.drift_ewma_l,
+            reference[:, 1],
+            recent[:, 1],
+            station_rules.drift_cusum_k,
+            station_rules.drift_cusum_h,
+            station_rules.drift_ewma_lambda,
+            station_rules.drift_ewma_l,
         )
-        model = f"{latest.model_name} v{latest.model_version}"
-        out.append(Watched(label, result, len(reference), model, [i for i, _ in recent]))
+        name, version = latest[sid]
+        ids = [int(i) for i in recent[:, 0]]
+        watched.append(Watched(label, result, len(reference), f"{name} v{version}", ids))
+    return out
+
+
+def _series_values(session: Session, parts: list) -> dict[tuple[int, int], np.ndarray]:
+    """The (id, value) rows of each (k, kind, subquery) in `parts`, in id order, as arrays, from
+    one UNION ALL. PostgreSQL sends each member as two arrays (one row, not 500: building
+    80,000 result rows in Python cost more than the query); SQLite, which has no arrays, rows."""
+    out: dict[tuple[int, int], np.ndarray] = {}
+    if dialect_of(session) == "postgresql":
+        members = [
+            select(
+                literal(k).label("k"),
+                literal(kind).label("kind"),
+                func.array_agg(aggregate_order_by(q.c.id, q.c.id)),
+                func.array_agg(aggregate_order_by(q.c.v, q.c.id)),
+            )
+            for k, kind, q in parts
+        ]
+        for k, kind, ids, vs in session.execute(union_all(*members)).all():
+            if ids:
+                out[k, kind] = np.column_stack([np.asarray(ids, float), np.asarray(vs, float)])
+        return out
+    members = [
+        select(literal(k).label("k"), literal(kind).label("kind"), q.c.id, q.c.v) for k, kind, q in parts
+    ]
+    order = [literal_column(c) for c in ("k", "kind", "id")]
+    found = session.execute(union_all(*members).order_by(*order)).all()
+    rows = np.array([tuple(r) for r in found], dtype=float).reshape(-1, 4)
+    cuts = np.flatnonzero(np.diff(rows[:, 0] * 2 + rows[:, 1])) + 1
+    for chunk in np.split(rows, cuts) if len(rows) else []:
+        out[int(chunk[0, 0]), int(chunk[0, 1])] = chunk[:, 2:]
     return out
 
 
@@ -554,10 +654,17 @@ def evaluate_station(
 
 
 def evaluate_all(session: Session, config: AndonConfig, now: datetime | None = None) -> list[Alert]:
+    """Check every station's rules at `now`; returns the alerts newly raised. The drift series
+    of all stations are read up front in one batch (watch_stations), not per station."""
     now = now or datetime.now(UTC)
     out: list[Alert] = []
-    for station in session.scalars(select(Station).order_by(Station.id)).all():
-        out += evaluate_station(session, station, config.rules_for(station.name), config.targets(), now)
+    stations = session.scalars(select(Station).order_by(Station.id)).all()
+    session.info[_WATCHED] = watch_stations(session, stations, lambda s: config.rules_for(s.name))
+    try:
+        for station in stations:
+            out += evaluate_station(session, station, config.rules_for(station.name), config.targets(), now)
+    finally:
+        session.info.pop(_WATCHED, None)
     return out
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI, Request, Response
 
@@ -306,3 +307,61 @@ def test_a_rule_is_one_function_in_the_registry(record, monkeypatch) -> None:
         ]
         assert evaluate_all(session, config, T0) == []
     assert ("shift_change", "at 06:00") in alerts(app)
+
+
+def test_the_drift_watch_reads_every_series_of_every_station_in_one_batch(record) -> None:
+    """watch_stations (one UNION ALL, arrays on PostgreSQL) gives each series its reference (the
+    first parts of the model version) and the recent parts after it, as the per-series reads
+    did: checked against the values posted, on SQLite and PostgreSQL."""
+    from zerodefect.inference.wire import ImageStatsIn
+    from zerodefect.quality.andon import watch_stations
+    from zerodefect.quality.drift import check
+    from zerodefect.quality.models import Station
+
+    app, images = record
+    rnd = np.random.default_rng(5)
+    scores, lights = rnd.uniform(0, 0.4, 60).round(6), rnd.normal(120, 3, 60)
+    with app.state.sessions() as session:
+        station = session.query(Station).filter_by(name="st-01").one()
+        for i in range(60):
+            verdict = "reject" if i % 7 == 3 else "pass"  # rejects are no score series part
+            body = InspectionIn(
+                key=f"k-drift-{i}",
+                serial=f"S{i}",
+                captured_at=T0 + timedelta(seconds=i),
+                model_name="m",
+                model_version="1",
+                threshold=0.5,
+                score=float(scores[i]),
+                verdict=verdict,
+                image_stats=ImageStatsIn(brightness=float(lights[i]), contrast=40.0, sharpness=900.0),
+            )
+            record_inspection(session, station, body, images)
+        config = rules(drift_reference_parts=20, drift_window=25)
+        watched = watch_stations(session, [station], lambda s: config.rules_for(s.name))
+        passed = [i for i in range(60) if i % 7 != 3]
+        (score,) = watched[station.id, "score_drift"]
+        ids = session.query(Inspection.id).order_by(Inspection.id).all()
+        assert score.recent_ids == [ids[i][0] for i in passed[20:][-25:]]
+        r = config.rules_for("st-01")
+        expected = check(
+            scores[passed[:20]],
+            scores[passed[20:][-25:]],
+            r.drift_cusum_k,
+            r.drift_cusum_h,
+            r.drift_ewma_lambda,
+            r.drift_ewma_l,
+        )
+        assert score.result.cusum_path == pytest.approx(expected.cusum_path, rel=1e-9)
+        brightness, contrast, sharpness = watched[station.id, "image_drift"]
+        assert [brightness.label, contrast.label, sharpness.label] == ["brightness", "contrast", "sharpness"]
+        assert brightness.recent_ids == [i for (i,) in ids[20:][-25:]]
+        expected = check(
+            lights[:20],
+            lights[20:][-25:],
+            r.drift_cusum_k,
+            r.drift_cusum_h,
+            r.drift_ewma_lambda,
+            r.drift_ewma_l,
+        )
+        assert brightness.result.cusum_path == pytest.approx(expected.cusum_path, rel=1e-9)
