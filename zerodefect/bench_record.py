@@ -98,7 +98,7 @@ def _measure(url: str, figures: dict, plans: Path | None) -> dict:
     """Time GET /dashboard (24 h, 1 h) over HTTP and the andon on the record at `url`."""
     import os
 
-    from zerodefect.quality.andon import AndonConfig, evaluate_all, evaluate_station
+    from zerodefect.quality.andon import AndonConfig, evaluate_all, evaluate_station, watch_stations
     from zerodefect.quality.app import create_app
     from zerodefect.quality.auth import create_user
     from zerodefect.quality.dashboard import build_dashboard
@@ -145,6 +145,10 @@ def _measure(url: str, figures: dict, plans: Path | None) -> dict:
     if plans:
         with app.state.sessions() as session, captured_sql(engine) as dashboard_sql:
             build_dashboard(session)
+            # The page's drift charts: one batch for every station; its plan is shown for the
+            # first station (the page's batch repeats the same members for each station).
+            first_station = session.scalars(select(Station).order_by(Station.id).limit(1)).all()
+            watch_stations(session, first_station, lambda s: config.rules_for(s.name))
         with app.state.sessions() as session, captured_sql(engine) as andon_sql:
             evaluate_all(session, config, now)
         station_one = [(s, p) for s, p in andon_sql if not _other_station(p)]
@@ -174,7 +178,7 @@ def write_plans(path: Path, figures: dict, dashboard: list, andon: list) -> None
         json.dumps(figures, indent=1),
         "```",
         "",
-        "## Dashboard (`build_dashboard`: the last 24 hours, every station)",
+        "## Dashboard (`build_dashboard`: the last 24 hours, every station; then the drift charts' batch)",
         "",
     ]
     for title, plans in (("", dashboard), ("## Andon (one evaluation, the first station's queries)", andon)):
