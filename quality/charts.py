@@ -17,9 +17,9 @@ PAD_L, PAD_R, PAD_T, PAD_B = 48, 16, 24, 40
 RED, BLUE, GREY, GREEN = "#c62828", "#1565c0", "#9e9e9e", "#2e7d32"
 
 
-def _frame(title: str, body: list[str], kind: str) -> str:
+def _frame(title: str, body: list[str], kind: str, height: int = H) -> str:
     return (
-        f'<svg class="chart" data-chart="{kind}" viewBox="0 0 {W} {H}" role="img" '
+        f'<svg class="chart" data-chart="{kind}" viewBox="0 0 {W} {height}" role="img" '
         f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">'
         f'<text x="{PAD_L}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>'
         + "".join(body)
@@ -50,10 +50,13 @@ def _y(value: float, ymax: float) -> float:
 
 
 def _labels(labels: list[str]) -> list[str]:
+    """Every step-th label under its point, cut to the room it has (about 6 px a character);
+    a bar's full name is in its tooltip."""
     step = max(1, len(labels) // 8)
+    room = max(3, int((W - PAD_L - PAD_R) / max(len(labels), 1) * step / 6))
     return [
         f'<text x="{_x(i, len(labels)):.1f}" y="{H - PAD_B + 14}" font-size="10" text-anchor="middle">'
-        f"{escape(label)}</text>"
+        f"{escape(label if len(label) <= room else label[: room - 1] + '…')}</text>"
         for i, label in enumerate(labels)
         if i % step == 0
     ]
@@ -67,8 +70,9 @@ def short_labels(labels: list[str]) -> list[str]:
     return [label[11:16] or label for label in labels]
 
 
-# Series this short get a marker on every point: one point has no line to show it.
-MARKERS_UP_TO = 60
+# Series this short get a marker on every point: one point has no line to show it (a p-chart
+# marks every subgroup, smaller beyond this).
+MARKERS_UP_TO = 24
 
 
 def empty(title: str, kind: str, waiting: str = "no data yet") -> str:
@@ -238,7 +242,9 @@ def timeline_svg(
     start, end = times[0], times[-1]
     tmin, tmax = _seconds(start), max(_seconds(end), _seconds(start) + 1)
     body: list[str] = []
-    row_h = min(28, (H - PAD_T - PAD_B) / len(rows))
+    # Rows of at least 14 px: a plant's 20 stations make the chart taller, not the rows unreadable.
+    height = max(H, int(PAD_T + PAD_B + 8 + 14 * len(rows)))
+    row_h = min(28, (height - PAD_T - PAD_B - 8) / len(rows))
     colours = [BLUE, GREEN, RED, "#6a1b9a", "#ef6c00"]
     versions = sorted({v for segs in spans.values() for v, _, _ in segs})
     for r, station in enumerate(rows):
@@ -257,10 +263,10 @@ def timeline_svg(
                 f'<text x="{x0 + 3:.1f}" y="{y + row_h * 0.5:.1f}" font-size="10" fill="white">v{escape(version)}</text>'
             )
     body += [
-        f'<text x="{PAD_L}" y="{H - 8}" font-size="10">{escape(start[:16])}</text>',
-        f'<text x="{W - PAD_R}" y="{H - 8}" font-size="10" text-anchor="end">{escape(end[:16])}</text>',
+        f'<text x="{PAD_L}" y="{height - 8}" font-size="10">{escape(start[:16])}</text>',
+        f'<text x="{W - PAD_R}" y="{height - 8}" font-size="10" text-anchor="end">{escape(end[:16])}</text>',
     ]
-    return _frame(title, body, "timeline")
+    return _frame(title, body, "timeline", height)
 
 
 def _seconds(iso: str) -> float:
