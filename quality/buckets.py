@@ -1,4 +1,4 @@
-"""Time buckets of recorded parts: hours and shifts, named by their start in UTC.
+"""Time buckets of recorded parts: hours, shifts, days and weeks, named by their start in UTC.
 
 The dashboard's control charts and throughput, and the andon's control-limit rule, count parts
 per bucket; they must agree on where an hour starts and how it is named, or an alert would name

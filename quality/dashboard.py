@@ -1,6 +1,10 @@
 """The numbers behind the dashboard: control charts, Pareto, review-based rates, throughput,
 latency and model versions, per station, over the last `hours` of recorded parts.
 
+From the first hour to a year: control-chart subgroups of 50 parts while the window holds few
+hours (an hourly chart would be a point or two), else hours or shifts; counts per day or per
+week once the window is long (a year is 53 points a line, not 8,760).
+
 The window ends at the newest recorded part (not the wall clock), so a replayed or paused line
 still shows its last shift.
 """
