@@ -223,9 +223,10 @@ def limit_svg(values: list[float], limit: float, title: str, waiting: str = "no 
         f'<polyline class="series" points="{_points(values, ymax)}" fill="none" stroke="{BLUE}"/>',
     ]
     body += [
-        f'<circle class="point out" cx="{_x(i, n):.1f}" cy="{_y(v, ymax):.1f}" r="2" fill="{RED}"/>'
+        f'<circle class="point{" out" if v >= limit else ""}" cx="{_x(i, n):.1f}" cy="{_y(v, ymax):.1f}" '
+        f'r="{2 if n > MARKERS_UP_TO else 3}" fill="{RED if v >= limit else BLUE}"/>'
         for i, v in enumerate(values)
-        if v >= limit
+        if v >= limit or n <= MARKERS_UP_TO
     ]
     return _frame(title, body, "limit")
 

@@ -153,3 +153,23 @@ def test_the_sql_dashboard_equals_the_rows_counted_in_python(record_db: str) -> 
                 assert [v for _, v in board.latency_p95[name]] == pytest.approx(
                     [v for _, v in points], rel=1e-12
                 )
+
+
+def test_every_chart_draws_a_single_point_and_says_what_it_waits_for() -> None:
+    """The first hour's charts: one subgroup, one hour, one part of a drift series each show a
+    visible mark (a line through one point draws nothing), and an empty chart names what it is
+    waiting for instead of a blank frame."""
+    from zerodefect.quality import charts
+
+    one = {
+        "p-chart": charts.p_chart_svg(p_chart([("2026-11-25T10:00:00+00:00", 50, 2)]), "p"),
+        "lines": charts.lines_svg({"st-01": [("2026-11-25T10:00Z", 120.0)]}, "parts"),
+        "limit": charts.limit_svg([1.5], 12.0, "cusum"),
+    }
+    for kind, svg in one.items():
+        assert svg.count("<circle") == 1, kind
+    # The p-chart's limits are a step under its one point, not a polyline of one point.
+    ucl = one["p-chart"].split('class="ucl" points="')[1].split('"')[0]
+    assert len(ucl.split()) == 2
+    waiting = charts.pareto_svg({}, "Pareto", "no defective part in the window yet")
+    assert "no defective part in the window yet" in waiting and "<rect" not in waiting
