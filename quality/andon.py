@@ -15,9 +15,13 @@ Rules (configs/andon.yaml, defaults below, overridable per station):
 Each rule is one function that returns its breaches; RULES maps the name an alert carries to its
 rule, and the evaluator iterates it, so a new rule is one function and one entry.
 
-Every alert names its breach (the hour, the first part of the streak, the moment silence
-began...), and (station, rule, breach) is unique in the table: evaluating again, from any
-number of processes, never raises the same breach twice. Each alert is delivered to every
+Every breach has a name (the hour, the first part of the streak, the moment silence began...),
+and (station, rule, breach) is unique (alert_breaches): evaluating again, from any number of
+processes, never counts the same breach twice. Alarm floods (ISA-18.2 / EEMUA 191: more than 10
+alarms in 10 minutes) are kept out: a rule that keeps breaching at one station counts each new
+breach on its one active alert (count, last seen) instead of raising another; an acknowledged
+alert keeps counting silently and re-arms only once its condition has cleared (SELF_CLEARING),
+and the webhooks hear of a growing count at most once per `update_interval_seconds` (120 s). Each alert is delivered to every
 webhook as JSON, and published to the MES's MQTT broker when one is configured
 (quality.alert_mqtt); a failing delivery is retried with exponential back-off, and the delivery
 state lives in the database, so a restart does not lose or repeat an alert. A webhook given with
@@ -38,7 +42,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, literal, literal_column, select, union_all, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,7 +54,7 @@ from zerodefect.mqtt import MqttConfig
 from zerodefect.quality.alert_mqtt import AlertPublisher
 from zerodefect.quality.buckets import count_where, dialect_of, hour_bucket, hour_end
 from zerodefect.quality.drift import DriftCheck, check
-from zerodefect.quality.models import Alert, AlertDelivery, Inspection, Station, StationLink
+from zerodefect.quality.models import Alert, AlertBreach, AlertDelivery, Inspection, Station, StationLink
 from zerodefect.quality.spc import p_chart
 from zerodefect.quality.store import as_utc
 from zerodefect.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, sign
@@ -84,6 +89,10 @@ class Rules(BaseModel):
     unread_window_parts: int = Field(default=200, ge=10)
     # A link down this long: a reconnect within it (a PLC restarting) raises nothing.
     link_down_seconds: float | None = Field(default=30, gt=0)
+    # An event rule's alert (a streak, an hour over the limit) counts further breaches while
+    # active; it clears, and the rule re-arms, after this long without one (EEMUA 191's flood
+    # window is 10 minutes: a station flapping inside it is one alert, not one per breach).
+    clear_after_seconds: float = Field(default=600, gt=0)
 
     # Drift (quality.drift): the reference is a station's first parts under its current model
     # version; the recent parts after it are watched with a two-sided CUSUM (k, h in sigmas) and
@@ -121,6 +130,10 @@ class AndonConfig(BaseModel):
     # Per station: only the rules that differ from the defaults.
     stations: dict[str, dict] = Field(default_factory=dict)
     interval_seconds: float = Field(default=10, gt=0)
+    # An open alert's new count reaches each webhook (and MQTT) at most this often: the raise at
+    # once, then at most one update per interval however often the rule breaches (with the
+    # default, at most 6 calls per alert and target in EEMUA 191's 10-minute flood window).
+    update_interval_seconds: float = Field(default=120, gt=0)
 
     def targets(self) -> list[str]:
         """Where each alert goes: every webhook's URL, and the broker's mqtt://host:port."""
@@ -326,6 +339,13 @@ def silent(session: Session, station: Station, rules: Rules, now: datetime) -> l
     seen = as_utc(station.last_seen_at)
     quiet = (now - seen).total_seconds()
     if quiet <= rules.silent_seconds:
+        # Posting again: the silence's alert clears (silent clears its own: SELF_CLEARING).
+        session.execute(
+            update(Alert)
+            .where(Alert.station_id == station.id, Alert.rule == "silent", Alert.cleared_at.is_(None))
+            .values(cleared_at=now)
+        )
+        session.commit()
         return []
     return [
         Breach(
@@ -399,47 +419,146 @@ DRIFT_SERIES: dict[str, tuple[dict, tuple]] = {
 }
 
 
+# The evaluation's drift series, read for every station at once (evaluate_all sets it in the
+# session's info for the duration of one pass; a rule called on its own reads its station alone).
+_WATCHED = "zd_andon_watched"
+# Members per statement: SQLite allows 500 in a compound SELECT.
+_MEMBERS_PER_STATEMENT = 240
+# A complete reference (the first parts of a model version, in id order) never changes: kept
+# per (record, station, model, version, series, size), so a pass reads only the recent parts.
+_REFERENCES: dict[tuple, np.ndarray] = {}
+_REFERENCES_KEPT = 4096
+
+
 def watch(session: Session, station: Station, rules: Rules, rule: str) -> list[Watched]:
     """Each series of a drift rule (DRIFT_SERIES) at one station, judged against the first
     parts of its current model version; a series whose reference is not complete is skipped."""
-    latest = session.execute(
+    cached = session.info.get(_WATCHED)
+    if cached is not None and (station.id, rule) in cached:
+        return cached[station.id, rule]
+    return watch_stations(session, [station], lambda _: rules, (rule,)).get((station.id, rule), [])
+
+
+def watch_stations(
+    session: Session,
+    stations: list[Station],
+    rules_for: Callable[[Station], Rules],
+    rules: tuple[str, ...] = tuple(DRIFT_SERIES),
+) -> dict[tuple[int, str], list[Watched]]:
+    """Every station's drift series (watch) in two statements, not two per series: the latest
+    model of each station, then each series' reference and recent parts as one UNION ALL of
+    small index reads (each an `ORDER BY id [DESC] LIMIT n` on ix_inspections_station_model). On 10
+    million parts the dashboard paid about 180 round trips for 20 stations: docs/query-plans.md.
+    Returns {(station id, rule): [Watched, ...]} for the rules enabled at each station."""
+    wanted = {s.id: s for s in stations}
+    if not wanted:
+        return {}
+    latest_of = (
         select(Inspection.model_name, Inspection.model_version)
-        .where(Inspection.station_id == station.id)
+        .where(Inspection.station_id == Station.id)
         .order_by(Inspection.id.desc())
         .limit(1)
-    ).first()
-    if latest is None:
-        return []
-    columns, where = DRIFT_SERIES[rule]
-    out: list[Watched] = []
-    for label, column in columns.items():
-        parts = select(Inspection.id, column).where(
-            Inspection.station_id == station.id,
-            Inspection.model_name == latest.model_name,
-            Inspection.model_version == latest.model_version,
-            column.is_not(None),
-            *where,
+        .correlate(Station)
+    )
+    latest = {
+        sid: (name, version)
+        for sid, name, version in session.execute(
+            select(
+                Station.id,
+                latest_of.with_only_columns(Inspection.model_name).scalar_subquery(),
+                latest_of.with_only_columns(Inspection.model_version).scalar_subquery(),
+            ).where(Station.id.in_(wanted))
         )
-        reference = session.execute(parts.order_by(Inspection.id).limit(rules.drift_reference_parts)).all()
-        if len(reference) < rules.drift_reference_parts:
-            continue  # still learning what this model version sees
-        recent = session.execute(
-            parts.where(Inspection.id > reference[-1][0])
-            .order_by(Inspection.id.desc())
-            .limit(rules.drift_window)
-        ).all()[::-1]
-        if not recent:
-            continue
+        if name is not None
+    }
+    record = str(session.get_bind().url)
+    series: list[tuple[int, str, str, Rules, tuple]] = []
+    parts: list = []
+    for sid, (name, version) in latest.items():
+        station_rules = rules_for(wanted[sid])
+        for rule in rules:
+            if not getattr(station_rules, rule):
+                continue
+            columns, where = DRIFT_SERIES[rule]
+            for label, column in columns.items():
+                k = len(series)
+                size = station_rules.drift_reference_parts
+                key = (record, sid, name, version, label, size)
+                series.append((sid, rule, label, station_rules, key))
+                base = select(Inspection.id.label("id"), column.label("v")).where(
+                    Inspection.station_id == sid,
+                    Inspection.model_name == name,
+                    Inspection.model_version == version,
+                    column.is_not(None),
+                    *where,
+                )
+                if key not in _REFERENCES:
+                    parts.append((k, 0, base.order_by(Inspection.id).limit(size).subquery()))
+                # The newest parts, cut after the reference below: with the reference's last id
+                # as a bound, PostgreSQL walked the primary key back through every station's parts.
+                parts.append(
+                    (k, 1, base.order_by(Inspection.id.desc()).limit(station_rules.drift_window).subquery())
+                )
+    values: dict[tuple[int, int], np.ndarray] = {}
+    for i in range(0, len(parts), _MEMBERS_PER_STATEMENT):
+        values |= _series_values(session, parts[i : i + _MEMBERS_PER_STATEMENT])
+    out: dict[tuple[int, str], list[Watched]] = {}
+    for k, (sid, rule, label, station_rules, key) in enumerate(series):
+        watched = out.setdefault((sid, rule), [])
+        reference = _REFERENCES.get(key)
+        if reference is None:
+            reference = values.get((k, 0), np.empty((0, 2)))
+            if len(reference) < station_rules.drift_reference_parts:
+                continue  # still learning what this model version sees
+            if len(_REFERENCES) >= _REFERENCES_KEPT:
+                _REFERENCES.clear()
+            _REFERENCES[key] = reference
+        recent = values.get((k, 1), np.empty((0, 2)))
+        recent = recent[recent[:, 0] > reference[-1, 0]]
+        if not len(recent):
+            continue  # nothing new since the reference
         result = check(
-            np.array([v for _, v in reference]),
-            np.array([v for _, v in recent]),
-            rules.drift_cusum_k,
-            rules.drift_cusum_h,
-            rules.drift_ewma_lambda,
-            rules.drift_ewma_l,
+            reference[:, 1],
+            recent[:, 1],
+            station_rules.drift_cusum_k,
+            station_rules.drift_cusum_h,
+            station_rules.drift_ewma_lambda,
+            station_rules.drift_ewma_l,
         )
-        model = f"{latest.model_name} v{latest.model_version}"
-        out.append(Watched(label, result, len(reference), model, [i for i, _ in recent]))
+        name, version = latest[sid]
+        ids = [int(i) for i in recent[:, 0]]
+        watched.append(Watched(label, result, len(reference), f"{name} v{version}", ids))
+    return out
+
+
+def _series_values(session: Session, parts: list) -> dict[tuple[int, int], np.ndarray]:
+    """The (id, value) rows of each (k, kind, subquery) in `parts`, in id order, as arrays, from
+    one UNION ALL. PostgreSQL sends each member as two arrays (one row, not 500: building
+    80,000 result rows in Python cost more than the query); SQLite, which has no arrays, rows."""
+    out: dict[tuple[int, int], np.ndarray] = {}
+    if dialect_of(session) == "postgresql":
+        members = [
+            select(
+                literal(k).label("k"),
+                literal(kind).label("kind"),
+                func.array_agg(aggregate_order_by(q.c.id, q.c.id)),
+                func.array_agg(aggregate_order_by(q.c.v, q.c.id)),
+            )
+            for k, kind, q in parts
+        ]
+        for k, kind, ids, vs in session.execute(union_all(*members)).all():
+            if ids:
+                out[k, kind] = np.column_stack([np.asarray(ids, float), np.asarray(vs, float)])
+        return out
+    members = [
+        select(literal(k).label("k"), literal(kind).label("kind"), q.c.id, q.c.v) for k, kind, q in parts
+    ]
+    order = [literal_column(c) for c in ("k", "kind", "id")]
+    found = session.execute(union_all(*members).order_by(*order)).all()
+    rows = np.array([tuple(r) for r in found], dtype=float).reshape(-1, 4)
+    cuts = np.flatnonzero(np.diff(rows[:, 0] * 2 + rows[:, 1])) + 1
+    for chunk in np.split(rows, cuts) if len(rows) else []:
+        out[int(chunk[0, 0]), int(chunk[0, 1])] = chunk[:, 2:]
     return out
 
 
@@ -507,18 +626,49 @@ RULES: dict[str, Rule] = {
 }
 
 
+# Rules that clear their own alerts when their condition ends (a rate back under its limit, a
+# drift back in control, a link back up, a station posting again): each raises once per episode.
+# The others (a streak of rejects, an hour over its control limit, a rule added to RULES) are
+# events: while such a rule's alert is active (neither cleared nor resolved), each further breach
+# is counted on it; it clears, and the rule re-arms, once no breach came for clear_after_seconds.
+SELF_CLEARING = frozenset(
+    {"false_reject_rate", "unread_rate", "score_drift", "image_drift", "link_down", "silent"}
+)
+
+
 def _raise(
-    session: Session, station: Station, rule: str, breach: Breach, targets: list[str], now: datetime
+    session: Session,
+    station: Station,
+    rule: str,
+    breach: Breach,
+    targets: list[str],
+    now: datetime,
+    update_every: float = 120.0,
 ) -> Alert | None:
-    """Insert the alert unless this breach already has one; queue its deliveries (webhooks, MQTT)."""
-    exists = session.scalar(
-        select(Alert.id).where(
-            Alert.station_id == station.id, Alert.rule == rule, Alert.breach == breach.name
+    """Record the breach unless it is known: on the rule's active alert (occurrences, last seen)
+    when it has one, else as a new alert with its deliveries (webhooks, MQTT). Returns the alert
+    newly raised, None for a breach known or counted on an active alert."""
+    known = session.scalar(
+        select(AlertBreach.id).where(
+            AlertBreach.station_id == station.id, AlertBreach.rule == rule, AlertBreach.breach == breach.name
         )
     )
-    if exists is not None:
+    if known is not None:
         return None
-    alert = Alert(
+    active = None
+    if rule not in SELF_CLEARING:
+        active = session.scalars(
+            select(Alert)
+            .where(
+                Alert.station_id == station.id,
+                Alert.rule == rule,
+                Alert.cleared_at.is_(None),
+                Alert.state != "resolved",
+            )
+            .order_by(Alert.id.desc())
+            .limit(1)
+        ).first()
+    alert = active or Alert(
         station_id=station.id,
         rule=rule,
         breach=breach.name,
@@ -526,12 +676,31 @@ def _raise(
         value=breach.value,
         limit=breach.limit,
         raised_at=now,
+        last_seen_at=now,
+        occurrences=1,
     )
-    session.add(alert)
     try:
+        if active is None:
+            session.add(alert)
+            session.flush()
+        session.add(
+            AlertBreach(alert_id=alert.id, station_id=station.id, rule=rule, breach=breach.name, seen_at=now)
+        )
         session.flush()
-    except IntegrityError:  # another process raised it first
+    except IntegrityError:  # another process recorded this breach first
         session.rollback()
+        return None
+    if active is not None:
+        session.execute(
+            update(Alert)
+            .where(Alert.id == active.id)
+            .values(
+                occurrences=Alert.occurrences + 1, last_seen_at=now, value=breach.value, limit=breach.limit
+            )
+        )
+        if active.state == "open":  # an acknowledged alert is known: its count is not announced
+            _queue_update(session, active.id, targets, now, update_every)
+        session.commit()
         return None
     for url in targets:
         session.add(AlertDelivery(alert_id=alert.id, url=str(url), next_attempt_at=now))
@@ -540,28 +709,73 @@ def _raise(
     return alert
 
 
+def _queue_update(session: Session, alert_id: int, targets: list[str], now: datetime, every: float) -> None:
+    """Tell each target of the alert's new count, at most once every `every` seconds: a delivery
+    still waiting carries the newest count when it goes (the alert is read as it is sent), so
+    nothing is queued beside it; otherwise the next goes `every` seconds after the last one sent."""
+    for url in targets:
+        deliveries = session.scalars(
+            select(AlertDelivery).where(AlertDelivery.alert_id == alert_id, AlertDelivery.url == str(url))
+        ).all()
+        if any(d.delivered_at is None and not d.gave_up for d in deliveries):
+            continue
+        sent = [as_utc(d.delivered_at or d.next_attempt_at) for d in deliveries]
+        due = max([now, *(t + timedelta(seconds=every) for t in sent)])
+        session.add(AlertDelivery(alert_id=alert_id, url=str(url), next_attempt_at=due))
+
+
 def evaluate_station(
-    session: Session, station: Station, rules: Rules, targets: list[str], now: datetime
+    session: Session,
+    station: Station,
+    rules: Rules,
+    targets: list[str],
+    now: datetime,
+    update_every: float = 120.0,
 ) -> list[Alert]:
-    """Check one station's rules at `now`; returns the alerts newly raised."""
+    """Check one station's rules at `now`; returns the alerts newly raised. Event rules' alerts
+    with no breach for clear_after_seconds clear first (see SELF_CLEARING)."""
+    quiet = now - timedelta(seconds=rules.clear_after_seconds)
+    session.execute(
+        update(Alert)
+        .where(
+            Alert.station_id == station.id,
+            Alert.rule.not_in(SELF_CLEARING),
+            Alert.cleared_at.is_(None),
+            func.coalesce(Alert.last_seen_at, Alert.raised_at) < quiet,
+        )
+        .values(cleared_at=now)
+    )
+    session.commit()
     raised: list[Alert] = []
     for name, rule in RULES.items():
         for breach in rule(session, station, rules, now):
-            alert = _raise(session, station, name, breach, targets, now)
+            alert = _raise(session, station, name, breach, targets, now, update_every)
             if alert is not None:
                 raised.append(alert)
     return raised
 
 
 def evaluate_all(session: Session, config: AndonConfig, now: datetime | None = None) -> list[Alert]:
+    """Check every station's rules at `now`; returns the alerts newly raised. The drift series
+    of all stations are read up front in one batch (watch_stations), not per station."""
     now = now or datetime.now(UTC)
     out: list[Alert] = []
-    for station in session.scalars(select(Station).order_by(Station.id)).all():
-        out += evaluate_station(session, station, config.rules_for(station.name), config.targets(), now)
+    stations = session.scalars(select(Station).order_by(Station.id)).all()
+    session.info[_WATCHED] = watch_stations(session, stations, lambda s: config.rules_for(s.name))
+    try:
+        for station in stations:
+            rules = config.rules_for(station.name)
+            out += evaluate_station(
+                session, station, rules, config.targets(), now, config.update_interval_seconds
+            )
+    finally:
+        session.info.pop(_WATCHED, None)
     return out
 
 
 def alert_json(alert: Alert) -> dict:
+    """The alert as webhooks, MQTT and the API see it: an update of a counted alert is the same
+    id with a larger `count` and a later `last_seen_at`."""
     return {
         "id": alert.id,
         "station": alert.station.name,
@@ -572,6 +786,9 @@ def alert_json(alert: Alert) -> dict:
         "limit": alert.limit,
         "state": alert.state,
         "raised_at": as_utc(alert.raised_at).isoformat(),
+        "count": alert.occurrences,
+        "last_seen_at": as_utc(alert.last_seen_at or alert.raised_at).isoformat(),
+        "cleared_at": as_utc(alert.cleared_at).isoformat() if alert.cleared_at else None,
     }
 
 

@@ -1,4 +1,4 @@
-"""Time buckets of recorded parts: hours and shifts, named by their start in UTC.
+"""Time buckets of recorded parts: hours, shifts, days and weeks, named by their start in UTC.
 
 The dashboard's control charts and throughput, and the andon's control-limit rule, count parts
 per bucket; they must agree on where an hour starts and how it is named, or an alert would name
@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from zerodefect.quality.store import as_utc
 
 HOUR_FORMAT = "%Y-%m-%dT%H:00Z"
+DAY_FORMAT = "%Y-%m-%dT00:00Z"
 # Three 8-hour shifts, starting at these UTC hours.
 SHIFT_STARTS = (6, 14, 22)
 
@@ -54,7 +55,18 @@ class HourBucket:
 
 
 def hour_bucket(column: ColumnElement[datetime], dialect: str) -> HourBucket:
-    """SQL computing hour_label(column) in the database, so parts are grouped where they are.
+    """SQL computing hour_label(column) in the database, so parts are grouped where they are
+    (time_bucket by the hour)."""
+    return time_bucket(column, dialect, "hour")
+
+
+# Buckets longer than an hour, for long windows: a year of parts is drawn by the week, not the hour.
+UNITS = ("hour", "day", "week")
+
+
+def time_bucket(column: ColumnElement[datetime], dialect: str, unit: str = "hour") -> HourBucket:
+    """SQL computing bucket_label(column, unit) in the database: the hour, the day or the
+    (Monday-started, ISO) week a part falls in, named by its start like an hour.
 
     Stored times are UTC: SQLite keeps them as naive 'YYYY-MM-DD HH:MM:SS.ffffff' text, which
     strftime reads; PostgreSQL keeps timestamptz, truncated in UTC whatever the session's zone,
@@ -62,14 +74,34 @@ def hour_bucket(column: ColumnElement[datetime], dialect: str) -> HourBucket:
     measured in docs/query-plans.md), labelled once per group. The constants are literal SQL,
     not bound parameters, so the key renders the same in SELECT and GROUP BY (PostgreSQL
     matches them by text)."""
+    if unit not in UNITS:
+        raise ValueError(f"no {unit!r} bucket: one of {', '.join(UNITS)}")
     if dialect == "postgresql":
         utc = func.timezone(literal_column("'UTC'"), column)
-        hour = func.date_trunc(literal_column("'hour'"), utc)
-        return HourBucket(hour, func.to_char(hour, literal_column('\'YYYY-MM-DD"T"HH24":00Z"\'')))
+        start = func.date_trunc(literal_column(f"'{unit}'"), utc)
+        return HourBucket(start, _pg_label(start))
     if dialect == "sqlite":
-        label = func.strftime(literal_column(f"'{HOUR_FORMAT}'"), column)
+        fmt = literal_column(f"'{HOUR_FORMAT if unit == 'hour' else DAY_FORMAT}'")
+        # 'weekday 0' moves to the Sunday ending the ISO week (or stays on one); 6 days back is its Monday.
+        monday = (literal_column("'weekday 0'"), literal_column("'-6 days'")) if unit == "week" else ()
+        label = func.strftime(fmt, column, *monday)
         return HourBucket(label, label)
-    raise ValueError(f"no hour bucket for the {dialect} dialect (the record runs on sqlite or postgresql)")
+    raise ValueError(f"no time bucket for the {dialect} dialect (the record runs on sqlite or postgresql)")
+
+
+def _pg_label(start: ColumnElement[datetime]) -> ColumnElement[str]:
+    """PostgreSQL's text for a bucket's start (a UTC timestamp), as hour_label writes it."""
+    return func.to_char(start, literal_column('\'YYYY-MM-DD"T"HH24":00Z"\''))
+
+
+def bucket_label(value: datetime, unit: str = "hour") -> str:
+    """time_bucket's label in Python, for times already in hand."""
+    value = as_utc(value)
+    if unit == "hour":
+        return value.strftime(HOUR_FORMAT)
+    if unit == "week":
+        value -= timedelta(days=value.weekday())
+    return value.strftime(DAY_FORMAT)
 
 
 def dialect_of(session: Session) -> str:
@@ -103,17 +135,28 @@ def hourly_percentile(
     group: ColumnElement,
     where: Iterable[ColumnElement[bool]],
     q: float,
+    unit: str = "hour",
 ) -> dict[tuple, float]:
     """The q-quantile (0..1, linear interpolation, as numpy.percentile) of `value` per (group,
-    hour of `time`), computed in the database: percentile_cont on PostgreSQL; on SQLite, which
+    hour, day or week of `time`), computed in the database: percentile_cont on PostgreSQL; on SQLite, which
     has none, each group's rows are ranked with window functions and only the two rows around
     the quantile leave the database."""
     dialect = dialect_of(session)
-    hour = hour_bucket(time, dialect)
+    hour = time_bucket(time, dialect, unit)
     where = [*where, value.is_not(None)]
     if dialect == "postgresql":
-        p = func.percentile_cont(literal_column(repr(float(q)))).within_group(value)
-        rows = session.execute(select(group, hour.label, p).where(*where).group_by(group, hour.key)).all()
+        # Each group's values gathered by hashing, then each small array sorted on its own: the
+        # plain percentile_cont ... GROUP BY sorted the whole window by group first (635 ms
+        # against 366 ms for a day of 10 million parts: docs/query-plans.md).
+        grouped = (
+            select(group.label("g"), hour.key.label("h"), func.array_agg(value).label("vs"))
+            .where(*where)
+            .group_by(group, hour.key)
+            .subquery()
+        )
+        x = func.unnest(grouped.c.vs).column_valued("x")
+        p = select(func.percentile_cont(literal_column(repr(float(q)))).within_group(x)).scalar_subquery()
+        rows = session.execute(select(grouped.c.g, _pg_label(grouped.c.h), p)).all()
         return {(g, h): float(v) for g, h, v in rows}
     parts = (group, hour.key)
     ranked = (

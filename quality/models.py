@@ -60,6 +60,10 @@ class StationLink(Base):
     __table_args__ = (UniqueConstraint("station_id", "link", name="uq_station_link"),)
 
 
+# The parts a Pareto counts come from: rejects, and parts a reviewer judged.
+FLAGGED = "verdict = 'reject' OR review_status IS NOT NULL"
+
+
 class Inspection(Base):
     __tablename__ = "inspections"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -129,6 +133,14 @@ class Inspection(Base):
             "reviewed_at",
             postgresql_where=text("reviewed_at IS NOT NULL"),
             sqlite_where=text("reviewed_at IS NOT NULL"),
+        ),
+        # The Pareto's rejects and reviewed parts of a window (migration 0013; partial: ~5 % of parts).
+        Index(
+            "ix_inspections_flagged_time",
+            "captured_at",
+            postgresql_include=["id", "verdict", "review_status", "review_label", "failsafe", "serial"],
+            postgresql_where=text(FLAGGED),
+            sqlite_where=text(FLAGGED),
         ),
         UniqueConstraint("station_id", "key", name="uq_inspection_station_key"),
     )
@@ -214,10 +226,13 @@ class Review(Base):
 
 
 class Alert(Base):
-    """An andon alert: one row per breach of a rule at a station.
+    """An andon alert: a rule breached at a station.
 
-    `breach` names the breach (the hour over the control limit, the start of a streak...), and
-    (station, rule, breach) is unique, so evaluating the rules again never raises it twice.
+    `breach` names the first breach (the hour over the control limit, the start of a streak...).
+    A rule that keeps breaching while its alert is active (not cleared, not resolved) counts
+    each further breach here (`occurrences`, `last_seen_at`) instead of raising a new alert
+    (ISA-18.2 / EEMUA 191 flood suppression: quality.andon); every breach is in AlertBreach,
+    where (station, rule, breach) is unique, so evaluating again never counts one twice.
     """
 
     __tablename__ = "alerts"
@@ -237,9 +252,26 @@ class Alert(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # For conditions that last (a false-reject rate above its limit): when it went back under.
     cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Breaches counted by this alert (the first included), and when the last was seen.
+    occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     station: Mapped[Station] = relationship()
 
     __table_args__ = (UniqueConstraint("station_id", "rule", "breach", name="uq_alert_breach"),)
+
+
+class AlertBreach(Base):
+    """One breach of a rule at a station, and the alert that counts it."""
+
+    __tablename__ = "alert_breaches"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    station_id: Mapped[int] = mapped_column(ForeignKey("stations.id"))
+    rule: Mapped[str] = mapped_column(String(32))
+    breach: Mapped[str] = mapped_column(String(100))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("station_id", "rule", "breach", name="uq_alert_breaches"),)
 
 
 class AlertDelivery(Base):

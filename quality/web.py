@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from zerodefect.quality import charts
 from zerodefect.quality.auth import SESSION_COOKIE, AuthError, LoginThrottled, login, session_for_token
-from zerodefect.quality.dashboard import build_dashboard
+from zerodefect.quality.dashboard import PARTS_PER_SUBGROUP, build_dashboard
 from zerodefect.quality.deps import DB, set_session_cookie
 from zerodefect.quality.models import Alert, Defect, Inspection, Line, Station, UserSession
 from zerodefect.quality.store import to_out
@@ -204,11 +204,13 @@ def dashboard_page(
     request: Request,
     session: DB,
     login_row: PageLogin,
-    hours: Annotated[int, Query(ge=1, le=2160)] = 24,
+    hours: Annotated[int, Query(ge=1, le=8784)] = 24,
     station: str | None = None,
-    bucket: Literal["hour", "shift"] = "hour",
+    bucket: Literal["auto", "parts", "hour", "shift"] = "auto",
+    parts: Annotated[int, Query(ge=2, le=10_000)] = PARTS_PER_SUBGROUP,
 ) -> Response:
-    board = build_dashboard(session, hours, station, bucket)
+    board = build_dashboard(session, hours, station, bucket, parts)
+    per = f"per {board.subgroup}"
     return _render(
         request,
         session,
@@ -218,34 +220,50 @@ def dashboard_page(
         title="Dashboard",
         hours=hours,
         bucket=bucket,
+        parts=parts,
         board=board,
         p_charts=[
-            (name, charts.p_chart_svg(chart, f"Reject rate: {name}")) for name, chart in board.charts.items()
+            (name, charts.p_chart_svg(chart, f"Reject rate {per}: {name}", f"waiting for a subgroup ({per})"))
+            for name, chart in board.charts.items()
         ],
-        pareto=charts.pareto_svg(board.pareto, "Defect classes (Pareto)"),
-        rates=charts.bars_svg(board.rates, "Rates from reviews"),
-        throughput=charts.lines_svg(board.throughput, "Parts per hour"),
-        latency=charts.lines_svg(board.latency_p95, "p95 latency (ms)"),
+        pareto=charts.pareto_svg(
+            board.pareto, "Defect classes (Pareto)", "no defective part in the window yet"
+        ),
+        rates=charts.bars_svg(
+            board.rates,
+            "Rates from reviews",
+            waiting="waiting for reviews: no reviewed reject or audited pass in the window",
+        ),
+        throughput=charts.lines_svg(board.throughput, f"Parts per {board.unit}"),
+        latency=charts.lines_svg(
+            board.latency_p95,
+            f"p95 latency per {board.unit} (ms)",
+            waiting="waiting for parts that report their latency",
+        ),
         timeline=charts.timeline_svg(board.versions, "Model versions"),
         drift=_drift_charts(request, session, list(board.charts)),
     )
 
 
 def _drift_charts(request: Request, session: Session, stations: list[str]) -> list[tuple[str, str]]:
-    """Each station's drift CUSUMs against their limit h, as the andon judges them now."""
-    from zerodefect.quality.andon import DRIFT_SERIES, watch
+    """Each station's drift CUSUMs against their limit h, as the andon judges them now (read
+    for every station in one batch: quality.andon.watch_stations)."""
+    from zerodefect.quality.andon import DRIFT_SERIES, watch_stations
 
     config = request.app.state.andon.config
+    rows = session.scalars(select(Station).where(Station.name.in_(stations))).all()
+    by_name = {s.name: s for s in rows}
+    watched = watch_stations(session, rows, lambda s: config.rules_for(s.name))
     out: list[tuple[str, str]] = []
     for name in stations:
-        station = session.scalar(select(Station).where(Station.name == name))
-        rules = config.rules_for(name)
         for rule in DRIFT_SERIES:
-            if not getattr(rules, rule):
-                continue
-            for seen in watch(session, station, rules, rule):
+            for seen in watched.get((by_name[name].id, rule), []):
                 title = f"{seen.label} CUSUM: {name}"
                 out.append((title, charts.limit_svg(list(seen.result.cusum_path), seen.result.h, title)))
+    if stations and not out:
+        reference = config.defaults.drift_reference_parts
+        waiting = f"waiting for the first {reference} parts of a station's model version (its reference)"
+        out.append(("Drift watch", charts.empty("Drift watch", "limit", waiting)))
     return out
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI, Request, Response
 
@@ -16,7 +17,7 @@ from zerodefect.quality.app import create_app
 from zerodefect.quality.images import ImageStore
 from zerodefect.quality.models import Alert, AlertDelivery, Inspection
 from zerodefect.quality.schemas import ReviewIn
-from zerodefect.quality.store import add_review, add_station, record_inspection
+from zerodefect.quality.store import add_review, add_station, as_utc, record_inspection
 from zerodefect.settings import get_settings
 
 from .people import client_for
@@ -71,7 +72,7 @@ def alerts(app) -> list[tuple[str, str]]:
         return [(a.rule, a.breach) for a in session.query(Alert).order_by(Alert.id)]
 
 
-def test_consecutive_defects_fire_once_per_streak(record) -> None:
+def test_consecutive_defects_fire_once_and_count_each_streak(record) -> None:
     app, images = record
     config = rules(consecutive_defects=5)
     add_parts(app, images, "pprrrr", T0)
@@ -80,13 +81,19 @@ def test_consecutive_defects_fire_once_per_streak(record) -> None:
     add_parts(app, images, "r", T0)
     with app.state.sessions() as session:
         assert len(evaluate_all(session, config, T0)) == 1
-    add_parts(app, images, "rr", T0)  # the same streak goes on: no second alert
+    add_parts(app, images, "rr", T0)  # the same streak goes on: nothing new
     with app.state.sessions() as session:
         assert evaluate_all(session, config, T0) == []
         assert evaluate_all(session, config, T0) == []
-    add_parts(app, images, "prrrrr", T0)  # a pass ends it; the next streak is a new breach
+    add_parts(app, images, "prrrrr", T0)  # a pass ends it; the next streak counts on the open alert
     with app.state.sessions() as session:
-        assert len(evaluate_all(session, config, T0)) == 1
+        assert evaluate_all(session, config, T0 + timedelta(minutes=1)) == []
+        (alert,) = session.query(Alert).all()
+        assert alert.occurrences == 2 and as_utc(alert.last_seen_at) == T0 + timedelta(minutes=1)
+    # Ten quiet minutes clear it (the rule re-arms): the next streak is a new alert.
+    add_parts(app, images, "prrrrr", T0)
+    with app.state.sessions() as session:
+        assert len(evaluate_all(session, config, T0 + timedelta(minutes=12))) == 1
     assert [rule for rule, _ in alerts(app)] == ["consecutive_defects"] * 2
     assert alerts(app)[0][1] != alerts(app)[1][1]
 
@@ -306,3 +313,120 @@ def test_a_rule_is_one_function_in_the_registry(record, monkeypatch) -> None:
         ]
         assert evaluate_all(session, config, T0) == []
     assert ("shift_change", "at 06:00") in alerts(app)
+
+
+def test_the_drift_watch_reads_every_series_of_every_station_in_one_batch(record) -> None:
+    """watch_stations (one UNION ALL, arrays on PostgreSQL) gives each series its reference (the
+    first parts of the model version) and the recent parts after it, as the per-series reads
+    did: checked against the values posted, on SQLite and PostgreSQL."""
+    from zerodefect.inference.wire import ImageStatsIn
+    from zerodefect.quality.andon import watch_stations
+    from zerodefect.quality.drift import check
+    from zerodefect.quality.models import Station
+
+    app, images = record
+    rnd = np.random.default_rng(5)
+    scores, lights = rnd.uniform(0, 0.4, 60).round(6), rnd.normal(120, 3, 60)
+    with app.state.sessions() as session:
+        station = session.query(Station).filter_by(name="st-01").one()
+        for i in range(60):
+            verdict = "reject" if i % 7 == 3 else "pass"  # rejects are no score series part
+            body = InspectionIn(
+                key=f"k-drift-{i}",
+                serial=f"S{i}",
+                captured_at=T0 + timedelta(seconds=i),
+                model_name="m",
+                model_version="1",
+                threshold=0.5,
+                score=float(scores[i]),
+                verdict=verdict,
+                image_stats=ImageStatsIn(brightness=float(lights[i]), contrast=40.0, sharpness=900.0),
+            )
+            record_inspection(session, station, body, images)
+        config = rules(drift_reference_parts=20, drift_window=25)
+        watched = watch_stations(session, [station], lambda s: config.rules_for(s.name))
+        passed = [i for i in range(60) if i % 7 != 3]
+        (score,) = watched[station.id, "score_drift"]
+        ids = session.query(Inspection.id).order_by(Inspection.id).all()
+        assert score.recent_ids == [ids[i][0] for i in passed[20:][-25:]]
+        r = config.rules_for("st-01")
+        expected = check(
+            scores[passed[:20]],
+            scores[passed[20:][-25:]],
+            r.drift_cusum_k,
+            r.drift_cusum_h,
+            r.drift_ewma_lambda,
+            r.drift_ewma_l,
+        )
+        assert score.result.cusum_path == pytest.approx(expected.cusum_path, rel=1e-9)
+        brightness, contrast, sharpness = watched[station.id, "image_drift"]
+        assert [brightness.label, contrast.label, sharpness.label] == ["brightness", "contrast", "sharpness"]
+        assert brightness.recent_ids == [i for (i,) in ids[20:][-25:]]
+        expected = check(
+            lights[:20],
+            lights[20:][-25:],
+            r.drift_cusum_k,
+            r.drift_cusum_h,
+            r.drift_ewma_lambda,
+            r.drift_ewma_l,
+        )
+        assert brightness.result.cusum_path == pytest.approx(expected.cusum_path, rel=1e-9)
+
+
+def test_a_flood_of_30_streaks_in_10_minutes_is_one_alert_counted_30_times_and_few_webhook_calls(
+    record,
+) -> None:
+    """ISA-18.2 / EEMUA 191: "5 rejects in a row" 30 times in 10 minutes (one every 20 s, the
+    andon evaluating and delivering after each) is one alert with count 30; a real webhook over
+    loopback HTTP hears the raise at once and the count at most every update_interval_seconds
+    (120 s: at most 6 calls in the 10 minutes), ending with 30."""
+    app, images = record
+    received: list[dict] = []
+    hook = FastAPI()
+
+    @hook.post("/andon")
+    async def andon(request: Request) -> Response:
+        received.append(await request.json())
+        return Response(status_code=200)
+
+    with serve(hook) as hook_url:
+        config = rules(consecutive_defects=5).model_copy(update={"webhooks": [f"{hook_url}/andon"]})
+        with httpx.Client() as client:
+            for i in range(30):
+                now = T0 + timedelta(seconds=20 * i)
+                add_parts(app, images, "rrrrrp", now)
+                with app.state.sessions() as session:
+                    evaluate_all(session, config, now)
+                    deliver_due(session, client, now)
+            with app.state.sessions() as session:  # the last count goes out when its turn comes
+                assert deliver_due(session, client, T0 + timedelta(minutes=10)) == 1
+                assert deliver_due(session, client, T0 + timedelta(hours=1)) == 0
+                (alert,) = session.query(Alert).all()
+                assert alert.occurrences == 30 and alert.state == "open"
+    counts = [r["alert"]["count"] for r in received]
+    assert {r["alert"]["id"] for r in received} == {alert.id}
+    assert counts[0] == 1 and counts[-1] == 30 and counts == sorted(counts)
+    assert 2 <= len(received) <= 1 + 600 // 120
+
+
+def test_an_acknowledged_alert_counts_quietly_and_re_arms_only_once_its_condition_cleared(record) -> None:
+    app, images = record
+    config = rules(consecutive_defects=3).model_copy(update={"webhooks": ["http://127.0.0.1:9/never-called"]})
+    add_parts(app, images, "rrrp", T0)
+    with app.state.sessions() as session:
+        (alert,) = evaluate_all(session, config, T0)
+        alert.state, alert.acknowledged_by = "acknowledged", "rita"
+        session.commit()
+    for minute in (1, 5):  # the station goes on breaching: counted, not announced, not raised
+        add_parts(app, images, "rrrp", T0 + timedelta(minutes=minute))
+        with app.state.sessions() as session:
+            assert evaluate_all(session, config, T0 + timedelta(minutes=minute)) == []
+    with app.state.sessions() as session:
+        assert session.get(Alert, alert.id).occurrences == 3
+        assert session.query(AlertDelivery).count() == 1  # the raise only
+    # Ten minutes without a streak clear it; the next streak raises a new alert.
+    add_parts(app, images, "rrrp", T0 + timedelta(minutes=16))
+    with app.state.sessions() as session:
+        (again,) = evaluate_all(session, config, T0 + timedelta(minutes=16))
+        old = session.get(Alert, alert.id)
+        assert again.id != alert.id and old.cleared_at is not None and old.state == "acknowledged"

@@ -92,12 +92,12 @@ def test_review_queue_filters_and_shows_traceability(app_with_parts) -> None:
 def test_dashboard_draws_its_charts(app_with_parts) -> None:
     url, _ = app_with_parts
     client = browser_login(url, "rita")
-    page = client.get("/dashboard").text
+    page = client.get("/dashboard", params={"bucket": "hour"}).text  # hourly subgroups asked for
     for kind in ("p-chart", "pareto", "lines", "timeline"):
         assert f'data-chart="{kind}"' in page, kind
     assert page.count('data-chart="p-chart"') == 2  # one per station
     # st-01: p̄ = 13/80; UCL(n=20) = 0.1625 + 3 sqrt(0.1625 * 0.8375 / 20) = 0.410 < 10/20.
-    st01 = page.split("Reject rate: st-01", 1)[1].split("</svg>")[0]
+    st01 = page.split("Reject rate per hour: st-01", 1)[1].split("</svg>")[0]
     assert st01.count('class="point out"') == 1 and "2026-11-25T09:00Z: 10/20 = 0.500 (UCL 0.410)" in st01
     assert "hole: 10" in page and "crack: 4" in page  # the Pareto bars
     client.close()

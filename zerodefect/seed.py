@@ -107,9 +107,13 @@ def _chunk(rng, offset, n, parts, start, end, station_ids, hot, base, rollout) -
     station = rng.integers(0, len(station_ids), n)
     hour = ((captured - start64) // np.timedelta64(1, "h")).astype(int)
     p_reject = base[station] * np.where(hot[station, hour], 5.0, 1.0)
-    reject = rng.random(n) < p_reject
+    found = rng.random(n) < p_reject  # the model saw a defect
+    # A fail-safe verdict (no model verdict in time) and an unread code (the codes section's
+    # default policy) reject the part without a defect class, as a station does.
     failsafe = rng.random(n) < 0.0005
-    reject |= failsafe
+    unread = rng.random(n) < 0.005
+    found &= ~failsafe
+    reject = found | failsafe | unread
     flagged_or_sampled = reject | (rng.random(n) < 0.02)
     u = rng.random(n)
     review = np.full(n, NULL, dtype=object)
@@ -118,12 +122,12 @@ def _chunk(rng, offset, n, parts, start, end, station_ids, hot, base, rollout) -
     audited = ~reject & flagged_or_sampled & (u < 0.5)
     review[audited] = np.where(rng.random(audited.sum()) < 0.97, "good", "escape")
     cls = CLASSES[rng.choice(len(CLASSES), n, p=CLASS_WEIGHTS)]
-    has_defect = reject | (review == "escape")
-    label = np.where((review == "confirmed") | (review == "escape"), cls, NULL)
+    has_defect = found | (review == "escape")
+    label = np.where(((review == "confirmed") & found) | (review == "escape"), cls, NULL)
     version = np.where(index / parts < rollout[station], "1", "2")
-    score = np.where(reject, rng.uniform(0.5, 1.0, n), rng.beta(2, 8, n) * 0.5).round(4)
+    score = np.where(found, rng.uniform(0.5, 1.0, n), rng.beta(2, 8, n) * 0.5).round(4).astype(str)
+    score[failsafe] = NULL  # no model verdict, no score
     latency = rng.lognormal(np.log(15.0), 0.3, n).round(2)
-    unread = rng.random(n) < 0.005
     ids = index + 1
     stamp = np.char.add(np.datetime_as_string(captured, unit="us"), "+00")
     reviewed_at = np.datetime_as_string(captured + np.timedelta64(1, "h"), unit="us")
@@ -144,5 +148,5 @@ def _chunk(rng, offset, n, parts, start, end, station_ids, hot, base, rollout) -
     defect_rows = io.StringIO()
     with_defect = np.flatnonzero(has_defect)
     for i in with_defect:
-        defect_rows.write(f"{ids[i]}\t{ids[i]}\t{cls[i]}\t{max(score[i], 0.5)}\t10\t10\t50\t50\n")
+        defect_rows.write(f"{ids[i]}\t{ids[i]}\t{cls[i]}\t{max(float(score[i]), 0.5)}\t10\t10\t50\t50\n")
     return out.getvalue(), (defect_rows.getvalue(), len(with_defect))
