@@ -89,7 +89,11 @@ def start_shadow(config: StationConfig, cache_dir, metrics: EdgeMetrics) -> Shad
             exc,
         )
         return None
-    shadow = ShadowScorer(holder, config.record_url, config.record_api_key(), metrics.registry)
+    # Its pending verdicts in a file beside the outbox: they outlive a restart of the station.
+    pending = config.outbox.with_name(config.outbox.stem + "-shadow.db")
+    shadow = ShadowScorer(
+        holder, config.record_url, config.record_api_key(), metrics.registry, pending_path=pending
+    )
     shadow.start()
     log.info(
         "station %s: shadow mode with %s v%s", config.station, holder.current.name, holder.current.version

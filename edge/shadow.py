@@ -7,21 +7,24 @@ and its own MicroBatcher, the station's one scoring path. Its verdicts go to the
 POST /v1/shadow-verdicts in batches, retried while the record is away.
 
 What it costs: one more inference per part, on one core, at the lowest CPU priority (nice 19)
-so the serving model comes first. What it may lose: parts that
-arrive while the challenger is `queue_size` parts behind, and verdicts not yet delivered when
-the station stops or more than `max_pending` wait for the record; all counted in
-zd_shadow_dropped_total. Evidence for a promotion, not a record of the line: a lost shadow
-verdict loses a comparison, never a part.
+so the serving model comes first. Verdicts waiting for the record are kept in a small SQLite
+file beside the outbox (`PendingVerdicts`), so a station stopped or restarted while the record
+is away still delivers them. What it may lose: parts that arrive while the challenger is
+`queue_size` parts behind, parts still being scored when the station stops, and the oldest
+verdicts when more than `max_pending` wait; all counted in zd_shadow_dropped_total. Evidence
+for a promotion, not a record of the line: a lost shadow verdict loses a comparison, never a part.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -37,6 +40,59 @@ log = logging.getLogger(__name__)
 SEND_BATCH = 500  # the record's limit per request (ShadowBatchIn)
 
 
+class PendingVerdicts:
+    """Shadow verdicts not yet taken by the record, oldest first, in a SQLite file of their own.
+
+    Why not the outbox: the outbox holds the line's results under its durability rule (one
+    fsync before the answer); a shadow verdict is evidence, not a part, so it is written without
+    an fsync of its own (WAL, synchronous=NORMAL: it survives the process stopping, and at worst
+    the last moments are lost on a power cut), and the two never queue behind each other."""
+
+    def __init__(self, path: Path | None, cap: int):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.cap = cap
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            str(path) if path else ":memory:", check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL)"
+        )
+
+    def add(self, items: list[dict]) -> int:
+        """Keep `items`; returns how many of the oldest were dropped to stay within the cap."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO pending (body) VALUES (?)", [(json.dumps(i),) for i in items])
+            over = self._db.execute("SELECT count(*) FROM pending").fetchone()[0] - self.cap
+            if over > 0:
+                self._db.execute(
+                    "DELETE FROM pending WHERE id IN (SELECT id FROM pending ORDER BY id LIMIT ?)", (over,)
+                )
+            self._db.execute("COMMIT")
+        return max(over, 0)
+
+    def head(self, n: int) -> list[tuple[int, dict]]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, body FROM pending ORDER BY id LIMIT ?", (n,)).fetchall()
+        return [(row_id, json.loads(body)) for row_id, body in rows]
+
+    def remove_through(self, row_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pending WHERE id <= ?", (row_id,))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM pending").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
 class ShadowScorer:
     def __init__(
         self,
@@ -47,6 +103,7 @@ class ShadowScorer:
         queue_size: int = 64,
         max_pending: int = 10_000,
         max_backoff: float = 30.0,
+        pending_path: Path | None = None,
     ):
         self.holder = holder
         self.url = record_url.rstrip("/") + "/v1/shadow-verdicts"
@@ -58,7 +115,7 @@ class ShadowScorer:
         # thread alone, and the line's model takes the CPU whenever it needs it.
         self.batcher = MicroBatcher(holder, max_batch=8, wait_ms=0.0, nice=19)
         self._scoring: queue.Queue[tuple[str, str, Future]] = queue.Queue()
-        self._pending: deque[dict] = deque()
+        self._pending = PendingVerdicts(pending_path, max_pending)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
         self.verdicts = Counter(
@@ -83,6 +140,7 @@ class ShadowScorer:
         self._stop.set()
         self._thread.join(10)
         self.batcher.stop()
+        self._pending.close()
 
     def submit(self, image: np.ndarray, key: str, verdict: str) -> None:
         """Queue a part the line has its verdict for; never waits. Dropped when the challenger
@@ -102,6 +160,7 @@ class ShadowScorer:
             item = self._scoring.get(timeout=timeout)
         except queue.Empty:
             return
+        scored_verdicts: list[dict] = []
         while item is not None:
             key, line_verdict, future = item
             try:
@@ -119,21 +178,21 @@ class ShadowScorer:
                     defect_class=scored.result.defect_class,
                 )
                 self.verdicts.labels(str(verdict.verdict == line_verdict).lower()).inc()
-                self._pending.append(verdict.model_dump(mode="json"))
-                if len(self._pending) > self.max_pending:
-                    self._pending.popleft()
-                    self.dropped.labels("record_away").inc()
+                scored_verdicts.append(verdict.model_dump(mode="json"))
             try:
                 item = self._scoring.get_nowait()
             except queue.Empty:
                 item = None
+        if scored_verdicts:
+            dropped = self._pending.add(scored_verdicts)
+            if dropped:
+                self.dropped.labels("record_away").inc(dropped)
 
     def _send(self, client: httpx.Client) -> bool:
         """Post the pending verdicts in batches; False when the record did not take them."""
-        while self._pending:
-            batch = [self._pending[i] for i in range(min(SEND_BATCH, len(self._pending)))]
+        while batch := self._pending.head(SEND_BATCH):
             try:
-                response = client.post(self.url, json={"items": batch}, headers=self.headers)
+                response = client.post(self.url, json={"items": [b for _, b in batch]}, headers=self.headers)
             except httpx.HTTPError as exc:
                 log.debug("record unreachable for shadow verdicts: %s", exc)
                 return False
@@ -145,8 +204,7 @@ class ShadowScorer:
                 log.error("the record refused %d shadow verdicts: %s", len(batch), response.text[:300])
             else:
                 self.delivered += len(batch)
-            for _ in batch:
-                self._pending.popleft()
+            self._pending.remove_through(batch[-1][0])
         return True
 
     def _run(self) -> None:
@@ -154,10 +212,11 @@ class ShadowScorer:
         with httpx.Client(timeout=10.0) as client:
             while not self._stop.is_set():
                 self._collect(timeout=0.2)
-                if self._pending and time.monotonic() >= next_try:
+                if time.monotonic() >= next_try and len(self._pending):
                     if self._send(client):
                         attempts = 0
                     else:
                         attempts += 1
                         next_try = time.monotonic() + backoff_delay(attempts, 0.25, self.max_backoff)
-            self.dropped.labels("stopped").inc(len(self._pending) + self._scoring.qsize())
+            # Pending verdicts stay in their file for the next start; parts still being scored go.
+            self.dropped.labels("stopped").inc(self._scoring.qsize())

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select, update
+from starlette.datastructures import MutableHeaders
 
 from zerodefect.http_limits import BodyLimit
 from zerodefect.inference.imagecheck import InputError
@@ -94,6 +95,33 @@ def _handled(alert: Alert) -> dict:
     }
 
 
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS (and the CSP, but on the API docs) to every HTTP response.
+
+    A pure ASGI middleware rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware
+    runs each request through an extra task and memory streams, measured here at about a fifth
+    of a small request's CPU in the record (50 stations post 20 batches a second each)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = not scope["path"].startswith(DOCS_PATHS)
+
+        async def with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.update(SECURITY_HEADERS)
+                if csp:
+                    headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the record service over the configured database (migrated to head first)."""
     settings = settings or get_settings()
@@ -125,13 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        if not request.url.path.startswith(DOCS_PATHS):
-            response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        return response
+    app.add_middleware(SecurityHeaders)
 
     app.include_router(web.router)
     app.include_router(promotions.router)

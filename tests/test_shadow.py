@@ -136,3 +136,28 @@ def test_the_shadow_follows_its_alias_and_a_missing_one_never_stops_the_station(
         with record_app.state.sessions() as session:
             versions = session.scalars(select(ShadowVerdict.model_version)).all()
     assert versions == [second]
+
+
+def test_shadow_verdicts_waiting_for_the_record_outlive_a_station_restart(
+    data_dir: Path, tmp_path: Path, bundles, monkeypatch
+) -> None:
+    """The record is away while the station scores parts and then stops: the challenger's
+    verdicts wait in their file, and the restarted station delivers them once the record is up."""
+    from zerodefect.services import free_port
+
+    port = free_port()
+    record_url = f"http://127.0.0.1:{port}"
+    config = station(tmp_path, str(bundles["reject"]), record_url=record_url, shadow=str(bundles["pass"]))
+    with serve(create_edge(config)) as url:
+        for i in range(PARTS):
+            assert post(url, png(40 * i), serial=f"S-{i}", frame_id=f"f{i}").status_code == 200
+        wait_for(lambda: httpx.get(f"{url}/readyz").json()["shadow"]["pending"] == PARTS)
+    record_app = record_for_station(monkeypatch)
+    with serve(record_app, port=port), serve(create_edge(config)):
+        wait_for(
+            lambda: _count(record_app, ShadowVerdict) == PARTS and _count(record_app, Inspection) == PARTS
+        )
+    with record_app.state.sessions() as session:
+        parts = {p.key for p in session.scalars(select(Inspection))}
+        shadows = session.scalars(select(ShadowVerdict)).all()
+    assert {s.key for s in shadows} == parts and {s.verdict for s in shadows} == {"pass"}
