@@ -62,3 +62,22 @@ def make_voc_dataset(root: Path, images: int = 40, size: int = 96, seed: int = 0
             f"<height>{size}</height><depth>1</depth></size>{xml}</annotation>"
         )
     return root
+
+
+def spot_arrays(count: int, size: int, seed: int = 0):
+    """In-memory detection data for training-loop tests: grey textured parts, each with one bright
+    spot, as uint8 [N, size, size, 3] images and their boxes (class 0, "spot")."""
+    from zerodefect.inference.result import Detections
+
+    rng = np.random.default_rng(seed)
+    images, truths = [], []
+    for _ in range(count):
+        image, _ = part_image(rng, size, defective=False)
+        r = int(rng.integers(size // 12, size // 7))
+        cx, cy = (int(v) for v in rng.integers(r + 2, size - r - 2, 2))
+        cv2.circle(image, (cx, cy), r, 250, -1)
+        images.append(np.repeat(image[..., None], 3, axis=2))
+        box = np.array([[cx - r, cy - r, cx + r + 1, cy + r + 1]], np.float32)
+        truths.append(Detections(box, np.ones(1, np.float32), np.zeros(1, np.int64)))
+    return np.stack(images), truths
+

@@ -110,8 +110,15 @@ class TrainConfig(Strict):
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.02
-    warmup_pct: float = 0.15
-    ema_decay: float | None = None
+    # Learning-rate warm-up: this share of the schedule, but at most max_warmup_epochs, so a
+    # longer schedule does not warm up for longer (zerodefect.training.train.warmup_steps).
+    warmup_pct: float = Field(default=0.15, ge=0, lt=1)
+    max_warmup_epochs: float = Field(default=1.0, gt=0)
+    # Weights are averaged (EMA) with this final decay; None trains without EMA. The decay warms
+    # up with the number of updates, decay * (1 - exp(-updates / ema_tau)); ema_tau None derives
+    # it from the decay (zerodefect.training.train.ema_tau: 161 updates for 0.998).
+    ema_decay: float | None = Field(default=None, ge=0, lt=1)
+    ema_tau: float | None = Field(default=None, gt=0)
     class_weighting: Literal["none", "balanced", "sqrt"] = "none"
     label_smoothing: float = 0.0
     early_stopping_patience: int = 5
