@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zerodefect.configfile import load_yaml_model
+from zerodefect.inference.bundle import Tiling
 
 
 class ConfigError(ValueError):
@@ -89,6 +90,9 @@ class ModelConfig(Strict):
     interpolation: Literal["area", "linear", "cubic", "nearest"] = "area"
     drop_rate: float = 0.2
     detector: DetectorConfig = Field(default_factory=lambda: DetectorConfig())
+    # Detectors only: train on tiles of `tile` px of the original image (overlap 0..0.5) and
+    # score frames tile by tile, boxes merged (zerodefect.inference.tiling); null = whole frames.
+    tiling: Tiling | None = None
     anomaly: AnomalyConfig = Field(default_factory=lambda: AnomalyConfig())
 
     @field_validator("input_size")
@@ -202,6 +206,8 @@ class Config(Strict):
             raise ValueError(
                 f"model.input_size {list(self.model.input_hw)}: the detector takes a square input"
             )
+        if self.model.tiling is not None and self.task != "detection":
+            raise ValueError(f"model.tiling: tiles are for detectors, not a {self.task} task")
         return self
 
 
