@@ -18,6 +18,7 @@ from zerodefect.inference.postprocess import above, box_iou
 from zerodefect.inference.preprocess import read_image
 from zerodefect.inference.result import Detections
 from zerodefect.inference.tiling import cut, merge, place, windows
+from zerodefect.training.config import Config
 from zerodefect.training.detection import clip_to_window, predict_detections, truth_for
 from zerodefect.training.tasks import get_task
 
@@ -43,6 +44,15 @@ def test_tiles_cover_the_frame_with_the_overlap_and_the_last_flush_with_the_edge
     assert windows(90, 100, Tiling(tile=128)).tolist() == [[0, 0, 100, 90]]
     full = windows(256, 256, Tiling(tile=128, overlap=0.0, full_frame=True))
     assert len(full) == 5 and full[-1].tolist() == [0, 0, 256, 256]
+    # The config names what it refuses: tiles for a classifier, an overlap over a half.
+    base = {"name": "t", "data": {"manifest": "m.jsonl"}, "model": {"tiling": {"tile": 320}}}
+    with pytest.raises(ValueError, match="tiles are for detectors"):
+        Config.model_validate(base)
+    with pytest.raises(ValueError, match="overlap"):
+        Config.model_validate(
+            {**base, "task": "detection", "model": {"tiling": {"tile": 320, "overlap": 0.7}}}
+        )
+    assert Config.model_validate({**base, "task": "detection"}).model.tiling == Tiling(tile=320, overlap=0.2)
 
 
 def test_boxes_go_into_a_tile_and_back_into_the_frame() -> None:
