@@ -104,7 +104,7 @@ class Engine:
 
     def predictions(self, images: Sequence[np.ndarray]) -> Any:
         """The task's predictions for RGB uint8 images of any size, in each image's own pixels:
-        the one scoring path of evaluation, the station and the benches. A tiled bundle scores
+        the one scoring path of evaluation, the station and re-scoring. A tiled bundle scores
         each image as overlapping tiles whose boxes are merged (zerodefect.inference.tiling);
         any other, each image resized to the input."""
         tiling = self.meta.tiling
