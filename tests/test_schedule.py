@@ -14,7 +14,7 @@ import torch
 from zerodefect.models.detector import build_detector
 from zerodefect.training.config import Config
 from zerodefect.training.detection import DetectionDataset, collate, detector_loss
-from zerodefect.training.train import ema_decay_at, ema_tau, fit, warmup_steps
+from zerodefect.training.train import ema_decay_at, ema_tau, fit, make_scheduler, warmup_steps
 
 from .synthetic import spot_arrays
 
@@ -91,6 +91,15 @@ def test_the_ema_warm_up_follows_the_updates() -> None:
     cfg = _config(40)
     assert warmup_steps(cfg, 100) == 25  # a quarter epoch, not 15 % of 40 epochs (600 steps)
     assert warmup_steps(_config(1), 100) == 15
+    # A one-epoch cap over one step per epoch is a one-step warm-up, which OneCycleLR cannot
+    # take as such (it divides by zero): the schedule runs without warm-up instead.
+    cfg.train.max_warmup_epochs = 1.0
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
+    scheduler = make_scheduler(cfg, optimizer, 1)
+    for _ in range(cfg.train.epochs):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] < cfg.train.lr / 100
 
 
 def test_the_averaged_weights_are_not_the_initial_ones_after_epoch_one(schedules) -> None:

@@ -212,9 +212,28 @@ def warmup_share(cfg: Config) -> float:
     return min(t.warmup_pct, t.max_warmup_epochs / t.epochs)
 
 
+def _one_cycle_share(share: float, total_steps: int) -> float:
+    """`share` as OneCycleLR can take it: a warm-up of exactly one step makes its first phase
+    end where it starts and divides by zero (torch 2.x), so it becomes no warm-up at all."""
+    return share * 0.999 if abs(share * total_steps - 1.0) < 1e-6 else share
+
+
 def warmup_steps(cfg: Config, steps_per_epoch: int) -> int:
     """The warm-up's length in optimizer steps."""
     return round(warmup_share(cfg) * steps_per_epoch * cfg.train.epochs)
+
+
+def make_scheduler(
+    cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One cycle over the schedule: warm-up (`warmup_share`) to train.lr, cosine down to ~0."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=cfg.train.lr,
+        epochs=cfg.train.epochs,
+        steps_per_epoch=steps_per_epoch,
+        pct_start=_one_cycle_share(warmup_share(cfg), steps_per_epoch * cfg.train.epochs),
+    )
 
 
 def _eval_model(model: nn.Module, ema: AveragedModel | None) -> nn.Module:
@@ -304,14 +323,7 @@ def fit(
     batch_loss = wrap_for_training(world, model, batch_loss)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    steps_per_epoch = max(len(loader), 1)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=cfg.train.lr,
-        epochs=cfg.train.epochs,
-        steps_per_epoch=steps_per_epoch,
-        pct_start=warmup_share(cfg),
-    )
+    scheduler = make_scheduler(cfg, optimizer, max(len(loader), 1))
     ema = make_ema(model, cfg.train.ema_decay, cfg.train.ema_tau) if cfg.train.ema_decay else None
 
     start_epoch, best_score, best_epoch, stale, history, spent = 0, -1.0, -1, 0, [], 0.0
