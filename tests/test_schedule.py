@@ -34,7 +34,7 @@ def _config(epochs: int) -> Config:
                 "lr": 0.002,
                 "warmup_pct": 0.15,
                 "max_warmup_epochs": 0.25,
-                # The new user's decay: 0.998 averages over ~500 updates, 60 times these runs.
+                # The new user's decay: 0.998 averages over ~500 updates, 15 to 30 times these runs.
                 "ema_decay": 0.998,
                 "grad_clip": 10.0,
                 "threads": 1,
