@@ -127,8 +127,9 @@ def test_a_tiled_detector_trains_exports_and_scores_whole_frames(tiled) -> None:
     meta = Engine.from_bundle(outcome.bundle_dir).meta
     assert meta.tiling == Tiling(tile=TILE, overlap=0.25) and meta.input.height == TILE
     report = outcome.report.to_json()
-    print("tiled report", report["map50"], report["parity"], report["val"])
     assert report["parity"]["differing_images"] == 0 and report["parity"]["compared_detections"] > 0
+    # Measured 0.74 here (0.65-0.85 on other seeds of the frames); the same detector on whole
+    # frames at 64 px, with as many steps, reached 0.10 on one seed and learned nothing on two.
     assert report["map50"] > 0.5, report["map50"]
 
 
@@ -170,7 +171,6 @@ def test_sliced_boxes_are_in_the_frames_pixels_and_match_pytorch(tiled) -> None:
         far += int(beyond.sum())
         hits += int((best[beyond] >= 0.5).sum())
         assert np.all(det.xyxy >= 0) and np.all(det.xyxy[:, [2, 3]] <= FRAME)
-    print("far spots found", hits, "of", far)
     assert far > 0 and hits >= 0.8 * far, (hits, far)
 
 
@@ -184,7 +184,6 @@ def test_a_spot_on_a_tile_seam_is_reported_once(tiled, large_frames) -> None:
     (result,) = engine.predict([frame])
     kept = result.detections
     on_seam = box_iou(seam, kept.xyxy)[0] > 0.1 if len(kept) else np.zeros(0, bool)
-    print("seam boxes", kept.xyxy[on_seam].tolist(), kept.scores[on_seam].tolist())
     assert on_seam.sum() == 1
     assert box_iou(seam, kept.xyxy[on_seam])[0, 0] >= 0.5
 
