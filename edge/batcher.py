@@ -87,11 +87,9 @@ class MicroBatcher:
             # One snapshot per batch: a hot swap never splits a batch between two models.
             model = self.holder.current
             try:
-                stacked = np.stack([model.engine.prepare(img) for img, _ in live])
-                # Verdicts here, in the worker: a detector's NMS stays off the event loop.
-                results = model.engine.judge_outputs(
-                    model.engine.infer(stacked), [img.shape[:2] for img, _ in live]
-                )
+                # Verdicts here, in the worker: a detector's NMS stays off the event loop. The
+                # engine's one scoring path (a tiled bundle scores each frame tile by tile).
+                results = model.engine.predict([img for img, _ in live])
             except Exception as exc:  # a model failure must fail these requests, not the worker
                 log.exception("batch of %d failed", len(live))
                 for _, fut in live:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
-from zerodefect.inference.bundle import TTA_VIEWS, BundleMeta, load_bundle
+from zerodefect.inference.bundle import TTA_VIEWS, BundleError, BundleMeta, load_bundle
 from zerodefect.inference.heads import ClassificationHead, DetectionHead, as_head, head_for
 from zerodefect.inference.preprocess import read_image, resize
 from zerodefect.inference.result import Detections, InspectionResult
+from zerodefect.inference.tiling import detect_sliced
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -49,6 +50,8 @@ class Engine:
         self.input_name = self.session.get_inputs()[0].name
         self.size = (meta.input.height, meta.input.width)
         self.head = head_for(meta)
+        if meta.tiling is not None and not isinstance(self.head, DetectionHead):
+            raise BundleError(f"{meta.name}: tiling is for detectors, not a {meta.task} model")
         # Images per call that keep memory bounded: TTA bundles run several views per image.
         self.batch_size = max(1, 32 // TTA_VIEWS[meta.tta])
 
@@ -99,15 +102,32 @@ class Engine:
         """A detector's verdicts: a part is rejected when any box reaches its class's threshold."""
         return as_head(self.meta, self.head, DetectionHead).judge(self.meta, detections)
 
+    def predictions(self, images: Sequence[np.ndarray]) -> Any:
+        """The task's predictions for RGB uint8 images of any size, in each image's own pixels:
+        the one scoring path of evaluation, the station and re-scoring. A tiled bundle scores
+        each image as overlapping tiles whose boxes are merged (zerodefect.inference.tiling);
+        any other, each image resized to the input."""
+        tiling = self.meta.tiling
+        if tiling is not None:
+            return detect_sliced(
+                images,
+                tiling,
+                self.size,
+                self.meta.input.interpolation,
+                lambda batch: self.detections(self.infer(batch), [self.size] * len(batch)),
+                self.batch_size,
+                int(self.meta.postprocess["detections_per_img"]),
+            )
+        parts = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch = np.stack([self.prepare(im) for im in chunk])
+            parts.append(self.head.decode(self.meta, self.infer(batch), [im.shape[:2] for im in chunk]))
+        return self.head.concat(self.meta, parts)
+
     def predict(self, images: Sequence[np.ndarray]) -> list[InspectionResult]:
         """Judge RGB uint8 images of any size."""
-        batch_size = self.batch_size
-        results: list[InspectionResult] = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            batch = np.stack([self.prepare(im) for im in chunk])
-            results.extend(self.judge_outputs(self.infer(batch), [im.shape[:2] for im in chunk]))
-        return results
+        return self.head.judge(self.meta, self.predictions(images))
 
     def predict_files(self, paths: Sequence[Path], progress=None) -> tuple[Any, list[tuple[int, int]]]:
         """The task's predictions for image files, read with the shared decoder (a classifier's
@@ -115,10 +135,8 @@ class Engine:
         parts, sizes = [], []
         for start in range(0, len(paths), self.batch_size):
             images = [read_image(p) for p in paths[start : start + self.batch_size]]
-            batch = np.stack([self.prepare(im) for im in images])
-            chunk_sizes = [im.shape[:2] for im in images]
-            sizes += chunk_sizes
-            parts.append(self.head.decode(self.meta, self.infer(batch), chunk_sizes))
+            sizes += [im.shape[:2] for im in images]
+            parts.append(self.predictions(images))
             if progress:
                 progress(len(images))
         return self.head.concat(self.meta, parts), sizes

@@ -62,3 +62,60 @@ def make_voc_dataset(root: Path, images: int = 40, size: int = 96, seed: int = 0
             f"<height>{size}</height><depth>1</depth></size>{xml}</annotation>"
         )
     return root
+
+
+def spot_arrays(count: int, size: int, seed: int = 0):
+    """In-memory detection data for training-loop tests: grey textured parts, each with one bright
+    spot, as uint8 [N, size, size, 3] images and their boxes (class 0, "spot")."""
+    from zerodefect.inference.result import Detections
+
+    rng = np.random.default_rng(seed)
+    images, truths = [], []
+    for _ in range(count):
+        image, _ = part_image(rng, size, defective=False)
+        r = int(rng.integers(size // 12, size // 7))
+        cx, cy = (int(v) for v in rng.integers(r + 2, size - r - 2, 2))
+        cv2.circle(image, (cx, cy), r, 250, -1)
+        images.append(np.repeat(image[..., None], 3, axis=2))
+        box = np.array([[cx - r, cy - r, cx + r + 1, cy + r + 1]], np.float32)
+        truths.append(Detections(box, np.ones(1, np.float32), np.zeros(1, np.int64)))
+    return np.stack(images), truths
+
+
+def make_large_voc_dataset(
+    root: Path, images: int = 24, size: int = 128, seed: int = 0
+) -> tuple[Path, dict[str, list[list[float]]]]:
+    """Pascal VOC of frames with small defects, for tiling: bright spots 11-17 px across, which a
+    whole frame at half its side as input shrinks under the detector's 8 px stride, and tiles of
+    half the frame keep whole. ROOT/images/*.png and
+    ROOT/annotations/*.xml; every image has three or four spots, and image 0's first one sits on
+    the vertical middle line (a seam between tiles of half the frame). Returns the root and each
+    image's true boxes."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    boxes: dict[str, list[list[float]]] = {}
+    for i in range(images):
+        image = rng.normal(150, 12, (size, size)).clip(0, 255).astype(np.uint8)
+        image = cv2.GaussianBlur(image, (3, 3), 0)
+        found = []
+        for k in range(3 + i % 2):
+            r = int(rng.integers(5, 8))
+            cx, cy = (int(v) for v in rng.integers(r + 2, size - r - 2, 2))
+            if i == 0 and k == 0:
+                cx, cy = size // 2, size // 3
+            cv2.circle(image, (cx, cy), r, 250, -1)
+            found.append([float(cx - r), float(cy - r), float(cx + r + 1), float(cy + r + 1)])
+        name = f"frame_{i:03d}"
+        boxes[name] = found
+        cv2.imwrite(str(root / "images" / f"{name}.png"), image)
+        xml = "".join(
+            f"<object><name>spot</name><bndbox><xmin>{b[0] + 1:.0f}</xmin><ymin>{b[1] + 1:.0f}</ymin>"
+            f"<xmax>{b[2]:.0f}</xmax><ymax>{b[3]:.0f}</ymax></bndbox></object>"
+            for b in found
+        )
+        (root / "annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.png</filename><size><width>{size}</width>"
+            f"<height>{size}</height><depth>1</depth></size>{xml}</annotation>"
+        )
+    return root, boxes

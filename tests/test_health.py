@@ -91,8 +91,9 @@ def test_check_run_refuses_chance_nan_and_an_early_stop_at_epoch_one() -> None:
 
 
 def test_preflight_names_the_ema_the_warmup_tiny_classes_and_small_boxes() -> None:
-    # The new user's detector: EMA 0.998 over 110 steps per epoch.
-    cfg = _config("detection", ema_decay=0.998, warmup_pct=0.005, lr=0.05)
+    # The new user's detector: EMA 0.998 over 110 steps per epoch, with no EMA warm-up (a tau of
+    # a thousandth of an update keeps the decay at 0.998 from the first update on).
+    cfg = _config("detection", ema_decay=0.998, ema_tau=1e-3, warmup_pct=0.005, lr=0.05)
     classes = ["scratch", "pit", "hole"]
     scratch, pit = (
         Detections.from_labels([c], [[0, 0, size, size]], classes)
@@ -107,7 +108,7 @@ def test_preflight_names_the_ema_the_warmup_tiny_classes_and_small_boxes() -> No
     ] * 30
     pre = preflight(cfg, manifest, samples, 110, boxes)
     assert pre.ema_half_life_steps == pytest.approx(346.2, abs=0.1)
-    assert pre.ema_initial_share_after_epoch1 == pytest.approx(0.998**110)  # 80 %
+    assert pre.ema_initial_share_after_epoch1 == pytest.approx(0.998**109)  # 80 %
     assert pre.warmup_steps == 3 and pre.total_steps == 660
     assert pre.smallest_box_px == pytest.approx(0.96) and pre.boxes_under_stride == pytest.approx(0.5)
     text = "\n".join(pre.warnings)
@@ -118,6 +119,10 @@ def test_preflight_names_the_ema_the_warmup_tiny_classes_and_small_boxes() -> No
     summary = pre.summary()
     assert "110 steps/epoch x 6 epochs = 660 steps" in summary and "half-life 346 steps" in summary
     assert "smallest box 1.0 px" in summary
+    # The default warm-up of the EMA forgets the initial weights within the first epoch.
+    warmed = preflight(_config("detection", ema_decay=0.998), manifest, samples, 110, boxes)
+    assert warmed.ema_initial_share_after_epoch1 < 1e-6
+    assert not any("ema_decay" in w for w in warmed.warnings)
 
 
 def test_train_logs_progress_lines_without_a_terminal(

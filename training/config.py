@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zerodefect.configfile import load_yaml_model
+from zerodefect.inference.bundle import Tiling
 
 
 class ConfigError(ValueError):
@@ -89,6 +90,9 @@ class ModelConfig(Strict):
     interpolation: Literal["area", "linear", "cubic", "nearest"] = "area"
     drop_rate: float = 0.2
     detector: DetectorConfig = Field(default_factory=lambda: DetectorConfig())
+    # Detectors only: train on tiles of `tile` px of the original image (overlap 0..0.5) and
+    # score frames tile by tile, boxes merged (zerodefect.inference.tiling); null = whole frames.
+    tiling: Tiling | None = None
     anomaly: AnomalyConfig = Field(default_factory=lambda: AnomalyConfig())
 
     @field_validator("input_size")
@@ -110,8 +114,15 @@ class TrainConfig(Strict):
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.02
-    warmup_pct: float = 0.15
-    ema_decay: float | None = None
+    # Learning-rate warm-up: this share of the schedule, but at most max_warmup_epochs, so a
+    # longer schedule does not warm up for longer (zerodefect.training.train.warmup_steps).
+    warmup_pct: float = Field(default=0.15, ge=0, lt=1)
+    max_warmup_epochs: float = Field(default=1.0, gt=0)
+    # Weights are averaged (EMA) with this final decay; None trains without EMA. The decay warms
+    # up with the number of updates, decay * (1 - exp(-updates / ema_tau)); ema_tau None derives
+    # it from the decay (zerodefect.training.train.ema_tau: 161 updates for 0.998).
+    ema_decay: float | None = Field(default=None, ge=0, lt=1)
+    ema_tau: float | None = Field(default=None, gt=0)
     class_weighting: Literal["none", "balanced", "sqrt"] = "none"
     label_smoothing: float = 0.0
     early_stopping_patience: int = 5
@@ -195,6 +206,8 @@ class Config(Strict):
             raise ValueError(
                 f"model.input_size {list(self.model.input_hw)}: the detector takes a square input"
             )
+        if self.model.tiling is not None and self.task != "detection":
+            raise ValueError(f"model.tiling: tiles are for detectors, not a {self.task} task")
         return self
 
 

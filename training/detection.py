@@ -9,6 +9,7 @@ them; albumentations then moves boxes with every flip or crop. The loop itself i
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from zerodefect.datasets.manifest import Manifest, Sample
+from zerodefect.inference.bundle import Tiling
 from zerodefect.inference.preprocess import read_image, resize
 from zerodefect.inference.result import Detections
+from zerodefect.inference.tiling import cut, merge_views, place, windows
 from zerodefect.models.detector import InspectionDetector
 from zerodefect.training.config import Config
 from zerodefect.training.detection_metrics import coco_map
@@ -51,6 +54,76 @@ def truth_for(
     truth = sample.boxes.scaled(width / w, height / h)
     truth.xyxy = np.clip(truth.xyxy, 0, np.array([width, height, width, height], np.float32))
     return truth[(truth.xyxy[:, 2] > truth.xyxy[:, 0]) & (truth.xyxy[:, 3] > truth.xyxy[:, 1])]
+
+
+# A box cut by a tile's edge is kept in that tile when at least this share of its area is
+# inside: a sliver teaches the model to box fragments, and the tile that holds the rest (the
+# overlap) or the merge of the pieces (zerodefect.inference.tiling) finds the defect.
+MIN_VISIBLE = 0.2
+
+
+def clip_to_window(
+    truth: Detections, window: np.ndarray, size: tuple[int, int], min_visible: float = MIN_VISIBLE
+) -> Detections:
+    """The boxes of an image (its pixels) as a view sees them: clipped to the window, those
+    with under `min_visible` of their area inside dropped, in the view's input pixels (h, w)."""
+    x1, y1, x2, y2 = (float(v) for v in window)
+    inside = np.clip(truth.xyxy, [x1, y1, x1, y1], [x2, y2, x2, y2]).astype(np.float32)
+    area = (truth.xyxy[:, 2] - truth.xyxy[:, 0]) * (truth.xyxy[:, 3] - truth.xyxy[:, 1])
+    kept = (inside[:, 2] - inside[:, 0]) * (inside[:, 3] - inside[:, 1])
+    keep = (kept > 0) & (kept >= min_visible * np.maximum(area, 1e-12))
+    moved = Detections(
+        inside[keep] - np.array([x1, y1, x1, y1], np.float32), truth.scores[keep], truth.class_id[keep]
+    )
+    return moved.scaled(size[1] / (x2 - x1), size[0] / (y2 - y1))
+
+
+@dataclass
+class TileLayout:
+    """How a tiled split's views (training images) map back to its images: each view's image
+    and window, and each image's size and true boxes in its own pixels, which validation and
+    calibration measure the merged detections against, as the line sees them."""
+
+    owner: np.ndarray
+    windows: np.ndarray
+    sizes: list[tuple[int, int]]
+    truths: list[Detections]
+    input_size: tuple[int, int]
+
+    def merge(self, detections: list[Detections], limit: int | None = None) -> list[Detections]:
+        """Per image, its views' detections (input pixels) placed and merged, as the engine's
+        sliced path does (zerodefect.inference.tiling)."""
+        placed = [place(d, w, self.input_size) for d, w in zip(detections, self.windows, strict=True)]
+        return merge_views(placed, self.owner, len(self.sizes), limit)
+
+
+def load_tiled_detection_data(
+    manifest: Manifest, samples: list[Sample], size: int, interpolation: str, tiling: Tiling, progress=None
+) -> tuple[np.ndarray, list[Detections], TileLayout]:
+    """The views of each image as the engine cuts them (`windows`, `cut`) at size x size, their
+    boxes clipped into each view, and the layout back to the images."""
+    views, truths, owner, wins, sizes, image_truths = [], [], [], [], [], []
+    for i, sample in enumerate(samples):
+        image = read_image(manifest.resolve(sample))
+        truth = truth_for(manifest, sample, image.shape[:2])
+        found = windows(image.shape[0], image.shape[1], tiling)
+        views.append(cut(image, found, (size, size), interpolation))
+        truths += [clip_to_window(truth, w, (size, size)) for w in found]
+        owner += [i] * len(found)
+        wins.append(found)
+        sizes.append(image.shape[:2])
+        image_truths.append(truth)
+        if progress:
+            progress(1)
+    empty = np.zeros((0, size, size, 3), np.uint8)
+    layout = TileLayout(
+        np.array(owner, np.int64),
+        np.concatenate(wins) if wins else np.zeros((0, 4), np.int64),
+        sizes,
+        image_truths,
+        (size, size),
+    )
+    return (np.concatenate(views) if views else empty), truths, layout
 
 
 class DetectionDataset(Dataset):
@@ -120,12 +193,18 @@ def fit_detector(
     resume: bool = False,
     on_batch: Callable[[float], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    val_layout: TileLayout | None = None,
 ) -> FitResult:
-    """Train a detector, keeping the weights with the best validation mAP@0.5."""
+    """Train a detector, keeping the weights with the best validation mAP@0.5 (with tiling, of
+    the merged detections on the whole val images, as the line scores them)."""
 
     def validate(net: nn.Module, device: torch.device) -> dict[str, Any]:
-        sizes = [val_images.shape[1:3]] * len(val_images)
-        scores = coco_map(val_truths, predict_detections(net, val_images, device), classes, sizes)
+        found = predict_detections(net, val_images, device)
+        truths, sizes = val_truths, [val_images.shape[1:3]] * len(val_images)
+        if val_layout is not None:
+            found = val_layout.merge(found, model.fcos.detections_per_img)
+            truths, sizes = val_layout.truths, val_layout.sizes
+        scores = coco_map(truths, found, classes, sizes)
         return {"score": scores["map50"], "val_map50": scores["map50"], "val_map50_95": scores["map50_95"]}
 
     dataset = DetectionDataset(train_images, train_truths, augment)

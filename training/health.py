@@ -98,10 +98,17 @@ def preflight(
     `boxes_at_input` are a detector's training boxes [K, 4] per image, already scaled to the
     model's input (as the detector sees them).
     """
+    from zerodefect.training.train import warmup_steps
+
     t = cfg.train
-    decay = t.ema_decay
+    decay = t.ema_decay or None
     half_life = math.log(0.5) / math.log(decay) if decay else None
-    initial_share = decay**steps_per_epoch if decay else None
+    initial_share = None
+    if decay:  # the first update copies the weights, each later one keeps decay_n of the average
+        from zerodefect.training.train import ema_decay_at, ema_tau
+
+        tau = t.ema_tau or ema_tau(decay)
+        initial_share = math.prod(ema_decay_at(n, decay, tau) for n in range(2, steps_per_epoch + 1))
     from zerodefect.training.tasks import get_task
 
     task = get_task(cfg.task)
@@ -112,7 +119,7 @@ def preflight(
     pre = Preflight(
         steps_per_epoch=steps_per_epoch,
         epochs=t.epochs,
-        warmup_steps=int(round(t.warmup_pct * steps_per_epoch * t.epochs)),
+        warmup_steps=warmup_steps(cfg, steps_per_epoch),
         lr=t.lr,
         ema_decay=decay,
         ema_half_life_steps=half_life,
@@ -158,10 +165,13 @@ def schedule_suspects(pre: Preflight) -> list[str]:
             f"train.ema_decay {pre.ema_decay:g} against {pre.steps_per_epoch} steps per epoch: after "
             f"epoch 1 the averaged weights are still {share:.0%} the initial (random-head) ones "
             f"(half-life {pre.ema_half_life_steps:.0f} steps); lower it "
-            f"(e.g. {_ema_for(pre.steps_per_epoch):g}) or set it to null"
+            f"(e.g. {_ema_for(pre.steps_per_epoch):g}), leave train.ema_tau to its default, or set it to null"
         )
     if pre.warmup_steps < 10 and pre.total_steps >= 20:
-        out.append(f"warm-up of {pre.warmup_steps} steps to lr {pre.lr:g} is short; raise train.warmup_pct")
+        out.append(
+            f"warm-up of {pre.warmup_steps} steps to lr {pre.lr:g} is short; raise train.warmup_pct "
+            "(or train.max_warmup_epochs)"
+        )
     if pre.lr > 0.01:
         out.append(f"train.lr {pre.lr:g} is high for AdamW fine-tuning (1e-4 to 3e-3 is usual)")
     if pre.total_steps < 50:

@@ -186,7 +186,8 @@ def run_training(
     model, weights = task.build_model(cfg, manifest, cfg.model.pretrained)
     train, val = decode_splits(task, cfg, manifest, console, ("train", "val"))
 
-    steps_per_epoch = max(len(train.samples) // cfg.train.batch_size, 1)
+    # Per training image (a tiled detector's: per tile).
+    steps_per_epoch = max(len(train.images) // cfg.train.batch_size, 1)
     pre = announce_preflight(cfg, manifest, steps_per_epoch, console, task.boxes_at_input(train))
     run = start_mlflow_run(cfg, run_dir, check, settings, config_path, extra_data, weights, world.size)
     try:

@@ -29,6 +29,9 @@ class Split:
     samples: list[Sample]
     images: np.ndarray
     truth: Any
+    # A tiled detector's split: `images` are the views (tiles), `truth` their boxes, and this
+    # (zerodefect.training.detection.TileLayout) maps them back to the images.
+    layout: Any = None
 
 
 @dataclass

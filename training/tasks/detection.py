@@ -64,11 +64,15 @@ class Detection:
     def load_split(
         self, cfg: Config, manifest: Manifest, samples: list[Sample], progress: Callable[[int], None] | None
     ) -> Split:
-        from zerodefect.training.detection import load_detection_data
+        from zerodefect.training.detection import load_detection_data, load_tiled_detection_data
 
-        images, truths = load_detection_data(
-            manifest, samples, cfg.model.input_hw[0], cfg.model.interpolation, progress
-        )
+        size, interpolation, tiling = cfg.model.input_hw[0], cfg.model.interpolation, cfg.model.tiling
+        if tiling is not None:
+            views, truths, layout = load_tiled_detection_data(
+                manifest, samples, size, interpolation, tiling, progress
+            )
+            return Split(samples, views, truths, layout)
+        images, truths = load_detection_data(manifest, samples, size, interpolation, progress)
         return Split(samples, images, truths)
 
     def label_counts(self, manifest: Manifest, samples: list[Sample]) -> dict[str, int]:
@@ -97,6 +101,7 @@ class Detection:
             resume=job.resume,
             on_batch=job.on_batch,
             on_epoch=job.on_epoch,
+            val_layout=job.val.layout,
         )
 
     def predict(self, model: Any, images: np.ndarray) -> list:
@@ -111,11 +116,15 @@ class Detection:
         within the target."""
         from zerodefect.training.detection_metrics import calibrate_class_thresholds, part_report
 
+        # The torch reference of export parity: per view (tile) with tiling, as the graph sees it.
         detections = self.predict(model, val.images)
+        judged, truths = detections, val.truth
+        if val.layout is not None:  # thresholds on whole images, as the line judges them
+            judged, truths = val.layout.merge(detections, model.fcos.detections_per_img), val.layout.truths
         thresholds = calibrate_class_thresholds(
-            val.truth, detections, len(manifest.classes), cfg.calibration.target_escape_rate
+            truths, judged, len(manifest.classes), cfg.calibration.target_escape_rate
         )
-        report = part_report(val.truth, detections, thresholds)
+        report = part_report(truths, judged, thresholds)
         summary = (
             "class thresholds "
             + ", ".join(f"{c} {t:.3f}" for c, t in zip(manifest.classes, thresholds, strict=True))
@@ -135,6 +144,7 @@ class Detection:
             "threshold": float(min(calibration.thresholds.values())),
             "class_thresholds": calibration.thresholds,
             "postprocess": {**model.postprocess_params(), "level_sizes": list(model.level_sizes)},
+            "tiling": cfg.model.tiling,
             "training": {"arch": "fcos-" + cfg.model.arch},
         }
 
