@@ -272,6 +272,35 @@ def edge_load(
         }
 
 
+# What a fresh `pip install .[edge]` must not copy from the project folder.
+EDGE_SIZE_SKIP = (".git", ".venv", "var", "build", "*.egg-info", "node_modules", "__pycache__", ".*_cache")
+
+
+def edge_install_mb(project: Path, work: Path) -> float:
+    """MB a fresh venv takes after `pip install PROJECT[edge]` (pip and setuptools included, as a
+    station's venv has them); the venv is removed after. The project is copied first, so the
+    build leaves nothing in it. pip takes its packages from the configured index or cache."""
+    import shutil
+    import subprocess
+    import sys
+
+    scratch = work / "edge-size"
+    shutil.rmtree(scratch, ignore_errors=True)
+    source, venv = scratch / "src", scratch / "venv"
+    shutil.copytree(project, source, ignore=shutil.ignore_patterns(*EDGE_SIZE_SKIP))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{source}[edge]"],
+            check=True,
+            capture_output=True,
+        )
+        size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return size / 1e6
+
+
 def pull_load(
     bundle: Path,
     jpegs: list[bytes],
@@ -669,6 +698,10 @@ def write_reports(result: dict[str, Any], docs: Path) -> tuple[Path, Path]:
                 f"{result['pull_over_http_1camera']:.2f} | |"
             )
         lines.append(f"| p99 at 2x15 fps / model median | {result['p99_over_model_median']:.2f} | <= 2 |")
+        if "edge_install_mb" in result:
+            lines.append(
+                f"| `pip install .[edge]`, a fresh venv (MB) | {result['edge_install_mb']:.0f} | <= 400 |"
+            )
     if result.get("plc"):
         lines += _plc_lines(result, result["plc"])
     det = result.get("detector")
