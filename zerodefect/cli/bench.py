@@ -129,7 +129,7 @@ def bench(
             try:
                 result["edge_install_mb"] = edge_install_mb(Path.cwd(), data_dir / "bench-work")
             except (OSError, subprocess.CalledProcessError) as exc:
-                console.print(f"[edge] install size not measured: {exc}")
+                console.print(f"the edge install size not measured: {exc}", markup=False)
     else:
         # Only the other rows are measured: the last report's classifier rows stay, with the
         # command that made them, and each section measured here names its own.
@@ -160,7 +160,7 @@ def bench(
     for section in measured:
         result[section]["command"] = command
     md, js = write_reports(result, docs)
-    console.print(md.read_text())
+    console.print(md.read_text(), markup=False)  # "[edge]" is text, not a style
     console.print(f"written: {md}, {js}")
 
 
