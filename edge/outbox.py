@@ -176,17 +176,25 @@ class Outbox:
                     self._pending.put(None)
                     break
                 group.append(nxt)
+            # A request cancelled meanwhile (its camera gone) still has its judged result written,
+            # as a retry of its frame will find it; only its future is left unresolved.
+            waiting = [future.set_running_or_notify_cancel() for *_, future in group]
             try:
                 outcomes = self.put_many([(key, payload, response) for key, payload, response, _ in group])
             except Exception as exc:  # nothing of the group is on disk: every request fails
                 log.exception("outbox commit of %d results failed", len(group))
-                for *_, future in group:
-                    future.set_exception(exc)
+                for (*_, future), live in zip(group, waiting, strict=True):
+                    if live:
+                        future.set_exception(exc)
                 continue
+            for (*_, future), outcome, live in zip(group, outcomes, waiting, strict=True):
+                if live:
+                    future.set_result(outcome)
             if self.on_group is not None:
-                self.on_group(len(group))
-            for (*_, future), outcome in zip(group, outcomes, strict=True):
-                future.set_result(outcome)
+                try:
+                    self.on_group(len(group))
+                except Exception:  # a metric must never stop the writer
+                    log.exception("outbox group hook failed")
 
     def due(self, limit: int = 32) -> list[tuple[str, dict[str, Any], int]]:
         with self._lock:

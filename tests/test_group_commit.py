@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,3 +95,25 @@ def test_sigkill_under_load_loses_no_answered_part_from_the_outbox(tmp_path: Pat
     }
     assert samples["zd_outbox_group_size_sum"] >= 60
     assert samples["zd_outbox_group_size_count"] < samples["zd_outbox_group_size_sum"], "no commit was shared"
+
+
+def test_a_cancelled_request_still_has_its_result_written_and_the_writer_goes_on(tmp_path: Path) -> None:
+    """A future cancelled before its commit (the request gone) never stops the writer: its
+    result is written all the same, and the results after it are committed and answered."""
+    path = tmp_path / "outbox.db"
+    outbox = Outbox(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    first = outbox.submit("first", {"key": "first"}, {"key": "first"})
+    deadline = time.monotonic() + 30
+    while not first.running():  # the writer took its group and waits for the database
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # polling a thread's state, not a timing assumption
+    gone = outbox.submit("gone", {"key": "gone"}, {"key": "gone"})
+    assert gone.cancel()  # queued behind the blocked group: still pending
+    other.execute("COMMIT")
+    other.close()
+    assert first.result(timeout=30) == (True, {"key": "first"})
+    assert outbox.submit("next", {"key": "next"}, {"key": "next"}).result(timeout=30)[0]
+    assert stored_keys(path) == {"first", "gone", "next"}
+    outbox.close()
