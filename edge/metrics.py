@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ class EdgeMetrics:
         queue_depth: Callable[[], float],
         outbox_pending: Callable[[], float],
         outbox_dead: Callable[[], float] = lambda: 0.0,
+        failsafe_window: int = 200,
     ):
         self.registry = CollectorRegistry()
         self.latency = Histogram(
@@ -30,6 +32,20 @@ class EdgeMetrics:
         self.batch = Histogram(
             "zd_batch_size",
             "Images per ONNX Runtime call",
+            buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        # The fail-safe share of the last parts (its andon rule: failsafe_rate at the record): a
+        # budget_ms that does not suit the machine shows here before anyone reads the verdicts.
+        self._failsafe: deque[bool] = deque(maxlen=failsafe_window)
+        Gauge(
+            "zd_failsafe_rate",
+            f"Share of the last {failsafe_window} parts given the fail-safe verdict (not judged within budget_ms)",
+            registry=self.registry,
+        ).set_function(lambda: sum(self._failsafe) / len(self._failsafe) if self._failsafe else 0.0)
+        self.outbox_group = Histogram(
+            "zd_outbox_group_size",
+            "Results per outbox commit (group commit: one fsync for all of them)",
             buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64),
             registry=self.registry,
         )
@@ -65,6 +81,7 @@ class EdgeMetrics:
     def observe(self, response: dict[str, Any], latency_ms: float, batch_size: int | None) -> None:
         self.latency.observe(latency_ms / 1000.0)
         self.verdicts.labels(response["verdict"], str(response["failsafe"]).lower()).inc()
+        self._failsafe.append(bool(response["failsafe"]))
         if batch_size:
             self.batch.observe(batch_size)
         if response.get("code_read") is not None:

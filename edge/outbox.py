@@ -13,13 +13,22 @@ result, so every destination has its own delivery state and none waits for anoth
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The most results one commit holds: a burst of cameras is written in a few commits, and no
+# answer waits behind an unbounded transaction.
+MAX_GROUP = 64
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -82,39 +91,110 @@ class Outbox:
         # has its own wake-up, so one consumer clearing its event never hides a result from another.
         self.destinations = destinations
         self.wakeups = {name: threading.Event() for name in destinations}
+        # The group-commit writer (submit), started with the first result submitted.
+        self._pending: queue.Queue[tuple[str, dict[str, Any], dict[str, Any], Future] | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        # Told each group's size after its commit (the station's zd_outbox_group_size).
+        self.on_group: Callable[[int], None] | None = None
 
     def put(self, key: str, payload: dict[str, Any], response: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """Persist a result; returns (created, the response stored under this key).
 
         A repeated key (a camera retrying a frame) returns the first answer unchanged.
         """
+        return self.put_many([(key, payload, response)])[0]
+
+    def put_many(
+        self, items: Sequence[tuple[str, dict[str, Any], dict[str, Any]]]
+    ) -> list[tuple[bool, dict[str, Any]]]:
+        """Persist results in one transaction, so one fsync (the commit's) for all of them;
+        returns (created, stored response) per item, in order. Nothing is returned before the
+        commit: a caller that answers after this never answers for a result not on disk."""
+        rows = [(key, json.dumps(payload), json.dumps(response)) for key, payload, response in items]
+        now = time.time()
+        outcomes: list[tuple[bool, dict[str, Any]]] = []
         with self._lock:
             # One transaction: a result is never on disk without its entries for the other
             # destinations.
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO outbox (key, payload, response, created) VALUES (?, ?, ?, ?)",
-                    (key, json.dumps(payload), json.dumps(response), time.time()),
-                )
-                created = cursor.rowcount == 1
-                if created:
-                    self._db.executemany(
-                        "INSERT OR IGNORE INTO forwarding (destination, key) VALUES (?, ?)",
-                        [(name, key) for name in self.destinations],
+                for (key, payload_json, response_json), (_, _, response) in zip(rows, items, strict=True):
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO outbox (key, payload, response, created) VALUES (?, ?, ?, ?)",
+                        (key, payload_json, response_json, now),
                     )
+                    if cursor.rowcount == 1:
+                        self._db.executemany(
+                            "INSERT OR IGNORE INTO forwarding (destination, key) VALUES (?, ?)",
+                            [(name, key) for name in self.destinations],
+                        )
+                        outcomes.append((True, response))
+                    else:
+                        stored = self._db.execute(
+                            "SELECT response FROM outbox WHERE key = ?", (key,)
+                        ).fetchone()
+                        outcomes.append((False, json.loads(stored[0])))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            if not created:
-                stored = self._db.execute("SELECT response FROM outbox WHERE key = ?", (key,)).fetchone()
-                response = json.loads(stored[0])
-        if created:
+        if any(created for created, _ in outcomes):
             self.wakeup.set()
             for event in self.wakeups.values():
                 event.set()
-        return created, response
+        return outcomes
+
+    def submit(self, key: str, payload: dict[str, Any], response: dict[str, Any]) -> Future:
+        """Queue a result for the group-commit writer; the future resolves to `put`'s answer
+        once the transaction holding it has committed (its fsync done), or to its error.
+
+        Results that arrive while the writer is committing wait for the next commit and share
+        it: one fsync per group instead of one per part, with the same guarantee, since no
+        future resolves before its own commit returned."""
+        future: Future = Future()
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write, name="outbox-writer", daemon=True)
+                self._writer.start()
+        self._pending.put((key, payload, response, future))
+        return future
+
+    def _write(self) -> None:
+        """The group-commit writer: take what is waiting (up to MAX_GROUP), commit it, resolve."""
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._pending.put(None)
+                    break
+                group.append(nxt)
+            # A request cancelled meanwhile (its camera gone) still has its judged result written,
+            # as a retry of its frame will find it; only its future is left unresolved.
+            waiting = [future.set_running_or_notify_cancel() for *_, future in group]
+            try:
+                outcomes = self.put_many([(key, payload, response) for key, payload, response, _ in group])
+            except Exception as exc:  # nothing of the group is on disk: every request fails
+                log.exception("outbox commit of %d results failed", len(group))
+                for (*_, future), live in zip(group, waiting, strict=True):
+                    if live:
+                        future.set_exception(exc)
+                continue
+            for (*_, future), outcome, live in zip(group, outcomes, waiting, strict=True):
+                if live:
+                    future.set_result(outcome)
+            if self.on_group is not None:
+                try:
+                    self.on_group(len(group))
+                except Exception:  # a metric must never stop the writer
+                    log.exception("outbox group hook failed")
 
     def due(self, limit: int = 32) -> list[tuple[str, dict[str, Any], int]]:
         with self._lock:
@@ -226,5 +306,9 @@ class Outbox:
         return {"total": total, "delivered": delivered, "pending": total - delivered}
 
     def close(self) -> None:
+        """Commit what the writer holds, then close the database."""
+        if self._writer is not None:
+            self._pending.put(None)
+            self._writer.join(10)
         with self._lock:
             self._db.close()

@@ -157,7 +157,9 @@ class Inspector:
         latency_ms = (time.perf_counter() - started) * 1000.0
         key = idempotency_key(meta, self.outbox.secret)
         payload, response = self._result(key, meta, data, kind, scored, latency_ms, code, stats)
-        created, response = await loop.run_in_executor(None, self.outbox.put, key, payload, response)
+        # Group commit: parts answered together share one fsync, and none is answered before
+        # the commit that holds it returned (zerodefect.edge.outbox.Outbox.submit).
+        created, response = await asyncio.wrap_future(self.outbox.submit(key, payload, response))
         # The verdict is final once recorded; a camera's retry of a frame is not a second part.
         if self.plc is not None and created:
             self.plc.signal(response, started)

@@ -36,8 +36,21 @@ class VersionInfo:
     run_id: str | None = None
 
 
+def require_mlflow() -> None:
+    """Refuse a models:/ URI clearly where the MLflow client is not installed (a station's
+    `[edge]` install without the `registry` extra): a BundleError names what to install."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise BundleError(
+            "models:/ URIs need the MLflow client, which this install lacks: "
+            "pip install 'zerodefect[edge,registry]' (or serve a bundle folder)"
+        ) from None
+
+
 def client() -> MlflowClient:
     """A client of the configured store (zerodefect.settings)."""
+    require_mlflow()
     import mlflow
 
     from zerodefect.settings import configure_mlflow
@@ -82,6 +95,7 @@ def resolve_alias(uri: str, scopes: Sequence[str] = ()) -> tuple[str, str] | Non
 def download_bundle(uri: str, cache_dir: Path | None = None) -> Path:
     """The bundle folder of `models:/NAME@ALIAS|VERSION`, downloaded (into `cache_dir` when
     given). The sha256 and signature checks happen when the bundle is loaded."""
+    require_mlflow()
     import mlflow
 
     client()  # configures the store

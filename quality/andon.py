@@ -7,6 +7,8 @@ Rules (configs/andon.yaml, defaults below, overridable per station):
 - `silent_seconds`: the station has posted nothing for T seconds;
 - `unread_rate_above`: parts whose code the station could not read (serial UNREAD-...), above X
   of its last parts.
+- `failsafe_rate_above`: parts the station gave the fail-safe verdict (not judged within its
+  budget: an overloaded station, a budget too tight for its machine), above X of its last parts.
 - `score_drift` / `image_drift`: the passed parts' scores, or the images' brightness, contrast
   or sharpness, drifted from the first parts of the current model version (quality.drift).
 - `link_down_seconds`: a link the station reported down (its PLC, its MQTT broker: PUT
@@ -87,6 +89,10 @@ class Rules(BaseModel):
     # share of the station's last `unread_window_parts` (judged once that many have been seen).
     unread_rate_above: float | None = Field(default=0.05, gt=0, lt=1)
     unread_window_parts: int = Field(default=200, ge=10)
+    # Parts given the fail-safe verdict (not judged within the station's budget_ms), over this
+    # share of the station's last `failsafe_window_parts`: the model is not what judges them.
+    failsafe_rate_above: float | None = Field(default=0.02, gt=0, lt=1)
+    failsafe_window_parts: int = Field(default=200, ge=10)
     # A link down this long: a reconnect within it (a PLC restarting) raises nothing.
     link_down_seconds: float | None = Field(default=30, gt=0)
     # An event rule's alert (a streak, an hour over the limit) counts further breaches while
@@ -328,6 +334,34 @@ def unread_rate(session: Session, station: Station, rules: Rules, now: datetime)
         ),
         rate,
         rules.unread_rate_above,
+        now,
+    )
+
+
+def failsafe_rate(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
+    """Parts that got the fail-safe verdict, above the limit among the station's last parts."""
+    if rules.failsafe_rate_above is None:
+        return []
+    last = (
+        select(Inspection.failsafe)
+        .where(Inspection.station_id == station.id)
+        .order_by(Inspection.id.desc())
+        .limit(rules.failsafe_window_parts)
+        .subquery()
+    )
+    seen, failsafe = session.execute(select(func.count(), count_where(last.c.failsafe.is_(True)))).one()
+    rate = failsafe / seen if seen else 0.0
+    return episode(
+        session,
+        station,
+        "failsafe_rate",
+        seen >= rules.failsafe_window_parts and rate > rules.failsafe_rate_above,
+        lambda: (
+            f"{failsafe} of the last {seen} parts got the fail-safe verdict, not judged within the "
+            f"station's budget ({rate:.3f}, limit {rules.failsafe_rate_above})"
+        ),
+        rate,
+        rules.failsafe_rate_above,
         now,
     )
 
@@ -621,6 +655,7 @@ RULES: dict[str, Rule] = {
     "silent": silent,
     "link_down": link_down,
     "unread_rate": unread_rate,
+    "failsafe_rate": failsafe_rate,
     "score_drift": score_drift,
     "image_drift": image_drift,
 }

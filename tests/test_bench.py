@@ -68,3 +68,35 @@ def test_plc_rows_go_to_their_json_and_section_with_the_ratios_named_by_the_issu
     assert "| parts sent / seen at the PLC | 300 / 299 | 300 / 299 |" in text
     assert "| OPC UA p99 / model median | 5.00 | <= 2 |" in text
     assert "| Modbus TCP p99 / model median | 4.00 | <= 2 |" in text
+
+
+def test_the_pull_mode_row_and_the_edge_install_size_reach_the_report(tmp_path: Path) -> None:
+    """The classifier's section names the pull-mode row (the station without HTTP), its ratio to
+    B at 1 camera, the [edge] install size against its target, and B / A against issue 15's 0.90.
+    (The measures themselves run in `make bench`; their values are never asserted.)"""
+    load = {"ips": 40.0, "p50_ms": 20.0, "p99_ms": 30.0, "requests": 400, "errors": 0}
+    result = {
+        "command": "make bench",
+        "cores": 2,
+        "threads": 2,
+        "bundle": "b",
+        "input_size": 300,
+        "tta": "none",
+        "model_median_ms": 8.0,
+        "model_only_ips": 50.0,
+        "e2e": {"1": load, "2": load | {"ips": 45.0}},
+        "paced_2x15fps": load,
+        "pull": load | {"ips": 44.0, "p50_ms": 22.5},
+        "pull_over_http_1camera": 1.1,
+        "e2e_over_model": 0.9,
+        "p99_over_model_median": 3.75,
+        "edge_install_mb": 498.7,
+    }
+    text = write_reports(result, tmp_path)[0].read_text()
+    assert (
+        "| B without HTTP: pull mode, 1 source in the station's process | 44.0 img/s, per part p50 22.5 ms"
+        in text
+    )
+    assert "| pull mode / B at 1 camera throughput (what HTTP costs) | 1.10 | |" in text
+    assert "| `pip install .[edge]`, a fresh venv (MB) | 499 | <= 400 |" in text
+    assert "| B / A throughput | 0.90 | >= 0.90 |" in text

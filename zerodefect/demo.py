@@ -25,6 +25,22 @@ if TYPE_CHECKING:
 
 RECORD_PORT = 8100
 RECORD_TITLE = "zerodefect quality record"
+# The demo's budget per part: this many times the model's batch-1 median measured on this
+# machine just before the line starts, so a loaded 2-core box does not fail-safe most parts.
+BUDGET_FACTOR = 20
+
+
+def machine_budget(bundle: Path, manifest_path: Path, configured: float, threads: int) -> tuple[float, float]:
+    """(budget_ms for this machine, the model median it came from): the configured budget, or
+    BUDGET_FACTOR x the bundle's batch-1 median measured here (about 2 s) when that is longer."""
+    from zerodefect.bench import model_only
+    from zerodefect.datasets.manifest import Manifest
+    from zerodefect.inference.preprocess import read_image
+
+    manifest = Manifest.read(manifest_path)
+    images = [read_image(manifest.resolve(s)) for s in manifest.split("test")[:16]]
+    median = model_only(bundle, images, threads, seconds=2.0)["model_median_ms"]
+    return max(configured, round(BUDGET_FACTOR * median)), median
 
 
 def run_demo(
@@ -85,6 +101,7 @@ def run_demo(
             rate,
             cameras,
             console,
+            outcome.bundle_dir,
         )
 
 
@@ -192,8 +209,10 @@ def run_line(
     rate: float,
     cameras: int,
     console: Console,
+    bundle: Path | None = None,
 ) -> None:
-    """Serve the champion at a station and play the test split through it at `rate` parts/minute."""
+    """Serve the champion at a station and play the test split through it at `rate` parts/minute;
+    with `bundle` (the champion's), its budget suits this machine (machine_budget)."""
     from zerodefect.edge.app import create_app as create_edge
     from zerodefect.edge.config import load_station_config
     from zerodefect.edge.simulator import parts_from_manifest, play
@@ -215,6 +234,14 @@ def run_line(
             "outbox": settings.data_dir / "edge" / "demo-outbox.db",
         },
     )
+    if bundle is not None:
+        configured = cfg.budget_ms
+        budget, median = machine_budget(bundle, manifest_path, configured, cfg.threads or 2)
+        cfg = cfg.model_copy(update={"budget_ms": budget})
+        console.print(
+            f"budget: {budget:g} ms per part (model median {median:.1f} ms measured here x {BUDGET_FACTOR}, "
+            f"at least the config's {configured:g} ms)"
+        )
     os.environ[cfg.record_api_key_env] = station_key(cfg.station, cfg.line)
     parts = parts_from_manifest(manifest_path, "test")
     batch = "DEMO-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

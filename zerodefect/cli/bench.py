@@ -71,6 +71,13 @@ def bench(
             "and Modbus TCP at 2 cameras x 15 fps (--no-plc keeps the last report's)."
         ),
     ] = True,
+    edge_size: Annotated[
+        bool,
+        typer.Option(
+            help="With --run: the size of a fresh `pip install .[edge]` (about a minute; pip needs its "
+            "package index or cache)."
+        ),
+    ] = True,
 ) -> None:
     """Measure the station service against raw ONNX Runtime and an eager-PyTorch handler, in one run.
 
@@ -78,6 +85,7 @@ def bench(
     is an anomaly run's, or a stand-in's trained on generated parts. With --run, the PLC rows
     time the classifier's verdicts to simulated PLCs (docs/results/plc-bench.json)."""
     import json
+    import subprocess
 
     from zerodefect.bench import (
         heatmap_png,
@@ -115,6 +123,13 @@ def bench(
         )
         if not plc and "plc" in last:
             result["plc"] = last["plc"]  # with the command that measured it
+        if edge_size:
+            from zerodefect.bench import edge_install_mb
+
+            try:
+                result["edge_install_mb"] = edge_install_mb(Path.cwd(), data_dir / "bench-work")
+            except (OSError, subprocess.CalledProcessError) as exc:
+                console.print(f"the edge install size not measured: {exc}", markup=False)
     else:
         # Only the other rows are measured: the last report's classifier rows stay, with the
         # command that made them, and each section measured here names its own.
@@ -145,7 +160,7 @@ def bench(
     for section in measured:
         result[section]["command"] = command
     md, js = write_reports(result, docs)
-    console.print(md.read_text())
+    console.print(md.read_text(), markup=False)  # "[edge]" is text, not a style
     console.print(f"written: {md}, {js}")
 
 
