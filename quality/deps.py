@@ -21,16 +21,27 @@ def get_db(request: Request) -> Iterator[Session]:
 DB = Annotated[Session, Depends(get_db)]
 
 
-def get_station(
-    session: DB, x_api_key: Annotated[str | None, Header(description="Station API key")] = None
-) -> Station:
-    """The station that owns the API key; 401 without a key, 403 with an unknown one."""
+async def station_key(x_api_key: Annotated[str | None, Header(description="Station API key")] = None) -> str:
+    """The calling station's API key, as sent; 401 without one (checked on the event loop)."""
     if not x_api_key:
         raise HTTPException(401, "missing API key (header X-API-Key)")
-    found = station_for_key(session, x_api_key)
+    return x_api_key
+
+
+StationKey = Annotated[str, Depends(station_key)]
+
+
+def authenticate_station(session: Session, api_key: str) -> Station:
+    """The station that owns the API key; 403 with an unknown one."""
+    found = station_for_key(session, api_key)
     if found is None:
         raise HTTPException(403, "unknown API key")
     return found
+
+
+def get_station(session: DB, api_key: StationKey) -> Station:
+    """The station that owns the API key; 401 without a key, 403 with an unknown one."""
+    return authenticate_station(session, api_key)
 
 
 CallingStation = Annotated[Station, Depends(get_station)]
