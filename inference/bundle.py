@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 BUNDLE_JSON = "bundle.json"
 ONNX_FILE = "model.onnx"
-FORMAT_VERSION = 1
+# 2: `tiling` (sliced inference). A reader refuses a newer format than its own, so a feature
+# that changes how a model is scored is never silently ignored by an older station.
+FORMAT_VERSION = 2
 # Forward passes per image for each test-time augmentation mode.
 TTA_VIEWS = {"none": 1, "flips": 4, "dihedral": 8}
 
@@ -149,9 +151,16 @@ def read_meta(folder: str | Path) -> BundleMeta:
     if not meta_path.is_file():
         raise BundleError(f"{folder}: not a model bundle ({BUNDLE_JSON} missing)")
     try:
-        return BundleMeta.model_validate(json.loads(meta_path.read_text()))
+        data = json.loads(meta_path.read_text())
+        meta = BundleMeta.model_validate(data)
     except (json.JSONDecodeError, ValidationError) as exc:
         raise BundleError(f"{meta_path}: invalid bundle metadata: {exc}") from exc
+    if meta.format_version > FORMAT_VERSION:
+        raise BundleError(
+            f"{meta_path}: bundle format {meta.format_version} is newer than this version of zerodefect "
+            f"reads ({FORMAT_VERSION}); upgrade zerodefect where this bundle is served"
+        )
+    return meta
 
 
 def load_bundle(

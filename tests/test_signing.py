@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from zerodefect.cli import app as cli
 from zerodefect.edge.app import create_app as create_edge
-from zerodefect.inference.bundle import sha256_file
+from zerodefect.inference.bundle import FORMAT_VERSION, sha256_file
 from zerodefect.inference.signing import (
     SIGNATURE_JSON,
     SigningKeyError,
@@ -63,7 +63,19 @@ CASES: dict[str, tuple[Callable[[Path, Path], None], str]] = {
         lambda f, _: (f / SIGNATURE_JSON).unlink(),
         "unsigned bundle (signature.json missing)",
     ),
+    # Well signed, but written by a newer zerodefect (a way of scoring this station lacks).
+    "newer format": (
+        lambda f, _: newer_format(f),
+        f"bundle format {FORMAT_VERSION + 1} is newer than this version of zerodefect reads",
+    ),
 }
+
+
+def newer_format(folder: Path) -> None:
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["format_version"] = FORMAT_VERSION + 1
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    sign_bundle(folder, SIGNING_KEY)
 
 
 def tampered(bundles: dict[str, Path], folder: Path, case: str) -> Path:
