@@ -308,20 +308,31 @@ def episode(
     return []
 
 
+def _share_of_last(session: Session, station: Station, column, is_hit, window: int) -> tuple[int, int]:
+    """How many of the station's last `window` parts there are (up to `window`), and how many
+    of them `is_hit` (a SQL condition on `column`): counted in the database."""
+    last = (
+        select(column)
+        .where(Inspection.station_id == station.id)
+        .order_by(Inspection.id.desc())
+        .limit(window)
+        .subquery()
+    )
+    return tuple(session.execute(select(func.count(), count_where(is_hit(last.c[column.key])))).one())
+
+
 def unread_rate(session: Session, station: Station, rules: Rules, now: datetime) -> list[Breach]:
     """Parts whose code the station could not read, above the limit among its last parts."""
     if rules.unread_rate_above is None:
         return []
-    last = (
-        select(Inspection.serial)
-        .where(Inspection.station_id == station.id)
-        .order_by(Inspection.id.desc())
-        .limit(rules.unread_window_parts)
-        .subquery()
-    )
     # substr, not LIKE: SQLite's LIKE ignores case, and a serial "unread-..." was read.
-    prefix = func.substr(last.c.serial, 1, len(UNREAD_PREFIX)) == UNREAD_PREFIX
-    seen, unread = session.execute(select(func.count(), count_where(prefix))).one()
+    seen, unread = _share_of_last(
+        session,
+        station,
+        Inspection.serial,
+        lambda serial: func.substr(serial, 1, len(UNREAD_PREFIX)) == UNREAD_PREFIX,
+        rules.unread_window_parts,
+    )
     rate = unread / seen if seen else 0.0
     return episode(
         session,
@@ -342,14 +353,9 @@ def failsafe_rate(session: Session, station: Station, rules: Rules, now: datetim
     """Parts that got the fail-safe verdict, above the limit among the station's last parts."""
     if rules.failsafe_rate_above is None:
         return []
-    last = (
-        select(Inspection.failsafe)
-        .where(Inspection.station_id == station.id)
-        .order_by(Inspection.id.desc())
-        .limit(rules.failsafe_window_parts)
-        .subquery()
+    seen, failsafe = _share_of_last(
+        session, station, Inspection.failsafe, lambda flag: flag.is_(True), rules.failsafe_window_parts
     )
-    seen, failsafe = session.execute(select(func.count(), count_where(last.c.failsafe.is_(True)))).one()
     rate = failsafe / seen if seen else 0.0
     return episode(
         session,
