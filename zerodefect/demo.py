@@ -58,6 +58,7 @@ def run_demo(
     from zerodefect.training.config import load_config
     from zerodefect.training.pipeline import run_training
     from zerodefect.training.registry import promote
+    from zerodefect.training.report import ACCURACY_AT_05
 
     settings = get_settings()
     cfg = load_config(config)
@@ -72,11 +73,14 @@ def run_demo(
         status = "not registered"
     console.rule("demo results (test split)")
     data, plant = report.data, report.plant
+    # The operating point first, as every report (training.report): the line runs there.
     console.print(
+        f"threshold {plant.thresholds['threshold']:.4f} (val escape target {cfg.calibration.target_escape_rate}): "
+        f"escape rate {fmt_rate(plant.escape_rate)} ({plant.escapes}/{plant.defective} defective), "
+        f"false-reject rate {fmt_rate(plant.false_reject_rate)} ({plant.false_rejects}/{plant.good} good)\n"
         f"accuracy {fmt_rate(report.metric('accuracy'))} (at 0.5: {fmt_rate(data['at_threshold_0.5']['accuracy'])})  "
         f"AUROC {fmt_rate(report.metric('auroc'))}  F1 {fmt_rate(report.metric('f1'))}\n"
-        f"threshold {plant.thresholds['threshold']:.4f} (val escape target {cfg.calibration.target_escape_rate}): "
-        f"escape rate {fmt_rate(plant.escape_rate)}, false-reject rate {fmt_rate(plant.false_reject_rate)}"
+        f"why: {ACCURACY_AT_05}"
     )
     for key, groups in data.get("groups", {}).items():
         for name, g in groups.items():
