@@ -21,6 +21,15 @@ from .synthetic import spot_arrays
 SIZE, BATCH, TRAIN, VAL = 64, 4, 32, 16  # 8 steps per epoch
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """These fits set torch's thread count (train.threads: 1) for the process; later tests'
+    runs must keep the default, or their numerics (and a diverging run's path) change."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _config(epochs: int) -> Config:
     return Config.model_validate(
         {
@@ -119,3 +128,33 @@ def test_twice_the_schedule_is_not_behind_at_the_same_epoch(schedules) -> None:
         # at epoch 2 the short run has annealed to ~0 while the long one is at its peak rate,
         # which may cost it a little: at most 10 % of the loss the short run has removed.
         assert b["ema"] <= a["ema"] + 0.1 * (initial - a["ema"]), (a, b)
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 1)
+
+
+def _tiny_loss(model: torch.nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return model.linear(batch.to(device)).pow(2).mean()
+
+
+@pytest.mark.parametrize(("epochs", "patience", "expected"), [(8, 1, 5), (8, 2, 6), (3, 1, 2)])
+def test_early_stopping_waits_for_the_second_half_of_the_schedule(
+    tmp_path: Path, epochs: int, patience: int, expected: int
+) -> None:
+    """A val score that only falls after epoch 1 stops the run `patience` epochs into the
+    schedule's second half, never while the learning rate is still at its peak."""
+    cfg = _config(epochs).model_copy(deep=True)
+    cfg.train.early_stopping_patience = patience
+    cfg.train.ema_decay = None
+    scores = iter(range(100, 0, -1))
+
+    def validate(net: torch.nn.Module, device: torch.device) -> dict:
+        return {"score": float(next(scores))}
+
+    data = [torch.randn(2) for _ in range(BATCH * 2)]
+    result = fit(cfg, _Tiny(), data, _tiny_loss, validate, tmp_path, None, torch.stack)
+    assert result.epochs_run == expected
+    assert result.best_epoch == 0

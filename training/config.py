@@ -125,6 +125,8 @@ class TrainConfig(Strict):
     ema_tau: float | None = Field(default=None, gt=0)
     class_weighting: Literal["none", "balanced", "sqrt"] = "none"
     label_smoothing: float = 0.0
+    # Epochs without a better val score before training stops; they count only in the second
+    # half of the schedule (zerodefect.training.train.counts_for_early_stop).
     early_stopping_patience: int = 5
     # Clip the gradient norm (detectors: early FCOS steps can spike); None leaves it alone.
     grad_clip: float | None = None
