@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,50 @@ CAMERA_KEY = "zd_durability_camera"
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
     wait_ready(proc, lambda: answers_healthz(url), url, log, timeout=60.0)
+
+
+def post_until_killed(
+    url: str,
+    edge: subprocess.Popen,
+    image: bytes,
+    prefix: str,
+    kill_after: int,
+    frames: int,
+    before_kill: Callable[[], None] | None = None,
+) -> list[str]:
+    """Four cameras post up to `frames` parts; once `kill_after` are answered, `before_kill`
+    runs and the station is SIGKILLed mid-load. The keys of the answered parts."""
+    answered: list[str] = []
+    lock = threading.Lock()
+    killed = threading.Event()
+
+    def camera(i: int) -> None:
+        if killed.is_set():
+            return
+        try:
+            r = httpx.post(
+                f"{url}/v1/inspect",
+                files={"image": ("p.png", image, "image/png")},
+                data={"serial": f"{prefix.upper()}-{i}", "station": "st-01", "frame_id": f"{prefix}{i}"},
+                headers={"X-API-Key": CAMERA_KEY},
+                timeout=10,
+            )
+        except httpx.HTTPError:
+            return  # the station died under this request: never answered
+        if r.status_code == 200:
+            with lock:
+                answered.append(r.json()["key"])
+                if len(answered) == kill_after and not killed.is_set():
+                    if before_kill is not None:
+                        before_kill()
+                    edge.send_signal(signal.SIGKILL)
+                    killed.set()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(camera, range(frames)))
+    edge.wait(10)
+    assert edge.returncode == -signal.SIGKILL and killed.is_set()
+    return answered
 
 
 @dataclass
@@ -101,35 +146,7 @@ def test_sigkill_under_load_with_the_record_down(tmp_path: Path) -> None:
     edge = start_zerodefect(edge_args, log, env)
     wait_healthy(edge_url, edge, log)
 
-    accepted: list[str] = []
-    lock = threading.Lock()
-    killed = threading.Event()
-    image = png(100)
-
-    def camera(i: int) -> None:
-        if killed.is_set():
-            return
-        try:
-            r = httpx.post(
-                f"{edge_url}/v1/inspect",
-                files={"image": ("p.png", image, "image/png")},
-                data={"serial": f"K-{i}", "station": "st-01", "frame_id": f"k{i}"},
-                headers={"X-API-Key": CAMERA_KEY},
-                timeout=10,
-            )
-        except httpx.HTTPError:
-            return  # the edge died under this request: not accepted
-        if r.status_code == 200:
-            with lock:
-                accepted.append(r.json()["key"])
-                if len(accepted) == 40:
-                    edge.send_signal(signal.SIGKILL)
-                    killed.set()
-
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(camera, range(400)))
-    edge.wait(10)
-    assert edge.returncode == -signal.SIGKILL and killed.is_set()
+    accepted = post_until_killed(edge_url, edge, png(100), "k", 40, 400)
     assert len(accepted) >= 40
 
     # Station B posts A's keys with fake passes while A's outbox drains: each lands in B's own

@@ -3,11 +3,8 @@ it, however many parts share that commit (one fsync for the group, not one per p
 
 from __future__ import annotations
 
-import signal
 import sqlite3
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -15,7 +12,7 @@ import httpx
 from zerodefect.edge.outbox import Outbox
 from zerodefect.services import start_zerodefect
 
-from .test_durability import CAMERA_KEY, line_in_processes, wait_healthy
+from .test_durability import line_in_processes, post_until_killed, wait_healthy
 from .test_edge import png
 
 
@@ -55,37 +52,13 @@ def test_sigkill_under_load_loses_no_answered_part_from_the_outbox(tmp_path: Pat
     line = line_in_processes(tmp_path, store_images="none")
     edge = start_zerodefect(line.edge_args, line.log, line.env)
     wait_healthy(line.edge_url, edge, line.log)
-    answered: list[str] = []
-    lock = threading.Lock()
-    killed = threading.Event()
     metrics: list[str] = []
-    image = png(90)
 
-    def camera(i: int) -> None:
-        if killed.is_set():
-            return
-        try:
-            r = httpx.post(
-                f"{line.edge_url}/v1/inspect",
-                files={"image": ("p.png", image, "image/png")},
-                data={"serial": f"G-{i}", "station": "st-01", "frame_id": f"g{i}"},
-                headers={"X-API-Key": CAMERA_KEY},
-                timeout=10,
-            )
-        except httpx.HTTPError:
-            return  # the station died under this request: never answered
-        if r.status_code == 200:
-            with lock:
-                answered.append(r.json()["key"])
-                if len(answered) == 60 and not killed.is_set():
-                    metrics.append(httpx.get(f"{line.edge_url}/metrics", timeout=10).text)
-                    edge.send_signal(signal.SIGKILL)
-                    killed.set()
+    def scrape() -> None:
+        metrics.append(httpx.get(f"{line.edge_url}/metrics", timeout=10).text)
 
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(camera, range(600)))
-    edge.wait(10)
-    assert edge.returncode == -signal.SIGKILL and len(answered) >= 60
+    answered = post_until_killed(line.edge_url, edge, png(90), "g", 60, 600, scrape)
+    assert len(answered) >= 60
     missing = set(answered) - stored_keys(tmp_path / "outbox.db")
     assert not missing, f"{len(missing)} answered parts are not in the outbox"
     samples = {
